@@ -1,0 +1,125 @@
+//! Single-threaded SGEMM on `ndarray` views: `C ← α·A·B + β·C`.
+//!
+//! `A` is `m × k`, `B` is `k × n`, `C` is `m × n`; every operand may have any
+//! strides (transposed views included). With `β = 0`, `C` is only written,
+//! never read, so it may hold garbage (even NaN) on entry.
+//!
+//! The work is done by [`matrixmultiply`], which packs both operands into
+//! cache-sized panels and runs a register-blocked microkernel chosen at run
+//! time for the CPU (AVX2+FMA on x86-64, NEON on aarch64). It runs on the
+//! calling thread only: the kernel's parallelism is one level of rayon tasks
+//! above it (across images, tiles or output features), never nested threads.
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+/// `C ← α·A·B + β·C` on the calling thread.
+///
+/// # Shapes
+/// `a: [m, k]`, `b: [k, n]`, `c: [m, n]`.
+///
+/// # Panics
+/// If the inner or outer dimensions disagree: shapes are checked by the layers
+/// that call this, so a mismatch here is a bug in the kernel, not bad input.
+pub fn sgemm(
+    alpha: f32,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    beta: f32,
+    mut c: ArrayViewMut2<'_, f32>,
+) {
+    let (m, k) = a.dim();
+    let (k2, n) = b.dim();
+    assert_eq!(k, k2, "sgemm: inner dimensions {k} and {k2} differ");
+    assert_eq!(
+        c.dim(),
+        (m, n),
+        "sgemm: output is {:?}, expected ({m}, {n})",
+        c.dim()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let [rsa, csa] = strides(a.strides());
+    let [rsb, csb] = strides(b.strides());
+    let [rsc, csc] = strides(c.strides());
+    // SAFETY: the pointers come from live ndarray views whose dimensions were
+    // checked above, the strides are those of the views (in elements), and
+    // `c` is borrowed mutably, so it does not alias `a` or `b`. Views of zero
+    // rows or columns are returned early; `k == 0` is handled by matrixmultiply
+    // (it then computes `C ← β·C`).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            rsc,
+            csc,
+        );
+    }
+}
+
+fn strides(s: &[isize]) -> [isize; 2] {
+    [s[0], s[1]]
+}
+
+/// Nominal floating-point operations of an `m × k` by `k × n` product (one
+/// multiply and one add per term).
+pub const fn flops(m: usize, k: usize, n: usize) -> u64 {
+    2 * m as u64 * k as u64 * n as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array2, ShapeBuilder};
+
+    /// Integer-valued inputs make every product and partial sum exact in f32,
+    /// so the fast path must match the f64 reference bit for bit.
+    fn exact_case(m: usize, k: usize, n: usize, a_f: bool, b_f: bool, c_f: bool) {
+        let a = Array2::from_shape_fn((m, k).set_f(a_f), |(i, j)| {
+            ((i * 7 + j * 3) % 11) as f32 - 5.0
+        });
+        let b = Array2::from_shape_fn((k, n).set_f(b_f), |(i, j)| {
+            ((i * 5 + j * 2) % 7) as f32 - 3.0
+        });
+        let mut c = Array2::from_elem((m, n).set_f(c_f), f32::NAN);
+        sgemm(1.0, a.view(), b.view(), 0.0, c.view_mut());
+        for i in 0..m {
+            for j in 0..n {
+                let r: f64 = (0..k).map(|l| a[[i, l]] as f64 * b[[l, j]] as f64).sum();
+                assert_eq!(c[[i, j]] as f64, r, "m{m} k{k} n{n} at ({i},{j})");
+            }
+        }
+    }
+
+    #[test]
+    fn exact_all_small_sizes_and_layouts() {
+        for m in 0..12 {
+            for k in 0..12 {
+                for n in [0, 1, 5, 8, 13] {
+                    for layout in 0..8 {
+                        exact_case(m, k, n, layout & 1 != 0, layout & 2 != 0, layout & 4 != 0);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn accumulates_with_beta() {
+        let a = Array2::from_elem((3, 4), 1.0f32);
+        let b = Array2::from_elem((4, 2), 2.0f32);
+        let mut c = Array2::from_elem((3, 2), 1.0f32);
+        sgemm(0.5, a.view(), b.view(), 2.0, c.view_mut());
+        assert!(c.iter().all(|&x| x == 0.5 * 8.0 + 2.0));
+    }
+}

@@ -1,0 +1,152 @@
+//! Max-pooling with argmax indices that the backward pass reuses.
+
+use ndarray::{Array4, ArrayView4, Zip};
+use rayon::prelude::*;
+
+use crate::error::{KernelError, Result};
+use crate::geometry::Window2d;
+
+/// Output of [`maxpool2d_forward`].
+#[derive(Clone, Debug)]
+pub struct MaxPoolOutput {
+    /// Pooled activations `[N, C, OH, OW]`.
+    pub output: Array4<f32>,
+    /// For each output, the flat index `iy·W + ix` of the chosen input inside
+    /// its `[H, W]` plane. Ties go to the first maximum in row-major order.
+    pub argmax: Array4<u32>,
+}
+
+/// Max-pool forward over every `[H, W]` plane.
+///
+/// # Arguments
+/// * `input` — `[N, C, H, W]`.
+/// * `window` — kernel, stride and padding; padded positions are never chosen.
+///
+/// # Shapes
+/// Returns `output` and `argmax` of `[N, C, OH, OW]`.
+///
+/// # Errors
+/// [`KernelError::Invalid`] if the window is degenerate, does not fit, or has
+/// padding of at least the kernel size (a window could then see only padding);
+/// also if a plane has more than `u32::MAX` elements.
+///
+/// NaN inputs propagate: a NaN in a window is chosen.
+pub fn maxpool2d_forward(input: ArrayView4<'_, f32>, window: &Window2d) -> Result<MaxPoolOutput> {
+    let (n, c, h, w) = input.dim();
+    window.validate(h, w)?;
+    if window.pad.0 >= window.kernel.0 || window.pad.1 >= window.kernel.1 {
+        return Err(KernelError::invalid(
+            "max-pool window",
+            format!(
+                "padding {:?} must be smaller than the kernel {:?}",
+                window.pad, window.kernel
+            ),
+        ));
+    }
+    if h.checked_mul(w).is_none_or(|p| p > u32::MAX as usize) {
+        return Err(KernelError::invalid(
+            "max-pool input",
+            format!("plane {h}×{w} too large"),
+        ));
+    }
+    let (oh, ow) = (window.out_h(h), window.out_w(w));
+    let mut output = Array4::<f32>::zeros((n, c, oh, ow));
+    let mut argmax = Array4::<u32>::zeros((n, c, oh, ow));
+    let standard = input.as_standard_layout();
+    let planes_in = standard
+        .view()
+        .into_shape_with_order((n * c, h, w))
+        .expect("standard layout");
+    let mut out3 = output
+        .view_mut()
+        .into_shape_with_order((n * c, oh, ow))
+        .expect("fresh array");
+    let mut arg3 = argmax
+        .view_mut()
+        .into_shape_with_order((n * c, oh, ow))
+        .expect("fresh array");
+    Zip::from(out3.outer_iter_mut())
+        .and(arg3.outer_iter_mut())
+        .and(planes_in.outer_iter())
+        .into_par_iter()
+        .for_each(|(mut out, mut arg, plane)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut best = f32::NEG_INFINITY;
+                    let mut best_i = u32::MAX;
+                    for ky in 0..window.kernel.0 {
+                        let Some(iy) = window.input_y(oy, ky, h) else {
+                            continue;
+                        };
+                        for kx in 0..window.kernel.1 {
+                            let Some(ix) = window.input_x(ox, kx, w) else {
+                                continue;
+                            };
+                            let v = plane[[iy, ix]];
+                            if v > best || best_i == u32::MAX || v.is_nan() && !best.is_nan() {
+                                best = v;
+                                best_i = (iy * w + ix) as u32;
+                            }
+                        }
+                    }
+                    out[[oy, ox]] = best;
+                    arg[[oy, ox]] = best_i;
+                }
+            }
+        });
+    Ok(MaxPoolOutput { output, argmax })
+}
+
+/// Max-pool backward: routes each output gradient to the input it came from.
+///
+/// ```text
+/// ∂L/∂x[n, c, i] = Σ_{o : argmax[n, c, o] = i} gy[n, c, o]
+/// ```
+///
+/// # Arguments
+/// * `grad_out` — `∂L/∂y`, `[N, C, OH, OW]`.
+/// * `argmax` — from the forward pass, same shape.
+/// * `input_hw` — `(H, W)` of the forward input.
+///
+/// # Errors
+/// [`KernelError::Shape`] if `grad_out` and `argmax` differ in shape, or an
+/// index lies outside `H·W`.
+pub fn maxpool2d_backward(
+    grad_out: ArrayView4<'_, f32>,
+    argmax: ArrayView4<'_, u32>,
+    input_hw: (usize, usize),
+) -> Result<Array4<f32>> {
+    if grad_out.shape() != argmax.shape() {
+        return Err(KernelError::shape(
+            "max-pool grad_out",
+            format!("{:?} (the argmax shape)", argmax.shape()),
+            grad_out.shape(),
+        ));
+    }
+    let (n, c, _, _) = grad_out.dim();
+    let (h, w) = input_hw;
+    if let Some(&bad) = argmax.iter().find(|&&i| i as usize >= h * w) {
+        return Err(KernelError::invalid(
+            "max-pool argmax",
+            format!("index {bad} outside a {h}×{w} plane"),
+        ));
+    }
+    let mut grad_in = Array4::<f32>::zeros((n, c, h, w));
+    let mut gi = grad_in
+        .view_mut()
+        .into_shape_with_order((n * c, h * w))
+        .expect("fresh array");
+    let (oh, ow) = (grad_out.shape()[2], grad_out.shape()[3]);
+    gi.outer_iter_mut()
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(plane, mut g)| {
+            let (img, ch) = (plane / c, plane % c);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    g[argmax[[img, ch, oy, ox]] as usize] += grad_out[[img, ch, oy, ox]];
+                }
+            }
+        });
+    Ok(grad_in)
+}

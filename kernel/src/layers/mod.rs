@@ -1,0 +1,19 @@
+//! Layers, one file each, forward and backward side by side.
+//!
+//! Every forward states its shapes; every backward takes what the forward
+//! saw (and, for max-pool, its argmax) and returns gradients of the *sum* of
+//! the loss over the batch, so that gradients from several workers add up.
+
+pub mod avgpool;
+pub mod conv2d;
+pub mod dense;
+pub mod maxpool;
+pub mod relu;
+pub mod softmax;
+
+pub use avgpool::{adaptive_avgpool2d_backward, adaptive_avgpool2d_forward};
+pub use conv2d::{conv2d_backward, conv2d_forward, Conv2dGrads};
+pub use dense::{dense_backward, dense_forward, DenseGrads};
+pub use maxpool::{maxpool2d_backward, maxpool2d_forward, MaxPoolOutput};
+pub use relu::{relu_backward, relu_inplace};
+pub use softmax::{softmax_cross_entropy, SoftmaxCrossEntropy};

@@ -1,0 +1,126 @@
+//! Memory-mapped `.npy` files and atomic `.npy` publication.
+//!
+//! A [`MappedNpy`] maps a whole file read-only and hands out `ndarray` views
+//! straight into the mapping: nothing is copied, and pages are read from disk
+//! (or EFS) only when touched. Files are published with [`write_npy_atomic`]
+//! (temp file, fsync, rename), and a published file is never modified in
+//! place, which is what makes the mapping sound (see the `SAFETY` note).
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use ndarray::{ArrayBase, ArrayViewD, Data, Dimension};
+use ndarray_npy::{ViewElement, ViewNpyExt, WritableElement, WriteNpyExt};
+
+use crate::error::{KernelError, Result};
+
+/// A read-only memory mapping of one `.npy` file.
+#[derive(Debug)]
+pub struct MappedNpy {
+    path: PathBuf,
+    map: Mmap,
+}
+
+impl MappedNpy {
+    /// Maps `path`.
+    ///
+    /// # Errors
+    /// [`KernelError::Io`] if the file cannot be opened or mapped.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| KernelError::io(&path, e))?;
+        // SAFETY: the mapping is read-only and lives as long as `self`. A
+        // mapped file that another process truncates or rewrites in place
+        // would make the views undefined; the whole system only ever
+        // publishes new files by rename (`write_npy_atomic`) and never
+        // modifies a published file, so a mapped file's bytes do not change.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| KernelError::io(&path, e))?;
+        Ok(MappedNpy { path, map })
+    }
+
+    /// The mapped file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A view of the array inside, of element type `A` and any dimension.
+    ///
+    /// # Errors
+    /// [`KernelError::Npy`] naming the file if the header is malformed, the
+    /// dtype is not `A`'s (little-endian), the data is truncated or has extra
+    /// bytes, or the data is not aligned for `A`.
+    pub fn view<A: ViewElement>(&self) -> Result<ArrayViewD<'_, A>> {
+        ArrayViewD::<A>::view_npy(&self.map).map_err(|e| KernelError::Npy {
+            path: self.path.clone(),
+            expected_dtype: std::any::type_name::<A>(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Writes `array` to `path` as `.npy`, atomically: the bytes go to a temp
+/// file in the same directory, which is fsynced and then renamed over `path`.
+/// A reader never sees a partial file, and a crash leaves either the old file
+/// or the new one.
+///
+/// # Errors
+/// [`KernelError::Io`] naming the file on any I/O failure (the temp file is removed).
+pub fn write_npy_atomic<A, S, D>(path: impl AsRef<Path>, array: &ArrayBase<S, D>) -> Result<()>
+where
+    A: WritableElement,
+    S: Data<Elem = A>,
+    D: Dimension,
+{
+    let path = path.as_ref();
+    publish_atomic(path, |w| {
+        array
+            .write_npy(w)
+            .map_err(|e| std::io::Error::other(format!("writing .npy: {e}")))
+    })
+}
+
+/// Publishes a file by temp-write, fsync and rename; `fill` writes the bytes.
+///
+/// # Errors
+/// [`KernelError::Io`] naming `path` on any I/O failure (the temp file is removed).
+pub fn publish_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), unique()));
+    let result = (|| {
+        let file = File::create(&tmp)?;
+        {
+            let mut w = BufWriter::new(&file);
+            fill(&mut w)?;
+            w.flush()?;
+        }
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        KernelError::io(path, e)
+    })
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

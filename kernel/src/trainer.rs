@@ -1,0 +1,416 @@
+//! Training the softmax head: loss and gradient of a batch, updates, evaluation.
+//!
+//! The API is deliberately small and explicit so that distributed workers can
+//! build on it: parameters and gradients are plain arrays with names
+//! ([`Head::tensors`], [`HeadGradient::tensors`]) that can be written to `.npy`,
+//! gradients are *sums* over examples with a count (so sums from several
+//! workers add exactly to the large-batch gradient), and every random choice
+//! comes from an explicit seed.
+//!
+//! Features come from a [`FeatureSource`]: either images run through the
+//! frozen VGG19 at every step (the seed's way, [`ImageFeatures`]) or a cache of
+//! precomputed features.
+
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::dataset::ImageDataset;
+use crate::error::{KernelError, Result};
+use crate::layers::{dense_backward, dense_forward, softmax_cross_entropy};
+use crate::optim::Sgd;
+use crate::vgg::{init_head, Vgg19};
+
+/// Something that yields feature vectors and labels for example indices.
+pub trait FeatureSource: Sync {
+    /// Number of examples.
+    fn len(&self) -> usize;
+    /// Whether there is no example.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Length of one feature vector.
+    fn feature_dim(&self) -> usize;
+    /// Features `[indices.len(), feature_dim]` and labels of the examples at `indices`.
+    ///
+    /// # Errors
+    /// Implementation-defined, e.g. an index out of range.
+    fn batch(&self, indices: &[usize]) -> Result<(Array2<f32>, Vec<u32>)>;
+}
+
+/// Images run through the frozen VGG19 for every batch.
+#[derive(Debug)]
+pub struct ImageFeatures {
+    pub dataset: ImageDataset,
+    pub vgg: Vgg19,
+}
+
+impl FeatureSource for ImageFeatures {
+    fn len(&self) -> usize {
+        self.dataset.len()
+    }
+    fn feature_dim(&self) -> usize {
+        self.vgg.feature_dim()
+    }
+    fn batch(&self, indices: &[usize]) -> Result<(Array2<f32>, Vec<u32>)> {
+        let (images, labels) = self.dataset.gather(indices)?;
+        Ok((self.vgg.features(images.view())?, labels))
+    }
+}
+
+/// In-memory features and labels (tests, and small cached sets).
+#[derive(Clone, Debug)]
+pub struct InMemoryFeatures {
+    pub features: Array2<f32>,
+    pub labels: Vec<u32>,
+}
+
+impl FeatureSource for InMemoryFeatures {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn feature_dim(&self) -> usize {
+        self.features.ncols()
+    }
+    fn batch(&self, indices: &[usize]) -> Result<(Array2<f32>, Vec<u32>)> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(KernelError::invalid(
+                "feature index",
+                format!("{bad} >= {}", self.len()),
+            ));
+        }
+        Ok((
+            self.features.select(Axis(0), indices),
+            indices.iter().map(|&i| self.labels[i]).collect(),
+        ))
+    }
+}
+
+/// The trainable softmax head: `logits = x·Wᵀ + b`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Head {
+    /// `[classes, features]`.
+    pub weight: Array2<f32>,
+    /// `[classes]`.
+    pub bias: Array1<f32>,
+}
+
+/// Sum of the loss gradient over `count` examples, plus the batch's loss and hits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeadGradient {
+    /// `Σ ∂L/∂W`, `[classes, features]`.
+    pub weight: Array2<f32>,
+    /// `Σ ∂L/∂b`, `[classes]`.
+    pub bias: Array1<f32>,
+    /// Σ of the per-example cross-entropy.
+    pub loss_sum: f64,
+    /// Examples classified correctly (before the update).
+    pub correct: usize,
+    /// Examples summed over.
+    pub count: usize,
+}
+
+/// Loss and accuracy over a set of examples.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Evaluation {
+    pub loss_sum: f64,
+    pub correct: usize,
+    pub count: usize,
+}
+
+impl Evaluation {
+    /// Mean loss (NaN when empty).
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.count as f64
+    }
+    /// Fraction correct (NaN when empty).
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.count as f64
+    }
+}
+
+/// Parameter names of the head, as written to `.npy`.
+pub const HEAD_WEIGHT: &str = "head.weight";
+/// See [`HEAD_WEIGHT`].
+pub const HEAD_BIAS: &str = "head.bias";
+
+impl Head {
+    /// A freshly initialised head (see [`init_head`]).
+    pub fn new(classes: usize, features: usize, seed: u64) -> Self {
+        let (weight, bias) = init_head(classes, features, seed);
+        Head { weight, bias }
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.weight.nrows()
+    }
+
+    /// Input feature length.
+    pub fn feature_dim(&self) -> usize {
+        self.weight.ncols()
+    }
+
+    /// Named parameter views, in a fixed order.
+    pub fn tensors(&self) -> [(&'static str, ArrayViewD<'_, f32>); 2] {
+        [
+            (HEAD_WEIGHT, self.weight.view().into_dyn()),
+            (HEAD_BIAS, self.bias.view().into_dyn()),
+        ]
+    }
+
+    /// Rebuilds a head from its two arrays, checking they agree.
+    ///
+    /// # Errors
+    /// [`KernelError::Shape`] if the weight is not 2-D or the bias length differs from its rows.
+    pub fn from_arrays(weight: ArrayViewD<'_, f32>, bias: ArrayViewD<'_, f32>) -> Result<Self> {
+        let weight = weight
+            .into_dimensionality::<ndarray::Ix2>()
+            .map_err(|_| KernelError::shape(HEAD_WEIGHT, "[classes, features]", &[]))?
+            .to_owned();
+        if bias.shape() != [weight.nrows()] {
+            return Err(KernelError::shape(
+                HEAD_BIAS,
+                format!("[{}]", weight.nrows()),
+                bias.shape(),
+            ));
+        }
+        let bias = bias
+            .into_dimensionality::<ndarray::Ix1>()
+            .expect("checked")
+            .to_owned();
+        Ok(Head { weight, bias })
+    }
+
+    /// Logits `[N, classes]` for features `[N, features]`.
+    ///
+    /// # Errors
+    /// [`KernelError::Shape`] if the feature length differs.
+    pub fn logits(&self, x: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
+        dense_forward(x, self.weight.view(), self.bias.view(), false)
+    }
+
+    /// Summed loss gradient of a batch.
+    ///
+    /// # Errors
+    /// [`KernelError::Shape`] / [`KernelError::Label`] on mismatched features or labels.
+    pub fn gradient(&self, x: ArrayView2<'_, f32>, labels: &[u32]) -> Result<HeadGradient> {
+        let logits = self.logits(x)?;
+        let ce = softmax_cross_entropy(logits.view(), labels)?;
+        let g = dense_backward(x, self.weight.view(), ce.grad.view(), false)?;
+        Ok(HeadGradient {
+            weight: g.weight,
+            bias: g.bias,
+            loss_sum: ce.loss_sum,
+            correct: ce.correct,
+            count: ce.count,
+        })
+    }
+
+    /// Loss and accuracy of a batch, without gradients.
+    ///
+    /// # Errors
+    /// As [`gradient`](Self::gradient).
+    pub fn evaluate(&self, x: ArrayView2<'_, f32>, labels: &[u32]) -> Result<Evaluation> {
+        let logits = self.logits(x)?;
+        let ce = softmax_cross_entropy(logits.view(), labels)?;
+        Ok(Evaluation {
+            loss_sum: ce.loss_sum,
+            correct: ce.correct,
+            count: ce.count,
+        })
+    }
+
+    /// Applies one SGD update from a summed gradient.
+    ///
+    /// # Errors
+    /// As [`Sgd::step`].
+    pub fn apply(
+        &mut self,
+        grad: &HeadGradient,
+        sgd: &Sgd,
+        velocity: &mut HeadVelocity,
+    ) -> Result<()> {
+        sgd.step(
+            self.weight.view_mut().into_dyn(),
+            grad.weight.view().into_dyn(),
+            velocity.weight.view_mut().into_dyn(),
+            grad.count,
+        )?;
+        sgd.step(
+            self.bias.view_mut().into_dyn(),
+            grad.bias.view().into_dyn(),
+            velocity.bias.view_mut().into_dyn(),
+            grad.count,
+        )
+    }
+}
+
+impl HeadGradient {
+    /// A zero gradient over no example, to accumulate into.
+    pub fn zeros(classes: usize, features: usize) -> Self {
+        HeadGradient {
+            weight: Array2::zeros((classes, features)),
+            bias: Array1::zeros(classes),
+            loss_sum: 0.0,
+            correct: 0,
+            count: 0,
+        }
+    }
+
+    /// Adds another summed gradient into this one.
+    ///
+    /// # Errors
+    /// [`KernelError::Shape`] if the shapes differ.
+    pub fn add(&mut self, other: &HeadGradient) -> Result<()> {
+        if self.weight.dim() != other.weight.dim() {
+            return Err(KernelError::shape(
+                "gradient",
+                format!("{:?}", self.weight.shape()),
+                other.weight.shape(),
+            ));
+        }
+        self.weight += &other.weight;
+        self.bias += &other.bias;
+        self.loss_sum += other.loss_sum;
+        self.correct += other.correct;
+        self.count += other.count;
+        Ok(())
+    }
+
+    /// Named gradient views (`head.weight`, `head.bias`).
+    pub fn tensors(&self) -> [(&'static str, ArrayViewD<'_, f32>); 2] {
+        [
+            (HEAD_WEIGHT, self.weight.view().into_dyn()),
+            (HEAD_BIAS, self.bias.view().into_dyn()),
+        ]
+    }
+}
+
+/// SGD momentum buffers of the head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeadVelocity {
+    pub weight: Array2<f32>,
+    pub bias: Array1<f32>,
+}
+
+impl HeadVelocity {
+    /// Zero velocity for `head`.
+    pub fn zeros_like(head: &Head) -> Self {
+        HeadVelocity {
+            weight: Array2::zeros(head.weight.raw_dim()),
+            bias: Array1::zeros(head.bias.raw_dim()),
+        }
+    }
+
+    /// Mutable named views, matching [`Head::tensors`].
+    pub fn tensors_mut(&mut self) -> [(&'static str, ArrayViewMutD<'_, f32>); 2] {
+        [
+            (HEAD_WEIGHT, self.weight.view_mut().into_dyn()),
+            (HEAD_BIAS, self.bias.view_mut().into_dyn()),
+        ]
+    }
+}
+
+/// The example order of `epoch`: a permutation of `0..n` from `seed` alone.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Single-process mini-batch SGD of the head over a [`FeatureSource`].
+#[derive(Clone, Debug)]
+pub struct Trainer {
+    pub head: Head,
+    pub velocity: HeadVelocity,
+    pub sgd: Sgd,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl Trainer {
+    /// A trainer with a fresh head for `classes` over `features`-long inputs.
+    ///
+    /// # Errors
+    /// [`KernelError::Invalid`] on a zero batch size, zero classes, or bad SGD settings.
+    pub fn new(
+        classes: usize,
+        features: usize,
+        sgd: Sgd,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        sgd.validate()?;
+        if batch_size == 0 || classes == 0 {
+            return Err(KernelError::invalid(
+                "trainer",
+                "batch size and classes must be positive",
+            ));
+        }
+        let head = Head::new(classes, features, seed);
+        let velocity = HeadVelocity::zeros_like(&head);
+        Ok(Trainer {
+            head,
+            velocity,
+            sgd,
+            batch_size,
+            seed,
+        })
+    }
+
+    /// One SGD step on the examples `indices`; returns the batch's gradient stats.
+    ///
+    /// # Errors
+    /// As [`FeatureSource::batch`] and [`Head::gradient`].
+    pub fn step(&mut self, source: &dyn FeatureSource, indices: &[usize]) -> Result<HeadGradient> {
+        let (x, y) = source.batch(indices)?;
+        let g = self.head.gradient(x.view(), &y)?;
+        self.head.apply(&g, &self.sgd, &mut self.velocity)?;
+        Ok(g)
+    }
+
+    /// One epoch in [`epoch_order`]; returns the training loss and accuracy
+    /// accumulated over the epoch's steps (each measured before its update).
+    /// `progress` is called after each step with (steps done, steps total).
+    ///
+    /// # Errors
+    /// As [`step`](Self::step).
+    pub fn epoch(
+        &mut self,
+        source: &dyn FeatureSource,
+        epoch: u64,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Evaluation> {
+        let order = epoch_order(source.len(), self.seed, epoch);
+        let steps = order.len().div_ceil(self.batch_size);
+        let mut total = Evaluation::default();
+        for (i, chunk) in order.chunks(self.batch_size).enumerate() {
+            let g = self.step(source, chunk)?;
+            total.loss_sum += g.loss_sum;
+            total.correct += g.correct;
+            total.count += g.count;
+            progress(i + 1, steps);
+        }
+        Ok(total)
+    }
+
+    /// Evaluates the head on every example of `source`, in batches.
+    ///
+    /// # Errors
+    /// As [`FeatureSource::batch`].
+    pub fn evaluate(&self, source: &dyn FeatureSource) -> Result<Evaluation> {
+        let idx: Vec<usize> = (0..source.len()).collect();
+        let mut total = Evaluation::default();
+        for chunk in idx.chunks(self.batch_size.max(256)) {
+            let (x, y) = source.batch(chunk)?;
+            let e = self.head.evaluate(x.view(), &y)?;
+            total.loss_sum += e.loss_sum;
+            total.correct += e.correct;
+            total.count += e.count;
+        }
+        Ok(total)
+    }
+}
