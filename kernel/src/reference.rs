@@ -27,27 +27,55 @@ pub fn conv2d(
     g: &Window2d,
     relu: bool,
 ) -> Array4<f64> {
-    let (n, c, h, wd) = x.dim();
-    let (o, _, kh, kw) = w.dim();
-    let (oh, ow) = (g.out_h(h), g.out_w(wd));
-    Array4::from_shape_fn((n, o, oh, ow), |(b_, o_, i, j)| {
-        let mut s = b[o_] as f64;
-        for c_ in 0..c {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    let y = (i * g.stride.0 + ky) as isize - g.pad.0 as isize;
-                    let xx = (j * g.stride.1 + kx) as isize - g.pad.1 as isize;
-                    if let Some(v) = at(&x, b_, c_, y, xx) {
-                        s += w[[o_, c_, ky, kx]] as f64 * v;
-                    }
+    let (n, _, h, wd) = x.dim();
+    let o = w.shape()[0];
+    Array4::from_shape_fn((n, o, g.out_h(h), g.out_w(wd)), |(n_, o_, i, j)| {
+        conv2d_at(x, w, b, g, relu, (n_, o_, i, j))
+    })
+}
+
+/// One output element `y[n, o, i, j]` of [`conv2d`] (to spot-check large layers).
+pub fn conv2d_at(
+    x: ArrayView4<'_, f32>,
+    w: ArrayView4<'_, f32>,
+    b: ArrayView1<'_, f32>,
+    g: &Window2d,
+    relu: bool,
+    (n, o, i, j): (usize, usize, usize, usize),
+) -> f64 {
+    let (_, c, kh, kw) = w.dim();
+    let mut s = b[o] as f64;
+    for c_ in 0..c {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let y = (i * g.stride.0 + ky) as isize - g.pad.0 as isize;
+                let xx = (j * g.stride.1 + kx) as isize - g.pad.1 as isize;
+                if let Some(v) = at(&x, n, c_, y, xx) {
+                    s += w[[o, c_, ky, kx]] as f64 * v;
                 }
             }
         }
-        if relu {
-            s.max(0.0)
-        } else {
-            s
+    }
+    if relu {
+        s.max(0.0)
+    } else {
+        s
+    }
+}
+
+/// torchvision's `AdaptiveAvgPool2d`: cell `i` averages rows `⌊i·H/OH⌋ .. ⌈(i+1)·H/OH⌉`.
+pub fn adaptive_avgpool2d(x: ArrayView4<'_, f32>, out: (usize, usize)) -> Array4<f64> {
+    let (n, c, h, w) = x.dim();
+    Array4::from_shape_fn((n, c, out.0, out.1), |(b, ch, i, j)| {
+        let (y0, y1) = (i * h / out.0, ((i + 1) * h).div_ceil(out.0));
+        let (x0, x1) = (j * w / out.1, ((j + 1) * w).div_ceil(out.1));
+        let mut s = 0.0;
+        for y in y0..y1 {
+            for xx in x0..x1 {
+                s += x[[b, ch, y, xx]] as f64;
+            }
         }
+        s / ((y1 - y0) * (x1 - x0)) as f64
     })
 }
 

@@ -188,11 +188,11 @@ pub fn tensor_specs(cut: Cut) -> Vec<TensorSpec> {
 
 /// Random VGG19 weights (He-uniform, small random biases) for tests, demos and
 /// benchmarks: activations keep a stable scale through all 19 layers.
-/// Includes every table tensor, the ImageNet classifier too.
-pub fn random_weights(seed: u64) -> NamedTensors {
+/// Holds the tensors `cut` requires (not the ImageNet classifier).
+pub fn random_weights(seed: u64, cut: Cut) -> NamedTensors {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::new();
-    for spec in tensor_specs(Cut::Fc7) {
+    for spec in tensor_specs(cut).into_iter().filter(|s| s.required) {
         let fan_in: usize = spec.shape.iter().skip(1).product::<usize>().max(1);
         let is_bias = spec.shape.len() == 1;
         let bound = if is_bias {

@@ -1,0 +1,238 @@
+//! The whole VGG19 against the f64 reference, at 32×32 and (sampled) at 224×224.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use lml_kernel::approx::{assert_close, Approximation};
+use lml_kernel::geometry::Window2d;
+use lml_kernel::vgg::{random_weights, tensor_specs, LayerKind, CLASSIFIER_IN, MODEL, VGG19};
+use lml_kernel::weights::WeightStore;
+use lml_kernel::{reference, Cut, KernelError, Preset, Vgg19};
+use ndarray::{Array2, Array4, ArrayD, Ix1, Ix2, Ix4};
+use rand::{Rng, SeedableRng};
+
+/// One random fc7 weight directory shared by the tests of this file (574 MB
+/// of f32 is generated once; the files are memory-mapped by each test).
+fn weights_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = random_weights(7, Cut::Fc7);
+        WeightStore::write(
+            tmp.path().join("w"),
+            MODEL,
+            Preset::Torchvision,
+            w.iter().map(|(n, a)| (n.clone(), a.view())),
+        )
+        .unwrap();
+        tmp
+    })
+    .path()
+}
+
+fn dir() -> std::path::PathBuf {
+    weights_dir().join("w")
+}
+
+fn input(n: usize, s: usize, seed: u64) -> Array4<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    Array4::from_shape_simple_fn((n, 3, s, s), || rng.random_range(-2.0f32..2.0))
+}
+
+fn load(store: &WeightStore, name: &str) -> ArrayD<f32> {
+    store.view(name).unwrap().to_owned()
+}
+
+/// The whole network in the reference implementation, rounding to f32
+/// between layers; returns the features at pool5, fc6 and fc7.
+fn reference_forward(store: &WeightStore, x: &Array4<f32>) -> Vec<Array2<f64>> {
+    let n = x.shape()[0];
+    let mut act = x.mapv(|v| v as f64);
+    let mut flat: Option<Array2<f64>> = None;
+    let mut cuts = Vec::new();
+    for layer in &VGG19[..Cut::Fc7.layers()] {
+        let x32 = act.mapv(|v| v as f32);
+        match layer.kind {
+            LayerKind::Conv { .. } => {
+                let w = load(store, &format!("{}.weight", layer.name))
+                    .into_dimensionality::<Ix4>()
+                    .unwrap();
+                let b = load(store, &format!("{}.bias", layer.name))
+                    .into_dimensionality::<Ix1>()
+                    .unwrap();
+                act = reference::conv2d(x32.view(), w.view(), b.view(), &Window2d::VGG_CONV, true);
+            }
+            LayerKind::MaxPool => act = reference::maxpool2d(x32.view(), &Window2d::VGG_POOL),
+            LayerKind::Dense { .. } => {
+                let inp = match flat.take() {
+                    Some(f) => f.mapv(|v| v as f32),
+                    None => reference::adaptive_avgpool2d(x32.view(), (7, 7))
+                        .mapv(|v| v as f32)
+                        .into_shape_with_order((n, CLASSIFIER_IN))
+                        .unwrap(),
+                };
+                let w = load(store, &format!("{}.weight", layer.name))
+                    .into_dimensionality::<Ix2>()
+                    .unwrap();
+                let b = load(store, &format!("{}.bias", layer.name))
+                    .into_dimensionality::<Ix1>()
+                    .unwrap();
+                flat = Some(reference::dense(inp.view(), w.view(), b.view(), true));
+                cuts.push(flat.clone().unwrap());
+            }
+        }
+        if layer.name == "features.36" {
+            let d = act.len() / n;
+            cuts.push(act.clone().into_shape_with_order((n, d)).unwrap());
+        }
+    }
+    cuts
+}
+
+#[test]
+fn vgg19_at_32_matches_reference_for_every_cut() {
+    let store = WeightStore::open(dir(), MODEL, &tensor_specs(Cut::Fc7)).unwrap();
+    let x = input(2, 32, 1);
+    let refs = reference_forward(&store, &x);
+    for (cut, r) in [Cut::Pool5, Cut::Fc6, Cut::Fc7].into_iter().zip(refs) {
+        let vgg = Vgg19::open(dir(), 32, cut).unwrap();
+        let y = vgg.forward(x.view()).unwrap();
+        assert_eq!(y.shape(), &[2, vgg.feature_dim()]);
+        assert_close(
+            &format!("VGG19 to {cut:?} at 32"),
+            y.view(),
+            r.view(),
+            Approximation::Approximate,
+        );
+        assert!(r.iter().any(|&v| v > 0.0), "features must not be all zero");
+    }
+}
+
+/// At 224 the full reference would take minutes, so every layer is checked on
+/// sampled outputs, from the fast path's own input to that layer.
+#[test]
+fn vgg19_at_224_matches_reference_layer_by_layer() {
+    let vgg = Vgg19::open(dir(), 224, Cut::Fc7).unwrap();
+    let store = WeightStore::open(dir(), MODEL, &tensor_specs(Cut::Fc7)).unwrap();
+    let x = input(1, 224, 2);
+    let mut outputs: BTreeMap<String, ArrayD<f32>> = BTreeMap::new();
+    let feats = vgg
+        .forward_observed(x.view(), |name, y| {
+            outputs.insert(name.to_string(), y.to_owned());
+        })
+        .unwrap();
+    assert_eq!(feats.shape(), &[1, 4096]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut prev: ArrayD<f32> = x.into_dyn();
+    for layer in &VGG19[..Cut::Fc7.layers()] {
+        let out = &outputs[layer.name];
+        match layer.kind {
+            LayerKind::Conv { .. } => {
+                let w = load(&store, &format!("{}.weight", layer.name))
+                    .into_dimensionality::<Ix4>()
+                    .unwrap();
+                let b = load(&store, &format!("{}.bias", layer.name))
+                    .into_dimensionality::<Ix1>()
+                    .unwrap();
+                let p = prev.view().into_dimensionality::<Ix4>().unwrap();
+                let o = out.view().into_dimensionality::<Ix4>().unwrap();
+                let (_, oc, oh, ow) = o.dim();
+                for _ in 0..48 {
+                    // Bias samples to the borders, where padding matters.
+                    let pick = |rng: &mut rand_chacha::ChaCha8Rng, n: usize| match rng
+                        .random_range(0..4)
+                    {
+                        0 => 0,
+                        1 => n - 1,
+                        _ => rng.random_range(0..n),
+                    };
+                    let idx = (
+                        0,
+                        rng.random_range(0..oc),
+                        pick(&mut rng, oh),
+                        pick(&mut rng, ow),
+                    );
+                    let r =
+                        reference::conv2d_at(p, w.view(), b.view(), &Window2d::VGG_CONV, true, idx);
+                    let got = o[idx] as f64;
+                    assert!(
+                        (got - r).abs() <= 1e-4 * r.abs().max(1.0),
+                        "{} at {idx:?}: {got} vs {r}",
+                        layer.name
+                    );
+                }
+            }
+            LayerKind::MaxPool => {
+                let r = reference::maxpool2d(
+                    prev.view().into_dimensionality::<Ix4>().unwrap(),
+                    &Window2d::VGG_POOL,
+                );
+                assert_close(
+                    layer.name,
+                    out.view().into_dimensionality::<Ix4>().unwrap(),
+                    r.view(),
+                    Approximation::Exact,
+                );
+            }
+            LayerKind::Dense { .. } => {
+                let inp = if prev.ndim() == 4 {
+                    prev.clone()
+                        .into_shape_with_order(ndarray::IxDyn(&[1, CLASSIFIER_IN]))
+                        .unwrap()
+                } else {
+                    prev.clone()
+                };
+                let w = load(&store, &format!("{}.weight", layer.name))
+                    .into_dimensionality::<Ix2>()
+                    .unwrap();
+                let b = load(&store, &format!("{}.bias", layer.name))
+                    .into_dimensionality::<Ix1>()
+                    .unwrap();
+                let r = reference::dense(
+                    inp.view().into_dimensionality::<Ix2>().unwrap(),
+                    w.view(),
+                    b.view(),
+                    true,
+                );
+                assert_close(
+                    layer.name,
+                    out.view().into_dimensionality::<Ix2>().unwrap(),
+                    r.view(),
+                    Approximation::Close,
+                );
+            }
+        }
+        prev = out.clone();
+    }
+}
+
+#[test]
+fn features_are_independent_of_batch_composition_and_threads() {
+    let vgg = Vgg19::open(dir(), 32, Cut::Fc7).unwrap();
+    let x = input(3, 32, 4);
+    let all = vgg.forward(x.view()).unwrap();
+    let one = lml_kernel::parallel::thread_pool(1)
+        .unwrap()
+        .install(|| vgg.forward(x.slice(ndarray::s![1..2, .., .., ..])).unwrap());
+    assert_eq!(all.row(1), one.row(0));
+}
+
+#[test]
+fn bad_configuration_is_a_typed_error() {
+    assert!(matches!(
+        Vgg19::open(dir(), 48, Cut::Fc7),
+        Err(KernelError::Invalid { .. })
+    ));
+    let vgg = Vgg19::open(dir(), 32, Cut::Pool5).unwrap();
+    let err = vgg.forward(input(1, 64, 1).view()).unwrap_err();
+    assert!(err.to_string().contains("[N, 3, 32, 32]"), "{err}");
+    assert_eq!(vgg.feature_dim(), 512);
+    assert_eq!(
+        Vgg19::open(dir(), 64, Cut::Pool5).unwrap().feature_dim(),
+        2048
+    );
+    // The nominal 39.26 GFLOP per 224×224 image through fc7 (conv + fc6 + fc7).
+    let g = lml_kernel::vgg::flops_per_image(224, Cut::Fc7) as f64 / 1e9;
+    assert!((g - 39.26).abs() < 0.01, "{g}");
+}
