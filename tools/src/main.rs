@@ -1,0 +1,186 @@
+//! `lml`: command-line tools for the serverless VGG19 trainer.
+
+mod synth;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lml_kernel::dataset::ImageDataset;
+use lml_kernel::npy::write_npy_atomic;
+use lml_kernel::optim::Sgd;
+use lml_kernel::trainer::{FeatureSource, InMemoryFeatures, Trainer};
+use lml_kernel::vgg::{random_weights, MODEL};
+use lml_kernel::weights::WeightStore;
+use lml_kernel::{Cut, Preset, Vgg19};
+use ndarray::{s, Array2};
+
+#[derive(Parser)]
+#[command(name = "lml", version, about = "Train a softmax head on frozen VGG19 features, locally or on AWS Lambda")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Kernel demo: generate images (and random VGG19 weights unless given),
+    /// extract frozen features, train the softmax head, report test accuracy.
+    Demo(DemoArgs),
+}
+
+#[derive(Parser)]
+struct DemoArgs {
+    /// Working directory for the generated dataset and weights (reused across runs).
+    #[arg(long, default_value = "runs/demo")]
+    workdir: PathBuf,
+    /// VGG19 weight directory (`.npy` per tensor + manifest.json); random weights if absent.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Training images to generate.
+    #[arg(long, default_value_t = 2000)]
+    train_images: usize,
+    /// Test images to generate.
+    #[arg(long, default_value_t = 500)]
+    test_images: usize,
+    /// Number of classes.
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Network input side: 32 (CIFAR-native) or 224 (ImageNet, as in the seed's paper).
+    #[arg(long, default_value_t = 32)]
+    input_size: usize,
+    /// Feature cut: pool5, fc6 or fc7.
+    #[arg(long, default_value = "fc7")]
+    cut: Cut,
+    /// Training epochs of the head.
+    #[arg(long, default_value_t = 10)]
+    epochs: u64,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f32,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seed for data, weights, initialisation and batch order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Demo(args) => {
+            let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let pool = lml_kernel::parallel::thread_pool(threads)?;
+            pool.install(|| demo(&args, threads))
+        }
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Writes `name_x.npy` / `name_y.npy` under `dir` unless they already exist.
+fn ensure_images(dir: &Path, name: &str, n: usize, classes: usize, seed: u64) -> Result<ImageDataset> {
+    let (xp, yp) = (dir.join(format!("{name}_x.npy")), dir.join(format!("{name}_y.npy")));
+    let fresh = ImageDataset::open(&xp, &yp).ok().filter(|d| d.len() == n);
+    if let Some(d) = fresh {
+        return Ok(d);
+    }
+    let (x, y) = synth::images(n, classes, 32, seed);
+    write_npy_atomic(&xp, &x)?;
+    write_npy_atomic(&yp, &y)?;
+    Ok(ImageDataset::open(&xp, &yp)?)
+}
+
+fn extract(vgg: &Vgg19, data: &ImageDataset, what: &str) -> Result<InMemoryFeatures> {
+    let n = data.len();
+    let mut features = Array2::<f32>::zeros((n, vgg.feature_dim()));
+    let pb = bar(n as u64, what);
+    let chunk = 32;
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        let f = vgg.features(data.images().slice(s![start..end, .., .., ..]))?;
+        features.slice_mut(s![start..end, ..]).assign(&f);
+        pb.inc((end - start) as u64);
+    }
+    pb.finish();
+    Ok(InMemoryFeatures { features, labels: data.labels().to_vec() })
+}
+
+fn demo(args: &DemoArgs, threads: usize) -> Result<()> {
+    if args.classes == 0 || args.classes > 256 {
+        bail!("--classes must be in 1..=256, got {}", args.classes);
+    }
+    std::fs::create_dir_all(&args.workdir).with_context(|| format!("creating {}", args.workdir.display()))?;
+    let data_dir = args.workdir.join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let train = ensure_images(&data_dir, "train", args.train_images, args.classes, args.seed)?;
+    let test = ensure_images(&data_dir, "test", args.test_images, args.classes, args.seed + 1)?;
+
+    let weights = match &args.weights {
+        Some(w) => w.clone(),
+        None => {
+            let dir = args.workdir.join(format!("random-weights-{}", args.seed));
+            if !dir.join(lml_kernel::weights::MANIFEST).exists() {
+                eprintln!("generating random VGG19 weights in {} (no --weights given)", dir.display());
+                let w = random_weights(args.seed, Cut::Fc7);
+                WeightStore::write(&dir, MODEL, Preset::Torchvision, w.iter().map(|(n, a)| (n.clone(), a.view())))?;
+            }
+            dir
+        }
+    };
+    let vgg = Vgg19::open(&weights, args.input_size, args.cut)
+        .with_context(|| format!("opening VGG19 weights in {}", weights.display()))?;
+    eprintln!(
+        "VGG19 to {:?} at {}×{} ({} features, {:?} preprocessing), {threads} threads",
+        args.cut,
+        args.input_size,
+        args.input_size,
+        vgg.feature_dim(),
+        vgg.preset()
+    );
+
+    let t = Instant::now();
+    let train_f = extract(&vgg, &train, "train feats")?;
+    let test_f = extract(&vgg, &test, "test feats")?;
+    let secs = t.elapsed().as_secs_f64();
+    let n = (train.len() + test.len()) as f64;
+    let gflop = lml_kernel::vgg::flops_per_image(args.input_size, args.cut) as f64 * n / 1e9;
+    eprintln!("features: {n} images in {secs:.2} s = {:.1} img/s, {:.1} GFLOP/s", n / secs, gflop / secs);
+
+    let sgd = Sgd { lr: args.lr, momentum: args.momentum, weight_decay: 0.0 };
+    let mut trainer = Trainer::new(args.classes, train_f.feature_dim(), sgd, args.batch, args.seed)?;
+    for epoch in 0..args.epochs {
+        let t = Instant::now();
+        let e = trainer.epoch(&train_f, epoch, |_, _| {})?;
+        let v = trainer.evaluate(&test_f)?;
+        println!(
+            "epoch {:>3}  train loss {:.4}  train acc {:.3}  test loss {:.4}  test acc {:.3}  ({:.0} ms)",
+            epoch + 1,
+            e.loss(),
+            e.accuracy(),
+            v.loss(),
+            v.accuracy(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let v = trainer.evaluate(&test_f)?;
+    println!("final test accuracy {:.3} on {} images ({} classes)", v.accuracy(), v.count, args.classes);
+    Ok(())
+}
