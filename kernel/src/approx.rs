@@ -40,11 +40,7 @@ pub fn check_close<D: Dimension>(
     approx: Approximation,
 ) -> Result<(), String> {
     if actual.shape() != expected.shape() {
-        return Err(format!(
-            "{what}: shape {:?} vs expected {:?}",
-            actual.shape(),
-            expected.shape()
-        ));
+        return Err(format!("{what}: shape {:?} vs expected {:?}", actual.shape(), expected.shape()));
     }
     let (rtol, atol) = approx.tolerances();
     let scale = expected.iter().fold(0.0f64, |m, &e| m.max(e.abs()));

@@ -30,21 +30,13 @@ impl ImageDataset {
         let images = MappedNpy::open(images)?;
         let shape = images.view::<u8>()?.shape().to_vec();
         if shape.len() != 4 || shape[3] != 3 {
-            return Err(KernelError::shape(
-                format!("images {}", images.path().display()),
-                "[N, H, W, 3]",
-                &shape,
-            ));
+            return Err(KernelError::shape(format!("images {}", images.path().display()), "[N, H, W, 3]", &shape));
         }
         let labels = read_labels(labels.as_ref())?;
         if labels.len() != shape[0] {
             return Err(KernelError::shape(
                 "labels",
-                format!(
-                    "[{}] (one per image in {})",
-                    shape[0],
-                    images.path().display()
-                ),
+                format!("[{}] (one per image in {})", shape[0], images.path().display()),
                 &[labels.len()],
             ));
         }
@@ -65,10 +57,7 @@ impl ImageDataset {
     pub fn images(&self) -> ArrayView4<'_, u8> {
         self.images
             .view::<u8>()
-            .and_then(|v| {
-                v.into_dimensionality::<Ix4>()
-                    .map_err(|e| KernelError::invalid("images", e.to_string()))
-            })
+            .and_then(|v| v.into_dimensionality::<Ix4>().map_err(|e| KernelError::invalid("images", e.to_string())))
             .expect("validated at open")
     }
 
@@ -83,10 +72,7 @@ impl ImageDataset {
     /// [`KernelError::Invalid`] if an index is out of range.
     pub fn gather(&self, indices: &[usize]) -> Result<(Array4<u8>, Vec<u32>)> {
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
-            return Err(KernelError::invalid(
-                "dataset index",
-                format!("{bad} >= {} images", self.len()),
-            ));
+            return Err(KernelError::invalid("dataset index", format!("{bad} >= {} images", self.len())));
         }
         let all = self.images();
         let batch = all.select(Axis(0), indices);
@@ -97,19 +83,11 @@ impl ImageDataset {
 /// Reads a 1-D label array of any common integer dtype as `u32`.
 pub fn read_labels(path: &Path) -> Result<Vec<u32>> {
     let m = MappedNpy::open(path)?;
-    let bad_value = |v: i128| {
-        KernelError::invalid(
-            format!("label in {}", path.display()),
-            format!("{v} is not a class index"),
-        )
-    };
+    let bad_value =
+        |v: i128| KernelError::invalid(format!("label in {}", path.display()), format!("{v} is not a class index"));
     let to_vec = |shape: &[usize]| -> Result<()> {
         if shape.len() != 1 {
-            return Err(KernelError::shape(
-                format!("labels {}", path.display()),
-                "[N]",
-                shape,
-            ));
+            return Err(KernelError::shape(format!("labels {}", path.display()), "[N]", shape));
         }
         Ok(())
     };
@@ -117,10 +95,7 @@ pub fn read_labels(path: &Path) -> Result<Vec<u32>> {
         ($t:ty) => {
             if let Ok(v) = m.view::<$t>() {
                 to_vec(v.shape())?;
-                return v
-                    .iter()
-                    .map(|&x| u32::try_from(x).map_err(|_| bad_value(x as i128)))
-                    .collect();
+                return v.iter().map(|&x| u32::try_from(x).map_err(|_| bad_value(x as i128))).collect();
             }
         };
     }
@@ -132,10 +107,6 @@ pub fn read_labels(path: &Path) -> Result<Vec<u32>> {
     Err(KernelError::Npy {
         path: path.to_path_buf(),
         expected_dtype: "integer labels (u8, u16, u32, i32 or i64)",
-        reason: m
-            .view::<u8>()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default(),
+        reason: m.view::<u8>().err().map(|e| e.to_string()).unwrap_or_default(),
     })
 }

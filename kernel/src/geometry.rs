@@ -27,11 +27,7 @@ pub struct Window2d {
 impl Window2d {
     /// A square window: `k × k`, stride `s`, padding `p`.
     pub const fn square(k: usize, s: usize, p: usize) -> Self {
-        Window2d {
-            kernel: (k, k),
-            stride: (s, s),
-            pad: (p, p),
-        }
+        Window2d { kernel: (k, k), stride: (s, s), pad: (p, p) }
     }
 
     /// VGG's convolution: 3×3, stride 1, padding 1 (keeps the size).
@@ -46,24 +42,15 @@ impl Window2d {
     /// input is smaller than the kernel.
     pub fn validate(&self, h: usize, w: usize) -> Result<()> {
         if self.kernel.0 == 0 || self.kernel.1 == 0 {
-            return Err(KernelError::invalid(
-                "window",
-                format!("zero kernel size {:?}", self.kernel),
-            ));
+            return Err(KernelError::invalid("window", format!("zero kernel size {:?}", self.kernel)));
         }
         if self.stride.0 == 0 || self.stride.1 == 0 {
-            return Err(KernelError::invalid(
-                "window",
-                format!("zero stride {:?}", self.stride),
-            ));
+            return Err(KernelError::invalid("window", format!("zero stride {:?}", self.stride)));
         }
         if h + 2 * self.pad.0 < self.kernel.0 || w + 2 * self.pad.1 < self.kernel.1 {
             return Err(KernelError::invalid(
                 "window",
-                format!(
-                    "kernel {:?} with padding {:?} does not fit a {h}×{w} input",
-                    self.kernel, self.pad
-                ),
+                format!("kernel {:?} with padding {:?} does not fit a {h}×{w} input", self.kernel, self.pad),
             ));
         }
         Ok(())
@@ -82,17 +69,13 @@ impl Window2d {
     /// For output column `o` and kernel offset `k`, the input index, or `None` in the padding.
     #[inline]
     pub(crate) fn input_x(&self, o: usize, k: usize, w: usize) -> Option<usize> {
-        (o * self.stride.1 + k)
-            .checked_sub(self.pad.1)
-            .filter(|&x| x < w)
+        (o * self.stride.1 + k).checked_sub(self.pad.1).filter(|&x| x < w)
     }
 
     /// For output row `o` and kernel offset `k`, the input index, or `None` in the padding.
     #[inline]
     pub(crate) fn input_y(&self, o: usize, k: usize, h: usize) -> Option<usize> {
-        (o * self.stride.0 + k)
-            .checked_sub(self.pad.0)
-            .filter(|&y| y < h)
+        (o * self.stride.0 + k).checked_sub(self.pad.0).filter(|&y| y < h)
     }
 
     /// Half-open range `[lo, hi)` of output columns whose input column for
@@ -109,11 +92,7 @@ fn valid_range(s: usize, p: usize, k: usize, n: usize, out: usize) -> (usize, us
     // o·s + k >= p  <=>  o >= ceil((p − k) / s)
     let lo = if k >= p { 0 } else { (p - k).div_ceil(s) };
     // o·s + k − p <= n − 1  <=>  o <= (n − 1 + p − k) / s
-    let hi = if n + p > k {
-        ((n - 1 + p - k) / s + 1).min(out)
-    } else {
-        0
-    };
+    let hi = if n + p > k { ((n - 1 + p - k) / s + 1).min(out) } else { 0 };
     (lo.min(hi), hi)
 }
 
@@ -134,11 +113,7 @@ mod tests {
             for p in 0..4 {
                 for k in 0..5 {
                     for n in 1..9 {
-                        let g = Window2d {
-                            kernel: (k + 1, k + 1),
-                            stride: (s, s),
-                            pad: (p, p),
-                        };
+                        let g = Window2d { kernel: (k + 1, k + 1), stride: (s, s), pad: (p, p) };
                         if g.validate(n, n).is_err() {
                             continue;
                         }

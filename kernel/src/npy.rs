@@ -74,29 +74,16 @@ where
     D: Dimension,
 {
     let path = path.as_ref();
-    publish_atomic(path, |w| {
-        array
-            .write_npy(w)
-            .map_err(|e| std::io::Error::other(format!("writing .npy: {e}")))
-    })
+    publish_atomic(path, |w| array.write_npy(w).map_err(|e| std::io::Error::other(format!("writing .npy: {e}"))))
 }
 
 /// Publishes a file by temp-write, fsync and rename; `fill` writes the bytes.
 ///
 /// # Errors
 /// [`KernelError::Io`] naming `path` on any I/O failure (the temp file is removed).
-pub fn publish_atomic(
-    path: &Path,
-    fill: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+pub fn publish_atomic(path: &Path, fill: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), unique()));
     let result = (|| {
         let file = File::create(&tmp)?;

@@ -25,11 +25,7 @@ pub struct Sgd {
 
 impl Default for Sgd {
     fn default() -> Self {
-        Sgd {
-            lr: 0.01,
-            momentum: 0.9,
-            weight_decay: 0.0,
-        }
+        Sgd { lr: 0.01, momentum: 0.9, weight_decay: 0.0 }
     }
 }
 
@@ -43,18 +39,11 @@ impl Sgd {
             if v.is_finite() && ok {
                 Ok(())
             } else {
-                Err(KernelError::invalid(
-                    format!("sgd.{name}"),
-                    format!("{v} is out of range"),
-                ))
+                Err(KernelError::invalid(format!("sgd.{name}"), format!("{v} is out of range")))
             }
         };
         check("lr", self.lr, self.lr > 0.0)?;
-        check(
-            "momentum",
-            self.momentum,
-            (0.0..1.0).contains(&self.momentum),
-        )?;
+        check("momentum", self.momentum, (0.0..1.0).contains(&self.momentum))?;
         check("weight_decay", self.weight_decay, self.weight_decay >= 0.0)
     }
 
@@ -71,33 +60,20 @@ impl Sgd {
         count: usize,
     ) -> Result<()> {
         if count == 0 {
-            return Err(KernelError::invalid(
-                "sgd count",
-                "a step needs at least one example",
-            ));
+            return Err(KernelError::invalid("sgd count", "a step needs at least one example"));
         }
-        for (what, shape) in [
-            ("gradient", grad_sum.shape()),
-            ("velocity", velocity.shape()),
-        ] {
+        for (what, shape) in [("gradient", grad_sum.shape()), ("velocity", velocity.shape())] {
             if shape != param.shape() {
-                return Err(KernelError::shape(
-                    format!("sgd {what}"),
-                    format!("{:?}", param.shape()),
-                    shape,
-                ));
+                return Err(KernelError::shape(format!("sgd {what}"), format!("{:?}", param.shape()), shape));
             }
         }
         let scale = 1.0 / count as f32;
         let (lr, mu, wd) = (self.lr, self.momentum, self.weight_decay);
-        Zip::from(param)
-            .and(grad_sum)
-            .and(velocity)
-            .for_each(|w, &g, v| {
-                let g = g * scale + wd * *w;
-                *v = mu * *v + g;
-                *w -= lr * *v;
-            });
+        Zip::from(param).and(grad_sum).and(velocity).for_each(|w, &g, v| {
+            let g = g * scale + wd * *w;
+            *v = mu * *v + g;
+            *w -= lr * *v;
+        });
         Ok(())
     }
 }

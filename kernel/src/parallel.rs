@@ -14,17 +14,11 @@ use crate::error::{KernelError, Result};
 /// [`KernelError::ThreadPool`] if `threads` is zero or the OS refuses.
 pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
     if threads == 0 {
-        return Err(KernelError::ThreadPool {
-            threads,
-            reason: "need at least one thread".into(),
-        });
+        return Err(KernelError::ThreadPool { threads, reason: "need at least one thread".into() });
     }
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("lml-kernel-{i}"))
         .build()
-        .map_err(|e| KernelError::ThreadPool {
-            threads,
-            reason: e.to_string(),
-        })
+        .map_err(|e| KernelError::ThreadPool { threads, reason: e.to_string() })
 }

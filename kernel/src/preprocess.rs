@@ -48,10 +48,7 @@ impl std::str::FromStr for Preset {
         match s {
             "caffe" => Ok(Preset::Caffe),
             "torchvision" => Ok(Preset::Torchvision),
-            _ => Err(KernelError::invalid(
-                "preset",
-                format!("{s:?} (expected \"caffe\" or \"torchvision\")"),
-            )),
+            _ => Err(KernelError::invalid("preset", format!("{s:?} (expected \"caffe\" or \"torchvision\")"))),
         }
     }
 }
@@ -60,8 +57,7 @@ impl std::str::FromStr for Preset {
 fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
     (0..n_out)
         .map(|i| {
-            let s =
-                ((i as f64 + 0.5) * n_in as f64 / n_out as f64 - 0.5).clamp(0.0, (n_in - 1) as f64);
+            let s = ((i as f64 + 0.5) * n_in as f64 / n_out as f64 - 0.5).clamp(0.0, (n_in - 1) as f64);
             let lo = s.floor() as usize;
             (lo, (lo + 1).min(n_in - 1), (s - lo as f64) as f32)
         })
@@ -84,11 +80,7 @@ fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
 pub fn preprocess(images: ArrayView4<'_, u8>, size: usize, preset: Preset) -> Result<Array4<f32>> {
     let (n, h, w, c) = images.dim();
     if c != 3 || h == 0 || w == 0 {
-        return Err(KernelError::shape(
-            "images",
-            "[N, H>0, W>0, 3] (RGB)",
-            images.shape(),
-        ));
+        return Err(KernelError::shape("images", "[N, H>0, W>0, 3] (RGB)", images.shape()));
     }
     if size == 0 {
         return Err(KernelError::invalid("input size", "must be positive"));
@@ -96,22 +88,19 @@ pub fn preprocess(images: ArrayView4<'_, u8>, size: usize, preset: Preset) -> Re
     let (ty, tx) = (taps(h, size), taps(w, size));
     let affine = preset.channel_affine();
     let mut out = Array4::<f32>::zeros((n, 3, size, size));
-    out.outer_iter_mut()
-        .into_par_iter()
-        .zip(images.outer_iter().into_par_iter())
-        .for_each(|(mut dst, src)| {
-            for (oc, &(sc, scale, offset)) in affine.iter().enumerate() {
-                let plane = src.index_axis(Axis(2), sc);
-                let mut d = dst.index_axis_mut(Axis(0), oc);
-                for (i, &(y0, y1, fy)) in ty.iter().enumerate() {
-                    for (j, &(x0, x1, fx)) in tx.iter().enumerate() {
-                        let p = |y: usize, x: usize| plane[[y, x]] as f32;
-                        let top = p(y0, x0) + (p(y0, x1) - p(y0, x0)) * fx;
-                        let bottom = p(y1, x0) + (p(y1, x1) - p(y1, x0)) * fx;
-                        d[[i, j]] = (top + (bottom - top) * fy) * scale + offset;
-                    }
+    out.outer_iter_mut().into_par_iter().zip(images.outer_iter().into_par_iter()).for_each(|(mut dst, src)| {
+        for (oc, &(sc, scale, offset)) in affine.iter().enumerate() {
+            let plane = src.index_axis(Axis(2), sc);
+            let mut d = dst.index_axis_mut(Axis(0), oc);
+            for (i, &(y0, y1, fy)) in ty.iter().enumerate() {
+                for (j, &(x0, x1, fx)) in tx.iter().enumerate() {
+                    let p = |y: usize, x: usize| plane[[y, x]] as f32;
+                    let top = p(y0, x0) + (p(y0, x1) - p(y0, x0)) * fx;
+                    let bottom = p(y1, x0) + (p(y1, x1) - p(y1, x0)) * fx;
+                    d[[i, j]] = (top + (bottom - top) * fy) * scale + offset;
                 }
             }
-        });
+        }
+    });
     Ok(out)
 }

@@ -29,9 +29,7 @@ pub fn conv2d(
 ) -> Array4<f64> {
     let (n, _, h, wd) = x.dim();
     let o = w.shape()[0];
-    Array4::from_shape_fn((n, o, g.out_h(h), g.out_w(wd)), |(n_, o_, i, j)| {
-        conv2d_at(x, w, b, g, relu, (n_, o_, i, j))
-    })
+    Array4::from_shape_fn((n, o, g.out_h(h), g.out_w(wd)), |(n_, o_, i, j)| conv2d_at(x, w, b, g, relu, (n_, o_, i, j)))
 }
 
 /// One output element `y[n, o, i, j]` of [`conv2d`] (to spot-check large layers).
@@ -106,8 +104,7 @@ pub fn conv2d_backward(
                                 let xx = (j * g.stride.1 + kx) as isize - g.pad.1 as isize;
                                 if let Some(v) = at(&x, b_, c_, y, xx) {
                                     gw[[o_, c_, ky, kx]] += d * v;
-                                    gx[[b_, c_, y as usize, xx as usize]] +=
-                                        d * w[[o_, c_, ky, kx]] as f64;
+                                    gx[[b_, c_, y as usize, xx as usize]] += d * w[[o_, c_, ky, kx]] as f64;
                                 }
                             }
                         }
@@ -138,17 +135,9 @@ pub fn maxpool2d(x: ArrayView4<'_, f32>, g: &Window2d) -> Array4<f64> {
 }
 
 /// `y[n, o] = b[o] + Σ_i x[n, i]·W[o, i]`, then optional ReLU.
-pub fn dense(
-    x: ArrayView2<'_, f32>,
-    w: ArrayView2<'_, f32>,
-    b: ArrayView1<'_, f32>,
-    relu: bool,
-) -> Array2<f64> {
+pub fn dense(x: ArrayView2<'_, f32>, w: ArrayView2<'_, f32>, b: ArrayView1<'_, f32>, relu: bool) -> Array2<f64> {
     Array2::from_shape_fn((x.nrows(), w.nrows()), |(n, o)| {
-        let s: f64 = b[o] as f64
-            + (0..x.ncols())
-                .map(|i| x[[n, i]] as f64 * w[[o, i]] as f64)
-                .sum::<f64>();
+        let s: f64 = b[o] as f64 + (0..x.ncols()).map(|i| x[[n, i]] as f64 * w[[o, i]] as f64).sum::<f64>();
         if relu {
             s.max(0.0)
         } else {
@@ -176,10 +165,7 @@ pub fn softmax_cross_entropy(z: ArrayView2<'_, f32>, labels: &[u32]) -> (f64, Ar
 /// Bilinear resize of one `[C, H, W]` image with half-pixel centres
 /// (`align_corners = False`): output pixel `i` samples input coordinate
 /// `(i + 0.5)·H/OH − 0.5`, clamped to `[0, H − 1]`.
-pub fn resize_bilinear(
-    x: ndarray::ArrayView3<'_, f64>,
-    out: (usize, usize),
-) -> ndarray::Array3<f64> {
+pub fn resize_bilinear(x: ndarray::ArrayView3<'_, f64>, out: (usize, usize)) -> ndarray::Array3<f64> {
     let (c, h, w) = x.dim();
     let coord = |i: usize, n_in: usize, n_out: usize| -> (usize, usize, f64) {
         let s = ((i as f64 + 0.5) * n_in as f64 / n_out as f64 - 0.5).clamp(0.0, (n_in - 1) as f64);

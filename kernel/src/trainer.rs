@@ -75,15 +75,9 @@ impl FeatureSource for InMemoryFeatures {
     }
     fn batch(&self, indices: &[usize]) -> Result<(Array2<f32>, Vec<u32>)> {
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
-            return Err(KernelError::invalid(
-                "feature index",
-                format!("{bad} >= {}", self.len()),
-            ));
+            return Err(KernelError::invalid("feature index", format!("{bad} >= {}", self.len())));
         }
-        Ok((
-            self.features.select(Axis(0), indices),
-            indices.iter().map(|&i| self.labels[i]).collect(),
-        ))
+        Ok((self.features.select(Axis(0), indices), indices.iter().map(|&i| self.labels[i]).collect()))
     }
 }
 
@@ -154,10 +148,7 @@ impl Head {
 
     /// Named parameter views, in a fixed order.
     pub fn tensors(&self) -> [(&'static str, ArrayViewD<'_, f32>); 2] {
-        [
-            (HEAD_WEIGHT, self.weight.view().into_dyn()),
-            (HEAD_BIAS, self.bias.view().into_dyn()),
-        ]
+        [(HEAD_WEIGHT, self.weight.view().into_dyn()), (HEAD_BIAS, self.bias.view().into_dyn())]
     }
 
     /// Rebuilds a head from its two arrays, checking they agree.
@@ -170,16 +161,9 @@ impl Head {
             .map_err(|_| KernelError::shape(HEAD_WEIGHT, "[classes, features]", &[]))?
             .to_owned();
         if bias.shape() != [weight.nrows()] {
-            return Err(KernelError::shape(
-                HEAD_BIAS,
-                format!("[{}]", weight.nrows()),
-                bias.shape(),
-            ));
+            return Err(KernelError::shape(HEAD_BIAS, format!("[{}]", weight.nrows()), bias.shape()));
         }
-        let bias = bias
-            .into_dimensionality::<ndarray::Ix1>()
-            .expect("checked")
-            .to_owned();
+        let bias = bias.into_dimensionality::<ndarray::Ix1>().expect("checked").to_owned();
         Ok(Head { weight, bias })
     }
 
@@ -199,13 +183,7 @@ impl Head {
         let logits = self.logits(x)?;
         let ce = softmax_cross_entropy(logits.view(), labels)?;
         let g = dense_backward(x, self.weight.view(), ce.grad.view(), false)?;
-        Ok(HeadGradient {
-            weight: g.weight,
-            bias: g.bias,
-            loss_sum: ce.loss_sum,
-            correct: ce.correct,
-            count: ce.count,
-        })
+        Ok(HeadGradient { weight: g.weight, bias: g.bias, loss_sum: ce.loss_sum, correct: ce.correct, count: ce.count })
     }
 
     /// Loss and accuracy of a batch, without gradients.
@@ -215,23 +193,14 @@ impl Head {
     pub fn evaluate(&self, x: ArrayView2<'_, f32>, labels: &[u32]) -> Result<Evaluation> {
         let logits = self.logits(x)?;
         let ce = softmax_cross_entropy(logits.view(), labels)?;
-        Ok(Evaluation {
-            loss_sum: ce.loss_sum,
-            correct: ce.correct,
-            count: ce.count,
-        })
+        Ok(Evaluation { loss_sum: ce.loss_sum, correct: ce.correct, count: ce.count })
     }
 
     /// Applies one SGD update from a summed gradient.
     ///
     /// # Errors
     /// As [`Sgd::step`].
-    pub fn apply(
-        &mut self,
-        grad: &HeadGradient,
-        sgd: &Sgd,
-        velocity: &mut HeadVelocity,
-    ) -> Result<()> {
+    pub fn apply(&mut self, grad: &HeadGradient, sgd: &Sgd, velocity: &mut HeadVelocity) -> Result<()> {
         sgd.step(
             self.weight.view_mut().into_dyn(),
             grad.weight.view().into_dyn(),
@@ -265,11 +234,7 @@ impl HeadGradient {
     /// [`KernelError::Shape`] if the shapes differ.
     pub fn add(&mut self, other: &HeadGradient) -> Result<()> {
         if self.weight.dim() != other.weight.dim() {
-            return Err(KernelError::shape(
-                "gradient",
-                format!("{:?}", self.weight.shape()),
-                other.weight.shape(),
-            ));
+            return Err(KernelError::shape("gradient", format!("{:?}", self.weight.shape()), other.weight.shape()));
         }
         self.weight += &other.weight;
         self.bias += &other.bias;
@@ -281,10 +246,7 @@ impl HeadGradient {
 
     /// Named gradient views (`head.weight`, `head.bias`).
     pub fn tensors(&self) -> [(&'static str, ArrayViewD<'_, f32>); 2] {
-        [
-            (HEAD_WEIGHT, self.weight.view().into_dyn()),
-            (HEAD_BIAS, self.bias.view().into_dyn()),
-        ]
+        [(HEAD_WEIGHT, self.weight.view().into_dyn()), (HEAD_BIAS, self.bias.view().into_dyn())]
     }
 }
 
@@ -298,18 +260,12 @@ pub struct HeadVelocity {
 impl HeadVelocity {
     /// Zero velocity for `head`.
     pub fn zeros_like(head: &Head) -> Self {
-        HeadVelocity {
-            weight: Array2::zeros(head.weight.raw_dim()),
-            bias: Array1::zeros(head.bias.raw_dim()),
-        }
+        HeadVelocity { weight: Array2::zeros(head.weight.raw_dim()), bias: Array1::zeros(head.bias.raw_dim()) }
     }
 
     /// Mutable named views, matching [`Head::tensors`].
     pub fn tensors_mut(&mut self) -> [(&'static str, ArrayViewMutD<'_, f32>); 2] {
-        [
-            (HEAD_WEIGHT, self.weight.view_mut().into_dyn()),
-            (HEAD_BIAS, self.bias.view_mut().into_dyn()),
-        ]
+        [(HEAD_WEIGHT, self.weight.view_mut().into_dyn()), (HEAD_BIAS, self.bias.view_mut().into_dyn())]
     }
 }
 
@@ -336,29 +292,14 @@ impl Trainer {
     ///
     /// # Errors
     /// [`KernelError::Invalid`] on a zero batch size, zero classes, or bad SGD settings.
-    pub fn new(
-        classes: usize,
-        features: usize,
-        sgd: Sgd,
-        batch_size: usize,
-        seed: u64,
-    ) -> Result<Self> {
+    pub fn new(classes: usize, features: usize, sgd: Sgd, batch_size: usize, seed: u64) -> Result<Self> {
         sgd.validate()?;
         if batch_size == 0 || classes == 0 {
-            return Err(KernelError::invalid(
-                "trainer",
-                "batch size and classes must be positive",
-            ));
+            return Err(KernelError::invalid("trainer", "batch size and classes must be positive"));
         }
         let head = Head::new(classes, features, seed);
         let velocity = HeadVelocity::zeros_like(&head);
-        Ok(Trainer {
-            head,
-            velocity,
-            sgd,
-            batch_size,
-            seed,
-        })
+        Ok(Trainer { head, velocity, sgd, batch_size, seed })
     }
 
     /// One SGD step on the examples `indices`; returns the batch's gradient stats.

@@ -14,16 +14,20 @@
 //! channel; the classifier sees it through torchvision's
 //! `AdaptiveAvgPool2d((7, 7))`, which is the identity at 224.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use ndarray::{Array1, Array2, ArrayD, ArrayView4, Ix1, Ix2, Ix4};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{KernelError, Result};
+use crate::gemm::{Microkernel, PackedA};
 use crate::geometry::Window2d;
-use crate::layers::{adaptive_avgpool2d_forward, conv2d_forward, dense_forward, maxpool2d_forward};
+use crate::layers::conv2d::{conv2d_forward_with, pack_filters};
+use crate::layers::{adaptive_avgpool2d_forward, dense_forward, maxpool2d_forward};
 use crate::preprocess::{preprocess, Preset};
 use crate::weights::{NamedTensors, TensorSpec, WeightStore};
 
@@ -34,17 +38,11 @@ pub const MODEL: &str = "vgg19";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerKind {
     /// 3×3 convolution, stride 1, padding 1, fused bias + ReLU.
-    Conv {
-        in_channels: usize,
-        out_channels: usize,
-    },
+    Conv { in_channels: usize, out_channels: usize },
     /// 2×2 max-pool, stride 2.
     MaxPool,
     /// Dense layer with fused bias + ReLU (dropout is the identity when frozen).
-    Dense {
-        in_features: usize,
-        out_features: usize,
-    },
+    Dense { in_features: usize, out_features: usize },
 }
 
 /// One row of the VGG19 table.
@@ -58,31 +56,13 @@ pub struct LayerSpec {
 }
 
 const fn conv(name: &'static str, keras: &'static str, i: usize, o: usize) -> LayerSpec {
-    LayerSpec {
-        name,
-        keras,
-        kind: LayerKind::Conv {
-            in_channels: i,
-            out_channels: o,
-        },
-    }
+    LayerSpec { name, keras, kind: LayerKind::Conv { in_channels: i, out_channels: o } }
 }
 const fn pool(name: &'static str, keras: &'static str) -> LayerSpec {
-    LayerSpec {
-        name,
-        keras,
-        kind: LayerKind::MaxPool,
-    }
+    LayerSpec { name, keras, kind: LayerKind::MaxPool }
 }
 const fn dense(name: &'static str, keras: &'static str, i: usize, o: usize) -> LayerSpec {
-    LayerSpec {
-        name,
-        keras,
-        kind: LayerKind::Dense {
-            in_features: i,
-            out_features: o,
-        },
-    }
+    LayerSpec { name, keras, kind: LayerKind::Dense { in_features: i, out_features: o } }
 }
 
 /// Flattened size of the pooled feature map fed to the classifier (512·7·7).
@@ -147,10 +127,7 @@ impl std::str::FromStr for Cut {
             "pool5" => Ok(Cut::Pool5),
             "fc6" => Ok(Cut::Fc6),
             "fc7" => Ok(Cut::Fc7),
-            _ => Err(KernelError::invalid(
-                "cut",
-                format!("{s:?} (expected pool5, fc6 or fc7)"),
-            )),
+            _ => Err(KernelError::invalid("cut", format!("{s:?} (expected pool5, fc6 or fc7)"))),
         }
     }
 }
@@ -162,26 +139,12 @@ pub fn tensor_specs(cut: Cut) -> Vec<TensorSpec> {
     for (i, layer) in VGG19.iter().enumerate() {
         let required = i < cut.layers();
         let (w, b) = match layer.kind {
-            LayerKind::Conv {
-                in_channels,
-                out_channels,
-            } => (vec![out_channels, in_channels, 3, 3], out_channels),
-            LayerKind::Dense {
-                in_features,
-                out_features,
-            } => (vec![out_features, in_features], out_features),
+            LayerKind::Conv { in_channels, out_channels } => (vec![out_channels, in_channels, 3, 3], out_channels),
+            LayerKind::Dense { in_features, out_features } => (vec![out_features, in_features], out_features),
             LayerKind::MaxPool => continue,
         };
-        specs.push(TensorSpec {
-            name: format!("{}.weight", layer.name),
-            shape: w,
-            required,
-        });
-        specs.push(TensorSpec {
-            name: format!("{}.bias", layer.name),
-            shape: vec![b],
-            required,
-        });
+        specs.push(TensorSpec { name: format!("{}.weight", layer.name), shape: w, required });
+        specs.push(TensorSpec { name: format!("{}.bias", layer.name), shape: vec![b], required });
     }
     specs
 }
@@ -195,17 +158,10 @@ pub fn random_weights(seed: u64, cut: Cut) -> NamedTensors {
     for spec in tensor_specs(cut).into_iter().filter(|s| s.required) {
         let fan_in: usize = spec.shape.iter().skip(1).product::<usize>().max(1);
         let is_bias = spec.shape.len() == 1;
-        let bound = if is_bias {
-            0.01
-        } else {
-            (6.0 / fan_in as f64).sqrt() as f32
-        };
+        let bound = if is_bias { 0.01 } else { (6.0 / fan_in as f64).sqrt() as f32 };
         let n: usize = spec.shape.iter().product();
         let data: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
-        out.push((
-            spec.name,
-            ArrayD::from_shape_vec(spec.shape, data).expect("shape matches length"),
-        ));
+        out.push((spec.name, ArrayD::from_shape_vec(spec.shape, data).expect("shape matches length")));
     }
     out
 }
@@ -217,26 +173,28 @@ pub fn flops_per_image(size: usize, cut: Cut) -> u64 {
     let mut total = 0u64;
     for layer in &VGG19[..cut.layers()] {
         match layer.kind {
-            LayerKind::Conv {
-                in_channels,
-                out_channels,
-            } => total += 2 * s * s * 9 * in_channels as u64 * out_channels as u64,
+            LayerKind::Conv { in_channels, out_channels } => {
+                total += 2 * s * s * 9 * in_channels as u64 * out_channels as u64
+            }
             LayerKind::MaxPool => s /= 2,
-            LayerKind::Dense {
-                in_features,
-                out_features,
-            } => total += 2 * in_features as u64 * out_features as u64,
+            LayerKind::Dense { in_features, out_features } => total += 2 * in_features as u64 * out_features as u64,
         }
     }
     total
 }
 
 /// The frozen VGG19 feature extractor over a [`WeightStore`].
+///
+/// Dense weights (fc6, fc7: 469 MB) are read straight from the mapping. On
+/// CPUs with a GEMM microkernel the convolution filters (80 MB) are packed
+/// into its panel layout on the first forward pass and kept for the life of
+/// the extractor (shared by its clones).
 #[derive(Clone, Debug)]
 pub struct Vgg19 {
     store: Arc<WeightStore>,
     input_size: usize,
     cut: Cut,
+    packed: Arc<OnceLock<HashMap<&'static str, PackedA>>>,
 }
 
 impl Vgg19 {
@@ -258,19 +216,12 @@ impl Vgg19 {
     /// 32; [`KernelError::MissingTensor`] if the store lacks a tensor `cut` needs.
     pub fn new(store: Arc<WeightStore>, input_size: usize, cut: Cut) -> Result<Self> {
         if input_size == 0 || input_size % 32 != 0 {
-            return Err(KernelError::invalid(
-                "input size",
-                format!("{input_size} is not a positive multiple of 32"),
-            ));
+            return Err(KernelError::invalid("input size", format!("{input_size} is not a positive multiple of 32")));
         }
         for spec in tensor_specs(cut).iter().filter(|s| s.required) {
             store.view(&spec.name)?;
         }
-        Ok(Vgg19 {
-            store,
-            input_size,
-            cut,
-        })
+        Ok(Vgg19 { store, input_size, cut, packed: Arc::default() })
     }
 
     /// Side of the square input.
@@ -303,15 +254,30 @@ impl Vgg19 {
     ) -> Result<(ndarray::ArrayView<'_, f32, D>, ndarray::ArrayView1<'_, f32>)> {
         let w = self.store.view(&format!("{layer}.weight"))?;
         let b = self.store.view(&format!("{layer}.bias"))?;
-        let rank = |name: &str, e: ndarray::ShapeError| {
-            KernelError::invalid(format!("{layer}.{name} rank"), e.to_string())
-        };
+        let rank =
+            |name: &str, e: ndarray::ShapeError| KernelError::invalid(format!("{layer}.{name} rank"), e.to_string());
         Ok((
-            w.into_dimensionality::<D>()
-                .map_err(|e| rank("weight", e))?,
-            b.into_dimensionality::<Ix1>()
-                .map_err(|e| rank("bias", e))?,
+            w.into_dimensionality::<D>().map_err(|e| rank("weight", e))?,
+            b.into_dimensionality::<Ix1>().map_err(|e| rank("bias", e))?,
         ))
+    }
+
+    /// Conv filters packed for this CPU's microkernel (empty without one).
+    fn packed_filters(&self) -> Result<&HashMap<&'static str, PackedA>> {
+        if let Some(p) = self.packed.get() {
+            return Ok(p);
+        }
+        let mut map = HashMap::new();
+        if let Some(kernel) = Microkernel::detect() {
+            let convs: Vec<&'static str> =
+                VGG19.iter().filter(|l| matches!(l.kind, LayerKind::Conv { .. })).map(|l| l.name).collect();
+            let packed: Result<Vec<(&'static str, PackedA)>> = convs
+                .into_par_iter()
+                .map(|name| Ok((name, pack_filters(self.params::<Ix4>(name)?.0, kernel)?)))
+                .collect();
+            map.extend(packed?);
+        }
+        Ok(self.packed.get_or_init(|| map))
     }
 
     /// Forward pass of preprocessed input to the cut.
@@ -338,19 +304,16 @@ impl Vgg19 {
         let s = self.input_size;
         let n = input.shape()[0];
         if input.shape() != [n, 3, s, s] {
-            return Err(KernelError::shape(
-                "VGG19 input",
-                format!("[N, 3, {s}, {s}]"),
-                input.shape(),
-            ));
+            return Err(KernelError::shape("VGG19 input", format!("[N, 3, {s}, {s}]"), input.shape()));
         }
+        let packed = self.packed_filters()?;
         let mut x = input.to_owned();
         let mut flat: Option<Array2<f32>> = None;
         for layer in &VGG19[..self.cut.layers()] {
             match layer.kind {
                 LayerKind::Conv { .. } => {
                     let (w, b) = self.params::<Ix4>(layer.name)?;
-                    x = conv2d_forward(x.view(), w, b, &Window2d::VGG_CONV, true)?;
+                    x = conv2d_forward_with(x.view(), w, packed.get(layer.name), b, &Window2d::VGG_CONV, true)?;
                     observe(layer.name, x.view().into_dyn());
                 }
                 LayerKind::MaxPool => {
@@ -362,9 +325,7 @@ impl Vgg19 {
                         Some(f) => f,
                         None => {
                             let pooled = adaptive_avgpool2d_forward(x.view(), (7, 7))?;
-                            pooled
-                                .into_shape_with_order((n, CLASSIFIER_IN))
-                                .expect("contiguous")
+                            pooled.into_shape_with_order((n, CLASSIFIER_IN)).expect("contiguous")
                         }
                     };
                     let (w, b) = self.params::<Ix2>(layer.name)?;

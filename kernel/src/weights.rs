@@ -90,27 +90,16 @@ impl WeightStore {
     pub fn open(dir: impl AsRef<Path>, model: &str, specs: &[TensorSpec]) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let manifest_path = dir.join(MANIFEST);
-        let text =
-            fs::read_to_string(&manifest_path).map_err(|e| KernelError::io(&manifest_path, e))?;
-        let bad = |reason: String| KernelError::Manifest {
-            path: manifest_path.clone(),
-            reason,
-        };
+        let text = fs::read_to_string(&manifest_path).map_err(|e| KernelError::io(&manifest_path, e))?;
+        let bad = |reason: String| KernelError::Manifest { path: manifest_path.clone(), reason };
         let manifest: Manifest = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         if manifest.format != FORMAT {
-            return Err(bad(format!(
-                "format {:?}, expected {FORMAT:?}",
-                manifest.format
-            )));
+            return Err(bad(format!("format {:?}, expected {FORMAT:?}", manifest.format)));
         }
         if manifest.model != model {
-            return Err(bad(format!(
-                "model {:?}, expected {model:?}",
-                manifest.model
-            )));
+            return Err(bad(format!("model {:?}, expected {model:?}", manifest.model)));
         }
-        let spec_by_name: BTreeMap<&str, &TensorSpec> =
-            specs.iter().map(|s| (s.name.as_str(), s)).collect();
+        let spec_by_name: BTreeMap<&str, &TensorSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
 
         let mut maps = BTreeMap::new();
         for entry in &manifest.tensors {
@@ -123,10 +112,7 @@ impl WeightStore {
                 });
             };
             if entry.dtype != "<f4" {
-                return Err(bad(format!(
-                    "tensor {} has dtype {:?}, expected \"<f4\"",
-                    entry.name, entry.dtype
-                )));
+                return Err(bad(format!("tensor {} has dtype {:?}, expected \"<f4\"", entry.name, entry.dtype)));
             }
             if entry.shape != spec.shape {
                 return Err(KernelError::TensorShape {
@@ -138,11 +124,7 @@ impl WeightStore {
             }
             let path = dir.join(file_name(&entry.name));
             if !path.is_file() {
-                return Err(KernelError::MissingTensor {
-                    dir,
-                    name: entry.name.clone(),
-                    file: file_name(&entry.name),
-                });
+                return Err(KernelError::MissingTensor { dir, name: entry.name.clone(), file: file_name(&entry.name) });
             }
             let mapped = MappedNpy::open(&path)?;
             let view = mapped.view::<f32>()?;
@@ -158,15 +140,8 @@ impl WeightStore {
                 return Err(bad(format!("tensor {} is listed twice", entry.name)));
             }
         }
-        if let Some(missing) = specs
-            .iter()
-            .find(|s| s.required && !maps.contains_key(&s.name))
-        {
-            return Err(KernelError::MissingTensor {
-                dir,
-                name: missing.name.clone(),
-                file: file_name(&missing.name),
-            });
+        if let Some(missing) = specs.iter().find(|s| s.required && !maps.contains_key(&s.name)) {
+            return Err(KernelError::MissingTensor { dir, name: missing.name.clone(), file: file_name(&missing.name) });
         }
         // A stray .npy is most likely a misnamed tensor: refuse rather than ignore it.
         let listing = fs::read_dir(&dir).map_err(|e| KernelError::io(&dir, e))?;
@@ -184,11 +159,7 @@ impl WeightStore {
                 }
             }
         }
-        Ok(WeightStore {
-            dir,
-            manifest,
-            maps,
-        })
+        Ok(WeightStore { dir, manifest, maps })
     }
 
     /// The directory this store maps.
@@ -218,11 +189,9 @@ impl WeightStore {
     pub fn view(&self, name: &str) -> Result<ArrayViewD<'_, f32>> {
         match self.maps.get(name) {
             Some(m) => m.view::<f32>(),
-            None => Err(KernelError::MissingTensor {
-                dir: self.dir.clone(),
-                name: name.to_string(),
-                file: file_name(name),
-            }),
+            None => {
+                Err(KernelError::MissingTensor { dir: self.dir.clone(), name: name.to_string(), file: file_name(name) })
+            }
         }
     }
 
@@ -242,37 +211,20 @@ impl WeightStore {
     ) -> Result<()> {
         let dir = dir.as_ref();
         if dir.exists() {
-            return Err(KernelError::invalid(
-                "weight directory",
-                format!("{} already exists", dir.display()),
-            ));
+            return Err(KernelError::invalid("weight directory", format!("{} already exists", dir.display())));
         }
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dir.with_file_name(format!(".{name}.partial-{}", std::process::id()));
         let result = (|| {
             fs::create_dir_all(&tmp).map_err(|e| KernelError::io(&tmp, e))?;
             let mut entries = Vec::new();
             for (tensor, view) in tensors {
                 write_npy_atomic(tmp.join(file_name(&tensor)), &view)?;
-                entries.push(TensorEntry {
-                    name: tensor,
-                    shape: view.shape().to_vec(),
-                    dtype: "<f4".into(),
-                });
+                entries.push(TensorEntry { name: tensor, shape: view.shape().to_vec(), dtype: "<f4".into() });
             }
-            let manifest = Manifest {
-                format: FORMAT.into(),
-                model: model.into(),
-                preset,
-                tensors: entries,
-            };
+            let manifest = Manifest { format: FORMAT.into(), model: model.into(), preset, tensors: entries };
             let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
-            publish_atomic(&tmp.join(MANIFEST), |w| {
-                std::io::Write::write_all(w, text.as_bytes())
-            })?;
+            publish_atomic(&tmp.join(MANIFEST), |w| std::io::Write::write_all(w, text.as_bytes()))?;
             fs::rename(&tmp, dir).map_err(|e| KernelError::io(dir, e))
         })();
         if result.is_err() {

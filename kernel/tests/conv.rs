@@ -4,7 +4,9 @@ mod common;
 
 use common::{dot, finite_difference, integers, random};
 use lml_kernel::approx::{assert_close, check_close, Approximation};
+use lml_kernel::gemm::Microkernel;
 use lml_kernel::geometry::Window2d;
+use lml_kernel::layers::conv2d::{conv2d_forward_with, pack_filters};
 use lml_kernel::layers::{conv2d_backward, conv2d_forward, relu_backward};
 use lml_kernel::{reference, KernelError};
 use ndarray::{Array1, Array4, Ix4};
@@ -34,76 +36,41 @@ impl ConvProblem {
 
     fn check_forward(&self, seed: u64) -> Result<(), String> {
         let (x, w, b) = self.data(seed);
-        let y = conv2d_forward(x.view(), w.view(), b.view(), &self.window, self.relu)
-            .map_err(|e| e.to_string())?;
+        let y = conv2d_forward(x.view(), w.view(), b.view(), &self.window, self.relu).map_err(|e| e.to_string())?;
         let r = reference::conv2d(x.view(), w.view(), b.view(), &self.window, self.relu);
-        check_close(
-            &format!("{self:?}"),
-            y.view(),
-            r.view(),
-            Approximation::Close,
-        )
+        check_close(&format!("{self:?}"), y.view(), r.view(), Approximation::Close)
     }
 
     fn check_backward(&self, seed: u64) -> Result<(), String> {
         let (x, w, b) = self.data(seed);
-        let y = conv2d_forward(x.view(), w.view(), b.view(), &self.window, false)
-            .map_err(|e| e.to_string())?;
+        let y = conv2d_forward(x.view(), w.view(), b.view(), &self.window, false).map_err(|e| e.to_string())?;
         let gy = random(y.raw_dim(), seed + 3);
-        let g = conv2d_backward(x.view(), w.view(), gy.view(), &self.window)
-            .map_err(|e| e.to_string())?;
+        let g = conv2d_backward(x.view(), w.view(), gy.view(), &self.window).map_err(|e| e.to_string())?;
         let (rx, rw, rb) = reference::conv2d_backward(x.view(), w.view(), gy.view(), &self.window);
-        check_close(
-            "grad input",
-            g.input.view(),
-            rx.view(),
-            Approximation::Close,
-        )?;
-        check_close(
-            "grad weight",
-            g.weight.view(),
-            rw.view(),
-            Approximation::Close,
-        )?;
+        check_close("grad input", g.input.view(), rx.view(), Approximation::Close)?;
+        check_close("grad weight", g.weight.view(), rw.view(), Approximation::Close)?;
         check_close("grad bias", g.bias.view(), rb.view(), Approximation::Close)
     }
 }
 
+/// `None` (portable) and every microkernel this CPU supports.
+fn strategies() -> Vec<Option<Microkernel>> {
+    let mut s = vec![None];
+    s.extend([Microkernel::Avx512, Microkernel::Avx2].into_iter().filter(|k| k.available()).map(Some));
+    s
+}
+
 fn window_strategy() -> impl Strategy<Value = Window2d> {
-    (
-        1usize..4,
-        1usize..4,
-        1usize..3,
-        1usize..3,
-        0usize..3,
-        0usize..3,
-    )
-        .prop_map(|(kh, kw, sh, sw, ph, pw)| Window2d {
-            kernel: (kh, kw),
-            stride: (sh, sw),
-            pad: (ph, pw),
-        })
+    (1usize..4, 1usize..4, 1usize..3, 1usize..3, 0usize..3, 0usize..3).prop_map(|(kh, kw, sh, sw, ph, pw)| Window2d {
+        kernel: (kh, kw),
+        stride: (sh, sw),
+        pad: (ph, pw),
+    })
 }
 
 fn problem_strategy() -> impl Strategy<Value = ConvProblem> {
-    (
-        1usize..3,
-        1usize..5,
-        1usize..9,
-        1usize..9,
-        1usize..6,
-        window_strategy(),
-        any::<bool>(),
-    )
-        .prop_map(|(n, c, h, w, o, window, relu)| ConvProblem {
-            n,
-            c,
-            h,
-            w,
-            o,
-            window,
-            relu,
-        })
+    (1usize..3, 1usize..5, 1usize..9, 1usize..9, 1usize..6, window_strategy(), any::<bool>())
+        .prop_map(|(n, c, h, w, o, window, relu)| ConvProblem { n, c, h, w, o, window, relu })
         .prop_filter("window must fit", |p| p.window.validate(p.h, p.w).is_ok())
 }
 
@@ -124,21 +91,8 @@ proptest! {
 /// a ragged last tile) and many channels.
 #[test]
 fn vgg_window_tiled_shapes() {
-    for (n, c, hw, o) in [
-        (2, 16, 24, 8),
-        (1, 3, 33, 5),
-        (3, 64, 7, 16),
-        (1, 8, 17, 64),
-    ] {
-        let p = ConvProblem {
-            n,
-            c,
-            h: hw,
-            w: hw,
-            o,
-            window: Window2d::VGG_CONV,
-            relu: true,
-        };
+    for (n, c, hw, o) in [(2, 16, 24, 8), (1, 3, 33, 5), (3, 64, 7, 16), (1, 8, 17, 64)] {
+        let p = ConvProblem { n, c, h: hw, w: hw, o, window: Window2d::VGG_CONV, relu: true };
         p.check_forward(7).unwrap();
     }
 }
@@ -146,13 +100,40 @@ fn vgg_window_tiled_shapes() {
 /// Integer-valued data: every sum is exact in f32, so the result is bit-exact.
 #[test]
 fn exact_on_integer_data() {
-    let window = Window2d::square(3, 2, 1);
-    let x = integers((2, 5, 11, 9), 1);
-    let w = integers((7, 5, 3, 3), 2);
-    let b = integers(7, 3);
-    let y = conv2d_forward(x.view(), w.view(), b.view(), &window, false).unwrap();
-    let r = reference::conv2d(x.view(), w.view(), b.view(), &window, false);
-    assert_close("exact conv", y.view(), r.view(), Approximation::Exact);
+    for (window, shape) in [(Window2d::square(3, 2, 1), (2, 5, 11, 9)), (Window2d::VGG_CONV, (3, 30, 20, 17))] {
+        let x = integers(shape, 1);
+        let w = integers((13, shape.1, 3, 3), 2);
+        let b = integers(13, 3);
+        let r = reference::conv2d(x.view(), w.view(), b.view(), &window, false);
+        for kernel in strategies() {
+            let packed = kernel.map(|k| pack_filters(w.view(), k).unwrap());
+            let y = conv2d_forward_with(x.view(), w.view(), packed.as_ref(), b.view(), &window, false).unwrap();
+            assert_close(&format!("exact conv {kernel:?}"), y.view(), r.view(), Approximation::Exact);
+        }
+    }
+}
+
+/// Many small images are grouped into one task; tasks must not mix them up.
+#[test]
+fn grouped_small_images() {
+    for (n, hw) in [(40, 2), (7, 4), (64, 1), (5, 16)] {
+        let p = ConvProblem { n, c: 9, h: hw, w: hw, o: 14, window: Window2d::VGG_CONV, relu: true };
+        p.check_forward(n as u64).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn packed_filters_must_match() {
+    let x = random((1, 3, 8, 8), 1);
+    let w = random((4, 3, 3, 3), 2);
+    let other = random((5, 3, 3, 3), 2);
+    let b = random(4, 3);
+    if let Some(k) = Microkernel::detect() {
+        let packed = pack_filters(other.view(), k).unwrap();
+        let err =
+            conv2d_forward_with(x.view(), w.view(), Some(&packed), b.view(), &Window2d::VGG_CONV, false).unwrap_err();
+        assert!(err.to_string().contains("packed"), "{err}");
+    }
 }
 
 /// Pinned cases: padding at least the kernel, a kernel as large as the padded
@@ -160,53 +141,17 @@ fn exact_on_integer_data() {
 #[test]
 fn pinned_edge_cases() {
     let cases = [
-        ConvProblem {
-            n: 1,
-            c: 2,
-            h: 1,
-            w: 1,
-            o: 3,
-            window: Window2d::square(3, 1, 1),
-            relu: false,
-        },
-        ConvProblem {
-            n: 1,
-            c: 1,
-            h: 2,
-            w: 5,
-            o: 1,
-            window: Window2d::square(3, 1, 2),
-            relu: false,
-        },
-        ConvProblem {
-            n: 2,
-            c: 3,
-            h: 4,
-            w: 4,
-            o: 2,
-            window: Window2d::square(6, 1, 1),
-            relu: true,
-        },
-        ConvProblem {
-            n: 1,
-            c: 2,
-            h: 9,
-            w: 9,
-            o: 2,
-            window: Window2d::square(1, 3, 0),
-            relu: false,
-        },
+        ConvProblem { n: 1, c: 2, h: 1, w: 1, o: 3, window: Window2d::square(3, 1, 1), relu: false },
+        ConvProblem { n: 1, c: 1, h: 2, w: 5, o: 1, window: Window2d::square(3, 1, 2), relu: false },
+        ConvProblem { n: 2, c: 3, h: 4, w: 4, o: 2, window: Window2d::square(6, 1, 1), relu: true },
+        ConvProblem { n: 1, c: 2, h: 9, w: 9, o: 2, window: Window2d::square(1, 3, 0), relu: false },
         ConvProblem {
             n: 1,
             c: 1,
             h: 5,
             w: 3,
             o: 1,
-            window: Window2d {
-                kernel: (1, 3),
-                stride: (2, 1),
-                pad: (0, 1),
-            },
+            window: Window2d { kernel: (1, 3), stride: (2, 1), pad: (0, 1) },
             relu: false,
         },
     ];
@@ -227,24 +172,15 @@ fn backward_matches_finite_differences() {
     let r = random(y.raw_dim(), 24);
     let loss_x = |xx: &ndarray::ArrayD<f32>| {
         let xx = xx.view().into_dimensionality::<Ix4>().unwrap();
-        dot(
-            &conv2d_forward(xx, w.view(), b.view(), &window, true).unwrap(),
-            &r,
-        )
+        dot(&conv2d_forward(xx, w.view(), b.view(), &window, true).unwrap(), &r)
     };
     let loss_w = |ww: &ndarray::ArrayD<f32>| {
         let ww = ww.view().into_dimensionality::<Ix4>().unwrap();
-        dot(
-            &conv2d_forward(x.view(), ww, b.view(), &window, true).unwrap(),
-            &r,
-        )
+        dot(&conv2d_forward(x.view(), ww, b.view(), &window, true).unwrap(), &r)
     };
     let loss_b = |bb: &ndarray::ArrayD<f32>| {
         let bb = bb.view().into_dimensionality::<ndarray::Ix1>().unwrap();
-        dot(
-            &conv2d_forward(x.view(), w.view(), bb, &window, true).unwrap(),
-            &r,
-        )
+        dot(&conv2d_forward(x.view(), w.view(), bb, &window, true).unwrap(), &r)
     };
     let mut gy = r.clone();
     relu_backward(gy.view_mut(), y.view());
@@ -277,9 +213,9 @@ fn deterministic_across_thread_counts() {
     let w = random((16, 8, 3, 3), 32);
     let b = random(16, 33);
     let run = |t| {
-        lml_kernel::parallel::thread_pool(t).unwrap().install(|| {
-            conv2d_forward(x.view(), w.view(), b.view(), &Window2d::VGG_CONV, true).unwrap()
-        })
+        lml_kernel::parallel::thread_pool(t)
+            .unwrap()
+            .install(|| conv2d_forward(x.view(), w.view(), b.view(), &Window2d::VGG_CONV, true).unwrap())
     };
     let one = run(1);
     for t in [2, 3, 5] {
@@ -292,45 +228,17 @@ fn bad_shapes_are_typed_errors() {
     let x = random((1, 3, 8, 8), 1);
     let b = random(4, 2);
     let wrong_c = random((4, 2, 3, 3), 3);
-    let err = conv2d_forward(
-        x.view(),
-        wrong_c.view(),
-        b.view(),
-        &Window2d::VGG_CONV,
-        false,
-    )
-    .unwrap_err();
+    let err = conv2d_forward(x.view(), wrong_c.view(), b.view(), &Window2d::VGG_CONV, false).unwrap_err();
     assert!(matches!(err, KernelError::Shape { .. }), "{err}");
     assert!(err.to_string().contains("conv2d weight"), "{err}");
     let wrong_k = random((4, 3, 5, 5), 3);
-    assert!(conv2d_forward(
-        x.view(),
-        wrong_k.view(),
-        b.view(),
-        &Window2d::VGG_CONV,
-        false
-    )
-    .is_err());
+    assert!(conv2d_forward(x.view(), wrong_k.view(), b.view(), &Window2d::VGG_CONV, false).is_err());
     let w = random((4, 3, 3, 3), 3);
     let short_b = random(3, 2);
-    let err = conv2d_forward(
-        x.view(),
-        w.view(),
-        short_b.view(),
-        &Window2d::VGG_CONV,
-        false,
-    )
-    .unwrap_err();
+    let err = conv2d_forward(x.view(), w.view(), short_b.view(), &Window2d::VGG_CONV, false).unwrap_err();
     assert!(err.to_string().contains("bias"), "{err}");
     let too_big = random((4, 3, 11, 11), 3);
-    let err = conv2d_forward(
-        x.view(),
-        too_big.view(),
-        b.view(),
-        &Window2d::square(11, 1, 1),
-        false,
-    )
-    .unwrap_err();
+    let err = conv2d_forward(x.view(), too_big.view(), b.view(), &Window2d::square(11, 1, 1), false).unwrap_err();
     assert!(matches!(err, KernelError::Invalid { .. }), "{err}");
     let gy = random((1, 4, 7, 8), 4);
     assert!(conv2d_backward(x.view(), w.view(), gy.view(), &Window2d::VGG_CONV).is_err());

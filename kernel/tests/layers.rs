@@ -51,32 +51,16 @@ fn maxpool_backward_routes_to_argmax_and_matches_finite_differences() {
     let r = random(out.output.raw_dim(), 5);
     let g = maxpool2d_backward(r.view(), out.argmax.view(), (7, 6)).unwrap();
     let fd = finite_difference(&x.clone().into_dyn(), 1e-2, |xx| {
-        dot(
-            &maxpool2d_forward(xx.view().into_dimensionality::<Ix4>().unwrap(), &window)
-                .unwrap()
-                .output,
-            &r,
-        )
+        dot(&maxpool2d_forward(xx.view().into_dimensionality::<Ix4>().unwrap(), &window).unwrap().output, &r)
     });
-    assert_close(
-        "maxpool ∂/∂x",
-        g.view().into_dyn(),
-        fd.view(),
-        Approximation::Approximate,
-    );
-    assert!(
-        maxpool2d_backward(r.view(), out.argmax.view(), (2, 2)).is_err(),
-        "indices outside the plane"
-    );
+    assert_close("maxpool ∂/∂x", g.view().into_dyn(), fd.view(), Approximation::Approximate);
+    assert!(maxpool2d_backward(r.view(), out.argmax.view(), (2, 2)).is_err(), "indices outside the plane");
 }
 
 #[test]
 fn maxpool_rejects_padding_as_large_as_kernel() {
     let x = random((1, 1, 4, 4), 1);
-    assert!(matches!(
-        maxpool2d_forward(x.view(), &Window2d::square(2, 2, 2)),
-        Err(KernelError::Invalid { .. })
-    ));
+    assert!(matches!(maxpool2d_forward(x.view(), &Window2d::square(2, 2, 2)), Err(KernelError::Invalid { .. })));
 }
 
 #[test]
@@ -84,34 +68,19 @@ fn avgpool_matches_definition_and_finite_differences() {
     // 1×1 → 7×7 replicates (VGG at 32×32); 5×3 → 2×2 uses overlapping cells.
     let x = random((1, 2, 1, 1), 1);
     let y = adaptive_avgpool2d_forward(x.view(), (7, 7)).unwrap();
-    assert!(y
-        .index_axis(ndarray::Axis(1), 1)
-        .iter()
-        .all(|&v| v == x[[0, 1, 0, 0]]));
+    assert!(y.index_axis(ndarray::Axis(1), 1).iter().all(|&v| v == x[[0, 1, 0, 0]]));
     let x = random((2, 2, 5, 3), 2);
     let y = adaptive_avgpool2d_forward(x.view(), (2, 2)).unwrap();
     // cell (1, 0): rows 2..5, cols 0..2
-    let want: f64 = (2..5)
-        .flat_map(|r| (0..2).map(move |c| (r, c)))
-        .map(|(r, c)| x[[1, 0, r, c]] as f64)
-        .sum::<f64>()
-        / 6.0;
+    let want: f64 =
+        (2..5).flat_map(|r| (0..2).map(move |c| (r, c))).map(|(r, c)| x[[1, 0, r, c]] as f64).sum::<f64>() / 6.0;
     assert!((y[[1, 0, 1, 0]] as f64 - want).abs() < 1e-6);
     let r = random(y.raw_dim(), 3);
     let g = adaptive_avgpool2d_backward(r.view(), (5, 3)).unwrap();
     let fd = finite_difference(&x.into_dyn(), 1e-2, |xx| {
-        dot(
-            &adaptive_avgpool2d_forward(xx.view().into_dimensionality::<Ix4>().unwrap(), (2, 2))
-                .unwrap(),
-            &r,
-        )
+        dot(&adaptive_avgpool2d_forward(xx.view().into_dimensionality::<Ix4>().unwrap(), (2, 2)).unwrap(), &r)
     });
-    assert_close(
-        "avgpool ∂/∂x",
-        g.view().into_dyn(),
-        fd.view(),
-        Approximation::Approximate,
-    );
+    assert_close("avgpool ∂/∂x", g.view().into_dyn(), fd.view(), Approximation::Approximate);
 }
 
 #[test]
@@ -136,38 +105,17 @@ fn dense_exact_on_integers_and_backward_matches_finite_differences() {
     relu_backward(gy.view_mut(), y.view());
     let g = dense_backward(x.view(), w.view(), gy.view(), true).unwrap();
     let f = |x: &Array2<f32>, w: &Array2<f32>, b: &ndarray::Array1<f32>| {
-        dot(
-            &dense_forward(x.view(), w.view(), b.view(), true).unwrap(),
-            &r,
-        )
+        dot(&dense_forward(x.view(), w.view(), b.view(), true).unwrap(), &r)
     };
-    let fx = finite_difference(&x.clone().into_dyn(), 1e-2, |v| {
-        f(&v.clone().into_dimensionality::<Ix2>().unwrap(), &w, &b)
-    });
-    let fw = finite_difference(&w.clone().into_dyn(), 1e-2, |v| {
-        f(&x, &v.clone().into_dimensionality::<Ix2>().unwrap(), &b)
-    });
-    let fb = finite_difference(&b.clone().into_dyn(), 1e-2, |v| {
-        f(&x, &w, &v.clone().into_dimensionality::<Ix1>().unwrap())
-    });
-    assert_close(
-        "dense ∂/∂x",
-        g.input.view().into_dyn(),
-        fx.view(),
-        Approximation::Approximate,
-    );
-    assert_close(
-        "dense ∂/∂W",
-        g.weight.view().into_dyn(),
-        fw.view(),
-        Approximation::Approximate,
-    );
-    assert_close(
-        "dense ∂/∂b",
-        g.bias.view().into_dyn(),
-        fb.view(),
-        Approximation::Approximate,
-    );
+    let fx =
+        finite_difference(&x.clone().into_dyn(), 1e-2, |v| f(&v.clone().into_dimensionality::<Ix2>().unwrap(), &w, &b));
+    let fw =
+        finite_difference(&w.clone().into_dyn(), 1e-2, |v| f(&x, &v.clone().into_dimensionality::<Ix2>().unwrap(), &b));
+    let fb =
+        finite_difference(&b.clone().into_dyn(), 1e-2, |v| f(&x, &w, &v.clone().into_dimensionality::<Ix1>().unwrap()));
+    assert_close("dense ∂/∂x", g.input.view().into_dyn(), fx.view(), Approximation::Approximate);
+    assert_close("dense ∂/∂W", g.weight.view().into_dyn(), fw.view(), Approximation::Approximate);
+    assert_close("dense ∂/∂b", g.bias.view().into_dyn(), fb.view(), Approximation::Approximate);
     let skipped = dense_backward(x.view(), w.view(), gy.view(), false).unwrap();
     assert_eq!(skipped.input.shape(), &[3, 0]);
     assert_eq!(skipped.weight, g.weight);
@@ -178,10 +126,7 @@ fn dense_bad_shapes() {
     let x = random((2, 4), 1);
     let w = random((3, 5), 2);
     let b = random(3, 3);
-    assert!(matches!(
-        dense_forward(x.view(), w.view(), b.view(), false),
-        Err(KernelError::Shape { .. })
-    ));
+    assert!(matches!(dense_forward(x.view(), w.view(), b.view(), false), Err(KernelError::Shape { .. })));
     let w = random((3, 4), 2);
     let b = random(2, 3);
     assert!(dense_forward(x.view(), w.view(), b.view(), false).is_err());
@@ -193,28 +138,12 @@ fn softmax_cross_entropy_matches_reference_and_finite_differences() {
     let labels = [0u32, 3, 9, 9, 1, 4];
     let ce = softmax_cross_entropy(z.view(), &labels).unwrap();
     let (loss, grad) = reference::softmax_cross_entropy(z.view(), &labels);
-    assert!(
-        (ce.loss_sum - loss).abs() < 1e-5 * loss.abs(),
-        "{} vs {loss}",
-        ce.loss_sum
-    );
-    assert_close(
-        "softmax grad",
-        ce.grad.view(),
-        grad.view(),
-        Approximation::Close,
-    );
+    assert!((ce.loss_sum - loss).abs() < 1e-5 * loss.abs(), "{} vs {loss}", ce.loss_sum);
+    assert_close("softmax grad", ce.grad.view(), grad.view(), Approximation::Close);
     let fd = finite_difference(&z.into_dyn(), 1e-2, |zz| {
-        softmax_cross_entropy(zz.view().into_dimensionality::<Ix2>().unwrap(), &labels)
-            .unwrap()
-            .loss_sum
+        softmax_cross_entropy(zz.view().into_dimensionality::<Ix2>().unwrap(), &labels).unwrap().loss_sum
     });
-    assert_close(
-        "softmax ∂/∂z",
-        ce.grad.view().into_dyn(),
-        fd.view(),
-        Approximation::Approximate,
-    );
+    assert_close("softmax ∂/∂z", ce.grad.view().into_dyn(), fd.view(), Approximation::Approximate);
 }
 
 #[test]
@@ -226,61 +155,33 @@ fn softmax_cross_entropy_is_stable_and_counts_hits() {
     assert_eq!(ce.correct, 1);
     assert!(matches!(
         softmax_cross_entropy(z.view(), &[0, 3]),
-        Err(KernelError::Label {
-            index: 1,
-            label: 3,
-            classes: 3
-        })
+        Err(KernelError::Label { index: 1, label: 3, classes: 3 })
     ));
-    assert!(matches!(
-        softmax_cross_entropy(z.view(), &[0]),
-        Err(KernelError::Shape { .. })
-    ));
+    assert!(matches!(softmax_cross_entropy(z.view(), &[0]), Err(KernelError::Shape { .. })));
 }
 
 #[test]
 fn sgd_follows_pytorch_convention() {
-    let sgd = Sgd {
-        lr: 0.5,
-        momentum: 0.9,
-        weight_decay: 0.1,
-    };
+    let sgd = Sgd { lr: 0.5, momentum: 0.9, weight_decay: 0.1 };
     let mut w = arr1(&[1.0f32, -2.0]).into_dyn();
     let mut v = ArrayD::<f32>::zeros(w.raw_dim());
     let g = arr1(&[4.0f32, 2.0]).into_dyn(); // summed over 2 examples
     sgd.step(w.view_mut(), g.view(), v.view_mut(), 2).unwrap();
     // g' = g/2 + 0.1 w = [2.1, 0.8]; v = g'; w -= 0.5 v
-    assert_close(
-        "w1",
-        w.view(),
-        arr1(&[1.0 - 1.05, -2.0 - 0.4]).into_dyn().view(),
-        Approximation::Close,
-    );
+    assert_close("w1", w.view(), arr1(&[1.0 - 1.05, -2.0 - 0.4]).into_dyn().view(), Approximation::Close);
     sgd.step(w.view_mut(), g.view(), v.view_mut(), 2).unwrap();
     let g2 = [2.0 + 0.1 * -0.05, 1.0 + 0.1 * -2.4];
     let v2 = [0.9 * 2.1 + g2[0], 0.9 * 0.8 + g2[1]];
     let want = arr1(&[-0.05 - 0.5 * v2[0], -2.4 - 0.5 * v2[1]]).into_dyn();
     assert_close("w2", w.view(), want.view(), Approximation::Close);
     assert!(sgd.step(w.view_mut(), g.view(), v.view_mut(), 0).is_err());
-    assert!(Sgd {
-        lr: f32::NAN,
-        ..sgd
-    }
-    .validate()
-    .is_err());
-    assert!(Sgd {
-        momentum: 1.0,
-        ..sgd
-    }
-    .validate()
-    .is_err());
+    assert!(Sgd { lr: f32::NAN, ..sgd }.validate().is_err());
+    assert!(Sgd { momentum: 1.0, ..sgd }.validate().is_err());
 }
 
 #[test]
 fn preprocess_resizes_like_reference_and_applies_presets() {
-    let images = Array4::from_shape_fn((2, 5, 7, 3), |(n, y, x, c)| {
-        ((n * 37 + y * 11 + x * 7 + c * 50) % 256) as u8
-    });
+    let images = Array4::from_shape_fn((2, 5, 7, 3), |(n, y, x, c)| ((n * 37 + y * 11 + x * 7 + c * 50) % 256) as u8);
     for preset in [Preset::Torchvision, Preset::Caffe] {
         let out = preprocess(images.view(), 12, preset).unwrap();
         assert_eq!(out.shape(), &[2, 3, 12, 12]);
@@ -288,15 +189,8 @@ fn preprocess_resizes_like_reference_and_applies_presets() {
             let rgb = Array3::from_shape_fn((3, 5, 7), |(c, y, x)| images[[n, y, x, c]] as f64);
             let resized = reference::resize_bilinear(rgb.view(), (12, 12));
             for (oc, (sc, scale, offset)) in preset.channel_affine().into_iter().enumerate() {
-                let want = resized
-                    .index_axis(ndarray::Axis(0), sc)
-                    .mapv(|v| v * scale as f64 + offset as f64);
-                assert_close(
-                    "preprocess",
-                    out.slice(ndarray::s![n, oc, .., ..]),
-                    want.view(),
-                    Approximation::Close,
-                );
+                let want = resized.index_axis(ndarray::Axis(0), sc).mapv(|v| v * scale as f64 + offset as f64);
+                assert_close("preprocess", out.slice(ndarray::s![n, oc, .., ..]), want.view(), Approximation::Close);
             }
         }
     }
@@ -306,21 +200,13 @@ fn preprocess_resizes_like_reference_and_applies_presets() {
     assert_close(
         "caffe",
         c.view(),
-        Array4::from_shape_vec(
-            (1, 3, 1, 1),
-            vec![30.0 - 103.939, 20.0 - 116.779, 10.0 - 123.68],
-        )
-        .unwrap()
-        .view(),
+        Array4::from_shape_vec((1, 3, 1, 1), vec![30.0 - 103.939, 20.0 - 116.779, 10.0 - 123.68]).unwrap().view(),
         Approximation::Close,
     );
     let t = preprocess(px.view(), 1, Preset::Torchvision).unwrap();
     assert!((t[[0, 0, 0, 0]] as f64 - (10.0 / 255.0 - 0.485) / 0.229).abs() < 1e-5);
     let bad = Array4::<u8>::zeros((1, 4, 4, 1));
-    assert!(matches!(
-        preprocess(bad.view(), 8, Preset::Caffe),
-        Err(KernelError::Shape { .. })
-    ));
+    assert!(matches!(preprocess(bad.view(), 8, Preset::Caffe), Err(KernelError::Shape { .. })));
     assert!("keras".parse::<Preset>().is_err());
 }
 

@@ -11,21 +11,9 @@ use ndarray::{Array1, Array2, Array4, ArrayD};
 
 fn specs() -> Vec<TensorSpec> {
     vec![
-        TensorSpec {
-            name: "a.weight".into(),
-            shape: vec![2, 3],
-            required: true,
-        },
-        TensorSpec {
-            name: "a.bias".into(),
-            shape: vec![2],
-            required: true,
-        },
-        TensorSpec {
-            name: "b.weight".into(),
-            shape: vec![4],
-            required: false,
-        },
+        TensorSpec { name: "a.weight".into(), shape: vec![2, 3], required: true },
+        TensorSpec { name: "a.bias".into(), shape: vec![2], required: true },
+        TensorSpec { name: "b.weight".into(), shape: vec![4], required: false },
     ]
 }
 
@@ -36,10 +24,7 @@ fn write_store(dir: &Path) {
         dir,
         "toy",
         Preset::Torchvision,
-        [
-            ("a.weight".to_string(), w.view()),
-            ("a.bias".to_string(), b.view()),
-        ],
+        [("a.weight".to_string(), w.view()), ("a.bias".to_string(), b.view())],
     )
     .unwrap();
 }
@@ -59,10 +44,7 @@ fn round_trip_maps_without_copy() {
     assert_eq!(w.shape(), &[2, 3]);
     assert_eq!(w[[1, 2]], 5.0);
     assert!(!store.contains("b.weight"));
-    assert!(matches!(
-        store.view("b.weight"),
-        Err(KernelError::MissingTensor { .. })
-    ));
+    assert!(matches!(store.view("b.weight"), Err(KernelError::MissingTensor { .. })));
     // Writing over an existing store is refused.
     assert!(matches!(
         WeightStore::write(&dir, "toy", Preset::Caffe, std::iter::empty()),
@@ -113,12 +95,8 @@ fn missing_required_tensor() {
     let msg = broken(|d| {
         fs::remove_file(d.join("a.bias.npy")).unwrap();
         let p = d.join(MANIFEST);
-        let mut m: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
-        m["tensors"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|t| t["name"] != "a.bias");
+        let mut m: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        m["tensors"].as_array_mut().unwrap().retain(|t| t["name"] != "a.bias");
         fs::write(&p, m.to_string()).unwrap();
     });
     assert!(msg.contains("missing tensor a.bias"), "{msg}");
@@ -127,10 +105,7 @@ fn missing_required_tensor() {
 #[test]
 fn stray_or_misnamed_file() {
     let msg = broken(|d| fs::write(d.join("a.wieght.npy"), b"x").unwrap());
-    assert!(
-        msg.contains("a.wieght.npy") && msg.contains("not listed"),
-        "{msg}"
-    );
+    assert!(msg.contains("a.wieght.npy") && msg.contains("not listed"), "{msg}");
     let msg = broken(|d| fs::rename(d.join("a.bias.npy"), d.join("a.biases.npy")).unwrap());
     assert!(msg.contains("a.bias"), "{msg}");
 }
@@ -141,29 +116,19 @@ fn unknown_tensor_in_manifest() {
         edit_manifest(d, "\"a.bias\"", "\"z.bias\"");
         fs::rename(d.join("a.bias.npy"), d.join("z.bias.npy")).unwrap();
     });
-    assert!(
-        msg.contains("z.bias") && msg.contains("no tensor of that name"),
-        "{msg}"
-    );
+    assert!(msg.contains("z.bias") && msg.contains("no tensor of that name"), "{msg}");
 }
 
 #[test]
 fn wrong_dtype_in_file() {
-    let msg = broken(|d| {
-        write_npy_atomic(d.join("a.bias.npy"), &Array1::from_vec(vec![0.5f64, 1.0])).unwrap()
-    });
+    let msg = broken(|d| write_npy_atomic(d.join("a.bias.npy"), &Array1::from_vec(vec![0.5f64, 1.0])).unwrap());
     assert!(msg.contains("a.bias.npy") && msg.contains("f32"), "{msg}");
 }
 
 #[test]
 fn wrong_shape_in_file() {
-    let msg = broken(|d| {
-        write_npy_atomic(d.join("a.weight.npy"), &ArrayD::<f32>::zeros(vec![3, 2])).unwrap()
-    });
-    assert!(
-        msg.contains("a.weight") && msg.contains("[3, 2]") && msg.contains("[2, 3]"),
-        "{msg}"
-    );
+    let msg = broken(|d| write_npy_atomic(d.join("a.weight.npy"), &ArrayD::<f32>::zeros(vec![3, 2])).unwrap());
+    assert!(msg.contains("a.weight") && msg.contains("[3, 2]") && msg.contains("[2, 3]"), "{msg}");
 }
 
 #[test]
@@ -187,9 +152,7 @@ fn manifest_shape_disagrees_with_model() {
 #[test]
 fn dataset_round_trip_and_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let x = Array4::from_shape_fn((5, 4, 4, 3), |(n, y, x, c)| {
-        (n * 50 + y * 10 + x * 2 + c) as u8
-    });
+    let x = Array4::from_shape_fn((5, 4, 4, 3), |(n, y, x, c)| (n * 50 + y * 10 + x * 2 + c) as u8);
     let (xp, yp) = (tmp.path().join("x.npy"), tmp.path().join("y.npy"));
     write_npy_atomic(&xp, &x).unwrap();
     write_npy_atomic(&yp, &Array1::from_vec(vec![0i64, 1, 2, 3, 9])).unwrap();
@@ -197,36 +160,18 @@ fn dataset_round_trip_and_errors() {
     assert_eq!(ds.len(), 5);
     let (b, l) = ds.gather(&[4, 0]).unwrap();
     assert_eq!(l, vec![9, 0]);
-    assert_eq!(
-        b.index_axis(ndarray::Axis(0), 0),
-        x.index_axis(ndarray::Axis(0), 4)
-    );
+    assert_eq!(b.index_axis(ndarray::Axis(0), 0), x.index_axis(ndarray::Axis(0), 4));
     assert!(ds.gather(&[5]).is_err());
 
     write_npy_atomic(&yp, &Array1::from_vec(vec![0u8, 1, 2])).unwrap();
-    assert!(ImageDataset::open(&xp, &yp)
-        .unwrap_err()
-        .to_string()
-        .contains("one per image"));
+    assert!(ImageDataset::open(&xp, &yp).unwrap_err().to_string().contains("one per image"));
     write_npy_atomic(&yp, &Array1::from_vec(vec![0i32, 1, -2, 3, 4])).unwrap();
-    assert!(ImageDataset::open(&xp, &yp)
-        .unwrap_err()
-        .to_string()
-        .contains("-2"));
+    assert!(ImageDataset::open(&xp, &yp).unwrap_err().to_string().contains("-2"));
     write_npy_atomic(&yp, &Array1::from_vec(vec![0.0f32; 5])).unwrap();
-    assert!(ImageDataset::open(&xp, &yp)
-        .unwrap_err()
-        .to_string()
-        .contains("integer labels"));
+    assert!(ImageDataset::open(&xp, &yp).unwrap_err().to_string().contains("integer labels"));
     write_npy_atomic(&xp, &Array4::<u8>::zeros((5, 4, 4, 1))).unwrap();
     write_npy_atomic(&yp, &Array1::from_vec(vec![0u8; 5])).unwrap();
-    assert!(ImageDataset::open(&xp, &yp)
-        .unwrap_err()
-        .to_string()
-        .contains("[N, H, W, 3]"));
+    assert!(ImageDataset::open(&xp, &yp).unwrap_err().to_string().contains("[N, H, W, 3]"));
     write_npy_atomic(&xp, &Array4::<f32>::zeros((5, 4, 4, 3))).unwrap();
-    assert!(matches!(
-        ImageDataset::open(&xp, &yp),
-        Err(KernelError::Npy { .. })
-    ));
+    assert!(matches!(ImageDataset::open(&xp, &yp), Err(KernelError::Npy { .. })));
 }

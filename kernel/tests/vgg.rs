@@ -55,12 +55,8 @@ fn reference_forward(store: &WeightStore, x: &Array4<f32>) -> Vec<Array2<f64>> {
         let x32 = act.mapv(|v| v as f32);
         match layer.kind {
             LayerKind::Conv { .. } => {
-                let w = load(store, &format!("{}.weight", layer.name))
-                    .into_dimensionality::<Ix4>()
-                    .unwrap();
-                let b = load(store, &format!("{}.bias", layer.name))
-                    .into_dimensionality::<Ix1>()
-                    .unwrap();
+                let w = load(store, &format!("{}.weight", layer.name)).into_dimensionality::<Ix4>().unwrap();
+                let b = load(store, &format!("{}.bias", layer.name)).into_dimensionality::<Ix1>().unwrap();
                 act = reference::conv2d(x32.view(), w.view(), b.view(), &Window2d::VGG_CONV, true);
             }
             LayerKind::MaxPool => act = reference::maxpool2d(x32.view(), &Window2d::VGG_POOL),
@@ -72,12 +68,8 @@ fn reference_forward(store: &WeightStore, x: &Array4<f32>) -> Vec<Array2<f64>> {
                         .into_shape_with_order((n, CLASSIFIER_IN))
                         .unwrap(),
                 };
-                let w = load(store, &format!("{}.weight", layer.name))
-                    .into_dimensionality::<Ix2>()
-                    .unwrap();
-                let b = load(store, &format!("{}.bias", layer.name))
-                    .into_dimensionality::<Ix1>()
-                    .unwrap();
+                let w = load(store, &format!("{}.weight", layer.name)).into_dimensionality::<Ix2>().unwrap();
+                let b = load(store, &format!("{}.bias", layer.name)).into_dimensionality::<Ix1>().unwrap();
                 flat = Some(reference::dense(inp.view(), w.view(), b.view(), true));
                 cuts.push(flat.clone().unwrap());
             }
@@ -99,12 +91,7 @@ fn vgg19_at_32_matches_reference_for_every_cut() {
         let vgg = Vgg19::open(dir(), 32, cut).unwrap();
         let y = vgg.forward(x.view()).unwrap();
         assert_eq!(y.shape(), &[2, vgg.feature_dim()]);
-        assert_close(
-            &format!("VGG19 to {cut:?} at 32"),
-            y.view(),
-            r.view(),
-            Approximation::Approximate,
-        );
+        assert_close(&format!("VGG19 to {cut:?} at 32"), y.view(), r.view(), Approximation::Approximate);
         assert!(r.iter().any(|&v| v > 0.0), "features must not be all zero");
     }
 }
@@ -129,45 +116,26 @@ fn vgg19_at_224_matches_reference_layer_by_layer() {
         let out = &outputs[layer.name];
         match layer.kind {
             LayerKind::Conv { .. } => {
-                let w = load(&store, &format!("{}.weight", layer.name))
-                    .into_dimensionality::<Ix4>()
-                    .unwrap();
-                let b = load(&store, &format!("{}.bias", layer.name))
-                    .into_dimensionality::<Ix1>()
-                    .unwrap();
+                let w = load(&store, &format!("{}.weight", layer.name)).into_dimensionality::<Ix4>().unwrap();
+                let b = load(&store, &format!("{}.bias", layer.name)).into_dimensionality::<Ix1>().unwrap();
                 let p = prev.view().into_dimensionality::<Ix4>().unwrap();
                 let o = out.view().into_dimensionality::<Ix4>().unwrap();
                 let (_, oc, oh, ow) = o.dim();
                 for _ in 0..48 {
                     // Bias samples to the borders, where padding matters.
-                    let pick = |rng: &mut rand_chacha::ChaCha8Rng, n: usize| match rng
-                        .random_range(0..4)
-                    {
+                    let pick = |rng: &mut rand_chacha::ChaCha8Rng, n: usize| match rng.random_range(0..4) {
                         0 => 0,
                         1 => n - 1,
                         _ => rng.random_range(0..n),
                     };
-                    let idx = (
-                        0,
-                        rng.random_range(0..oc),
-                        pick(&mut rng, oh),
-                        pick(&mut rng, ow),
-                    );
-                    let r =
-                        reference::conv2d_at(p, w.view(), b.view(), &Window2d::VGG_CONV, true, idx);
+                    let idx = (0, rng.random_range(0..oc), pick(&mut rng, oh), pick(&mut rng, ow));
+                    let r = reference::conv2d_at(p, w.view(), b.view(), &Window2d::VGG_CONV, true, idx);
                     let got = o[idx] as f64;
-                    assert!(
-                        (got - r).abs() <= 1e-4 * r.abs().max(1.0),
-                        "{} at {idx:?}: {got} vs {r}",
-                        layer.name
-                    );
+                    assert!((got - r).abs() <= 1e-4 * r.abs().max(1.0), "{} at {idx:?}: {got} vs {r}", layer.name);
                 }
             }
             LayerKind::MaxPool => {
-                let r = reference::maxpool2d(
-                    prev.view().into_dimensionality::<Ix4>().unwrap(),
-                    &Window2d::VGG_POOL,
-                );
+                let r = reference::maxpool2d(prev.view().into_dimensionality::<Ix4>().unwrap(), &Window2d::VGG_POOL);
                 assert_close(
                     layer.name,
                     out.view().into_dimensionality::<Ix4>().unwrap(),
@@ -177,24 +145,13 @@ fn vgg19_at_224_matches_reference_layer_by_layer() {
             }
             LayerKind::Dense { .. } => {
                 let inp = if prev.ndim() == 4 {
-                    prev.clone()
-                        .into_shape_with_order(ndarray::IxDyn(&[1, CLASSIFIER_IN]))
-                        .unwrap()
+                    prev.clone().into_shape_with_order(ndarray::IxDyn(&[1, CLASSIFIER_IN])).unwrap()
                 } else {
                     prev.clone()
                 };
-                let w = load(&store, &format!("{}.weight", layer.name))
-                    .into_dimensionality::<Ix2>()
-                    .unwrap();
-                let b = load(&store, &format!("{}.bias", layer.name))
-                    .into_dimensionality::<Ix1>()
-                    .unwrap();
-                let r = reference::dense(
-                    inp.view().into_dimensionality::<Ix2>().unwrap(),
-                    w.view(),
-                    b.view(),
-                    true,
-                );
+                let w = load(&store, &format!("{}.weight", layer.name)).into_dimensionality::<Ix2>().unwrap();
+                let b = load(&store, &format!("{}.bias", layer.name)).into_dimensionality::<Ix1>().unwrap();
+                let r = reference::dense(inp.view().into_dimensionality::<Ix2>().unwrap(), w.view(), b.view(), true);
                 assert_close(
                     layer.name,
                     out.view().into_dimensionality::<Ix2>().unwrap(),
@@ -220,18 +177,12 @@ fn features_are_independent_of_batch_composition_and_threads() {
 
 #[test]
 fn bad_configuration_is_a_typed_error() {
-    assert!(matches!(
-        Vgg19::open(dir(), 48, Cut::Fc7),
-        Err(KernelError::Invalid { .. })
-    ));
+    assert!(matches!(Vgg19::open(dir(), 48, Cut::Fc7), Err(KernelError::Invalid { .. })));
     let vgg = Vgg19::open(dir(), 32, Cut::Pool5).unwrap();
     let err = vgg.forward(input(1, 64, 1).view()).unwrap_err();
     assert!(err.to_string().contains("[N, 3, 32, 32]"), "{err}");
     assert_eq!(vgg.feature_dim(), 512);
-    assert_eq!(
-        Vgg19::open(dir(), 64, Cut::Pool5).unwrap().feature_dim(),
-        2048
-    );
+    assert_eq!(Vgg19::open(dir(), 64, Cut::Pool5).unwrap().feature_dim(), 2048);
     // The nominal 39.26 GFLOP per 224×224 image through fc7 (conv + fc6 + fc7).
     let g = lml_kernel::vgg::flops_per_image(224, Cut::Fc7) as f64 / 1e9;
     assert!((g - 39.26).abs() < 0.01, "{g}");

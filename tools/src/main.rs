@@ -1,5 +1,6 @@
 //! `lml`: command-line tools for the serverless VGG19 trainer.
 
+mod profile;
 mod synth;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,34 @@ enum Command {
     /// Kernel demo: generate images (and random VGG19 weights unless given),
     /// extract frozen features, train the softmax head, report test accuracy.
     Demo(DemoArgs),
+    /// Time one VGG19 forward layer by layer (GFLOP/s against a measured FMA
+    /// peak) and report the process's peak resident memory.
+    Profile(ProfileArgs),
+}
+
+#[derive(Parser)]
+struct ProfileArgs {
+    /// VGG19 weight directory; random weights are generated in --workdir if absent.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Where random weights are generated and kept.
+    #[arg(long, default_value = "runs/demo")]
+    workdir: PathBuf,
+    /// Images per batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Network input side.
+    #[arg(long, default_value_t = 224)]
+    input_size: usize,
+    /// Feature cut: pool5, fc6 or fc7.
+    #[arg(long, default_value = "fc7")]
+    cut: Cut,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed repetitions after one warm-up pass.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
 }
 
 #[derive(Parser)]
@@ -77,11 +106,36 @@ struct DemoArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => {
-            let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let threads = args.threads.unwrap_or_else(default_threads);
             let pool = lml_kernel::parallel::thread_pool(threads)?;
             pool.install(|| demo(&args, threads))
         }
+        Command::Profile(args) => {
+            let threads = args.threads.unwrap_or_else(default_threads);
+            let pool = lml_kernel::parallel::thread_pool(threads)?;
+            pool.install(|| profile::run(&args, threads))
+        }
     }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The weight directory to use: the given one, or random weights generated
+/// once under `workdir`.
+fn weights_or_random(weights: Option<&Path>, workdir: &Path, seed: u64) -> Result<PathBuf> {
+    if let Some(w) = weights {
+        return Ok(w.to_path_buf());
+    }
+    let dir = workdir.join(format!("random-weights-{seed}"));
+    if !dir.join(lml_kernel::weights::MANIFEST).exists() {
+        std::fs::create_dir_all(workdir).with_context(|| format!("creating {}", workdir.display()))?;
+        eprintln!("generating random VGG19 weights in {} (no --weights given)", dir.display());
+        let w = random_weights(seed, Cut::Fc7);
+        WeightStore::write(&dir, MODEL, Preset::Torchvision, w.iter().map(|(n, a)| (n.clone(), a.view())))?;
+    }
+    Ok(dir)
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -133,18 +187,7 @@ fn demo(args: &DemoArgs, threads: usize) -> Result<()> {
     let train = ensure_images(&data_dir, "train", args.train_images, args.classes, args.seed)?;
     let test = ensure_images(&data_dir, "test", args.test_images, args.classes, args.seed + 1)?;
 
-    let weights = match &args.weights {
-        Some(w) => w.clone(),
-        None => {
-            let dir = args.workdir.join(format!("random-weights-{}", args.seed));
-            if !dir.join(lml_kernel::weights::MANIFEST).exists() {
-                eprintln!("generating random VGG19 weights in {} (no --weights given)", dir.display());
-                let w = random_weights(args.seed, Cut::Fc7);
-                WeightStore::write(&dir, MODEL, Preset::Torchvision, w.iter().map(|(n, a)| (n.clone(), a.view())))?;
-            }
-            dir
-        }
-    };
+    let weights = weights_or_random(args.weights.as_deref(), &args.workdir, args.seed)?;
     let vgg = Vgg19::open(&weights, args.input_size, args.cut)
         .with_context(|| format!("opening VGG19 weights in {}", weights.display()))?;
     eprintln!(

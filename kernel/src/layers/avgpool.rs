@@ -17,17 +17,11 @@ fn bounds(i: usize, input: usize, out: usize) -> (usize, usize) {
 ///
 /// # Errors
 /// [`KernelError::Invalid`] if an input or output side is zero.
-pub fn adaptive_avgpool2d_forward(
-    input: ArrayView4<'_, f32>,
-    out_hw: (usize, usize),
-) -> Result<Array4<f32>> {
+pub fn adaptive_avgpool2d_forward(input: ArrayView4<'_, f32>, out_hw: (usize, usize)) -> Result<Array4<f32>> {
     let (n, c, h, w) = input.dim();
     let (oh, ow) = out_hw;
     if h == 0 || w == 0 || oh == 0 || ow == 0 {
-        return Err(KernelError::invalid(
-            "adaptive average pool",
-            format!("{h}×{w} → {oh}×{ow}"),
-        ));
+        return Err(KernelError::invalid("adaptive average pool", format!("{h}×{w} → {oh}×{ow}")));
     }
     if (h, w) == (oh, ow) {
         return Ok(input.to_owned());
@@ -50,17 +44,11 @@ pub fn adaptive_avgpool2d_forward(
 ///
 /// # Errors
 /// [`KernelError::Invalid`] if a side is zero.
-pub fn adaptive_avgpool2d_backward(
-    grad_out: ArrayView4<'_, f32>,
-    input_hw: (usize, usize),
-) -> Result<Array4<f32>> {
+pub fn adaptive_avgpool2d_backward(grad_out: ArrayView4<'_, f32>, input_hw: (usize, usize)) -> Result<Array4<f32>> {
     let (n, c, oh, ow) = grad_out.dim();
     let (h, w) = input_hw;
     if h == 0 || w == 0 || oh == 0 || ow == 0 {
-        return Err(KernelError::invalid(
-            "adaptive average pool",
-            format!("{h}×{w} → {oh}×{ow}"),
-        ));
+        return Err(KernelError::invalid("adaptive average pool", format!("{h}×{w} → {oh}×{ow}")));
     }
     let mut g = Array4::<f32>::zeros((n, c, h, w));
     for b in 0..n {

@@ -1,42 +1,45 @@
 //! 2-D convolution by im2col + GEMM, with fused bias and ReLU.
 //!
-//! Layout is NCHW for activations and OIHW for weights (torchvision's). For an
-//! image `n` and a tile of output positions `p` (flattened `oy·OW + ox`), the
-//! tile's im2col matrix `col[K, T]` with `K = C·KH·KW` (row order `c, ky, kx`,
-//! the same as the flattened weight) is gathered into a per-task buffer, and
-//! one GEMM computes
+//! Layout is NCHW for activations and OIHW for weights (torchvision's). With
+//! `K = C·KH·KW` and the batch's output positions laid side by side as
+//! columns (image-major, then `oy·OW + ox`), the convolution is one product
 //!
 //! ```text
-//! y[n, :, tile] = W[O, K] · col[K, T]      then  + b[o], ReLU (if fused)
+//! Y[O, N·OH·OW] = W[O, K] · col[K, N·OH·OW]      then + b[o], ReLU (if fused)
 //! ```
 //!
-//! Tiles keep the im2col buffer small (a few MB) instead of materialising a
-//! whole image's `K × OH·OW` matrix (115 MB for VGG's conv1_2 at 224×224).
-//! Tasks are (image, tile) pairs spread over the current rayon pool; each
-//! writes a disjoint column block of the output. Each output element is the
-//! same sum in the same order whatever the tiling, so results do not depend
-//! on the thread count.
+//! where row `(c, ky, kx)` of `col` holds the input pixel each output position
+//! sees through that tap (zero in the padding). The product is cut into
+//! tasks of about [`TILE_COLUMNS`] columns, spread over the current rayon
+//! pool: a task is either a column range of one image (large layers) or a
+//! group of whole images (small layers such as VGG's conv5 at 32×32, whose
+//! 2×2 outputs would otherwise give GEMMs four columns wide). `col` is never
+//! materialised for more than one task.
+//!
+//! Two strategies compute a task:
+//! * **packed** (x86-64 with AVX2+FMA or AVX-512): the filters are packed once
+//!   ([`pack_filters`]), and each row of `col` is generated straight into the
+//!   microkernel's panel layout ([`gemm_packed`]);
+//! * **portable** (any CPU): the task's `col` block is gathered into a buffer
+//!   and multiplied by [`sgemm`] (`matrixmultiply`).
+//!
+//! Each output element is the same sum in the same order whatever the tiling,
+//! so results do not depend on the thread count.
 
-use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis};
+use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
-use crate::gemm::sgemm;
+use crate::gemm::{gemm_packed, sgemm, Microkernel, PackedA, Scratch};
 use crate::geometry::Window2d;
 
-/// Target number of output columns per task; smaller tiles are used when the
-/// layer would otherwise give the pool fewer than four tasks per thread.
-const TILE_COLUMNS: usize = 256;
-const MIN_TILE_COLUMNS: usize = 32;
+/// Target number of output columns per task.
+pub const TILE_COLUMNS: usize = 256;
+const MIN_TILE_COLUMNS: usize = 64;
 
 /// Checks `input [N, C, H, W]` against `weight [O, C, KH, KW]` and `bias [O]`;
 /// returns `(out_h, out_w)`.
-pub(crate) fn check_conv(
-    input: &[usize],
-    weight: &[usize],
-    bias: usize,
-    window: &Window2d,
-) -> Result<(usize, usize)> {
+pub(crate) fn check_conv(input: &[usize], weight: &[usize], bias: usize, window: &Window2d) -> Result<(usize, usize)> {
     let (c, h, w) = (input[1], input[2], input[3]);
     if weight[1] != c || (weight[2], weight[3]) != window.kernel {
         return Err(KernelError::shape(
@@ -46,91 +49,132 @@ pub(crate) fn check_conv(
         ));
     }
     if bias != weight[0] {
-        return Err(KernelError::shape(
-            "conv2d bias",
-            format!("[{}]", weight[0]),
-            &[bias],
-        ));
+        return Err(KernelError::shape("conv2d bias", format!("[{}]", weight[0]), &[bias]));
     }
     window.validate(h, w)?;
     Ok((window.out_h(h), window.out_w(w)))
 }
 
-/// Chooses the tile width so that the pool gets enough tasks to balance.
-fn tile_columns(images: usize, positions: usize) -> usize {
-    let want_tasks = 4 * rayon::current_num_threads();
-    let per_image = want_tasks.div_ceil(images.max(1));
-    positions
-        .div_ceil(per_image)
-        .clamp(MIN_TILE_COLUMNS, TILE_COLUMNS)
-        .min(positions.max(1))
+/// The filters as a `[O, K]` matrix (they must be in standard layout).
+fn filter_matrix<'a>(weight: ArrayView4<'a, f32>) -> Result<ArrayView2<'a, f32>> {
+    let o = weight.shape()[0];
+    let k = weight.len() / o.max(1);
+    weight
+        .into_shape_with_order((o, k))
+        .map_err(|_| KernelError::shape("conv2d weight layout", "standard (C-contiguous) OIHW", &[]))
 }
 
-/// Fills `col[K, T]` with the input patches of output positions `p0 .. p0 + T`.
+/// Packs filters `[O, C, KH, KW]` for the packed strategy with `kernel`.
 ///
-/// `image` is one image `[C, H, W]`; rows of `col` are ordered `(c, ky, kx)`.
-pub(crate) fn im2col_tile(
-    image: ArrayView4<'_, f32>,
+/// # Errors
+/// [`KernelError::Shape`] if the weight is not in standard layout;
+/// [`KernelError::Invalid`] if `kernel` is not available on this CPU.
+pub fn pack_filters(weight: ArrayView4<'_, f32>, kernel: Microkernel) -> Result<PackedA> {
+    if !kernel.available() {
+        return Err(KernelError::invalid("microkernel", format!("{kernel:?} is not supported by this CPU")));
+    }
+    Ok(PackedA::pack(filter_matrix(weight)?, kernel))
+}
+
+/// Fills `dst` with row `(ky, kx)` of one channel's im2col matrix for the
+/// output positions `p0 .. p0 + dst.len()` of one image.
+///
+/// `plane` is the channel `[H, W]` in standard layout.
+pub(crate) fn im2col_row(
+    plane: ArrayView2<'_, f32>,
     window: &Window2d,
+    (ky, kx): (usize, usize),
     out_w: usize,
     p0: usize,
-    mut col: ArrayViewMut2<'_, f32>,
+    dst: &mut [f32],
 ) {
-    let image = image.index_axis(Axis(0), 0);
-    let (c_in, h, w) = image.dim();
-    let (kh, kw) = window.kernel;
-    let t = col.ncols();
-    for c in 0..c_in {
-        let plane = image.index_axis(Axis(0), c);
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let mut row = col.row_mut((c * kh + ky) * kw + kx);
-                let (x_lo, x_hi) = window.valid_out_x(kx, w, out_w);
-                // Walk the tile one output row segment at a time.
-                let mut j = 0;
-                while j < t {
-                    let p = p0 + j;
-                    let (oy, ox0) = (p / out_w, p % out_w);
-                    let len = (out_w - ox0).min(t - j);
-                    let seg = row.slice_mut(s![j..j + len]);
-                    fill_segment(seg, plane, window, oy, ox0, ky, kx, h, (x_lo, x_hi));
-                    j += len;
+    let (h, w) = plane.dim();
+    let (x_lo, x_hi) = window.valid_out_x(kx, w, out_w);
+    let sx = window.stride.1;
+    let mut j = 0;
+    while j < dst.len() {
+        let p = p0 + j;
+        let (oy, ox0) = (p / out_w, p % out_w);
+        let len = (out_w - ox0).min(dst.len() - j);
+        let seg = &mut dst[j..j + len];
+        j += len;
+        let Some(iy) = window.input_y(oy, ky, h) else {
+            seg.fill(0.0);
+            continue;
+        };
+        let src = plane.row(iy);
+        let src = src.as_slice().expect("standard layout rows are contiguous");
+        // Output columns ox0 .. ox0+len; those in [x_lo, x_hi) read the input.
+        let (lo, hi) = (x_lo.clamp(ox0, ox0 + len), x_hi.clamp(ox0, ox0 + len));
+        let (lo, hi) = (lo, hi.max(lo));
+        seg[..lo - ox0].fill(0.0);
+        seg[hi - ox0..].fill(0.0);
+        if hi > lo {
+            let first = lo * sx + kx - window.pad.1;
+            let out = &mut seg[lo - ox0..hi - ox0];
+            if sx == 1 {
+                out.copy_from_slice(&src[first..first + (hi - lo)]);
+            } else {
+                for (v, x) in out.iter_mut().zip((first..).step_by(sx)) {
+                    *v = src[x];
                 }
             }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn fill_segment(
-    mut seg: ndarray::ArrayViewMut1<'_, f32>,
-    plane: ArrayView2<'_, f32>,
-    window: &Window2d,
-    oy: usize,
-    ox0: usize,
-    ky: usize,
-    kx: usize,
-    h: usize,
-    (x_lo, x_hi): (usize, usize),
-) {
-    let Some(iy) = window.input_y(oy, ky, h) else {
-        seg.fill(0.0);
-        return;
-    };
-    let src = plane.row(iy);
-    let sx = window.stride.1;
-    for (j, v) in seg.iter_mut().enumerate() {
-        let ox = ox0 + j;
-        *v = if ox >= x_lo && ox < x_hi {
-            src[ox * sx + kx - window.pad.1]
-        } else {
-            0.0
-        };
+/// One task: images `n0 ..` of the output block `out [imgs, O, cols]`, at
+/// output positions `p0 .. p0 + cols` of each.
+struct Task<'a> {
+    n0: usize,
+    p0: usize,
+    out: ArrayViewMut3<'a, f32>,
+}
+
+/// Cuts the output `[N, O, P]` into disjoint tasks (see the module docs).
+fn split_tasks(out: ArrayViewMut3<'_, f32>) -> Vec<Task<'_>> {
+    let (n, _, positions) = out.dim();
+    let want = 3 * rayon::current_num_threads();
+    let mut tasks = Vec::new();
+    if positions > TILE_COLUMNS || n >= want && positions * 2 > TILE_COLUMNS {
+        // Column ranges of single images, about TILE_COLUMNS wide (narrower
+        // when that gives the pool too few tasks), multiples of 32.
+        let per_image = positions.div_ceil(TILE_COLUMNS).max(want.div_ceil(n));
+        let cols = positions.div_ceil(per_image).next_multiple_of(32).max(MIN_TILE_COLUMNS.min(positions));
+        let mut rest = out;
+        for img in 0..n {
+            let (mut image, tail) = rest.split_at(Axis(0), 1);
+            rest = tail;
+            let mut p0 = 0;
+            while p0 < positions {
+                let width = cols.min(positions - p0);
+                let (head, tail) = image.split_at(Axis(2), width);
+                tasks.push(Task { n0: img, p0, out: head });
+                image = tail;
+                p0 += width;
+            }
+        }
+    } else {
+        // Groups of whole images.
+        let group = (TILE_COLUMNS / positions.max(1)).clamp(1, n.div_ceil(want).max(1));
+        let mut rest = out;
+        let mut n0 = 0;
+        while n0 < n {
+            let g = group.min(n - n0);
+            let (head, tail) = rest.split_at(Axis(0), g);
+            tasks.push(Task { n0, p0: 0, out: head });
+            rest = tail;
+            n0 += g;
+        }
     }
+    tasks
 }
 
 /// Convolution forward: `y = conv(x, W) + b`, then ReLU if `relu`.
+///
+/// Uses the packed strategy when this CPU has a microkernel (packing the
+/// filters on every call: use [`conv2d_forward_with`] with filters packed
+/// once by [`pack_filters`] to avoid that), the portable one otherwise.
 ///
 /// # Arguments
 /// * `input` — activations `[N, C, H, W]`, any strides.
@@ -144,8 +188,9 @@ fn fill_segment(
 ///
 /// # Errors
 /// [`KernelError::Shape`] if the weight's channels or kernel size disagree with
-/// the input and window, or the bias length with `O`; [`KernelError::Invalid`]
-/// if the window does not fit the input or is degenerate.
+/// the input and window, the bias length with `O`, or the weight is not in
+/// standard layout; [`KernelError::Invalid`] if the window does not fit the
+/// input or is degenerate.
 pub fn conv2d_forward(
     input: ArrayView4<'_, f32>,
     weight: ArrayView4<'_, f32>,
@@ -153,60 +198,88 @@ pub fn conv2d_forward(
     window: &Window2d,
     relu: bool,
 ) -> Result<Array4<f32>> {
+    check_conv(input.shape(), weight.shape(), bias.len(), window)?;
+    let packed = match Microkernel::detect() {
+        Some(kernel) => Some(pack_filters(weight, kernel)?),
+        None => None,
+    };
+    conv2d_forward_with(input, weight, packed.as_ref(), bias, window, relu)
+}
+
+/// [`conv2d_forward`] with a chosen strategy: `packed` filters (from
+/// [`pack_filters`] of the same `weight`) select the packed strategy, `None`
+/// the portable one.
+///
+/// # Errors
+/// As [`conv2d_forward`], plus [`KernelError::Shape`] if `packed` was not
+/// made from filters of this shape.
+pub fn conv2d_forward_with(
+    input: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    packed: Option<&PackedA>,
+    bias: ArrayView1<'_, f32>,
+    window: &Window2d,
+    relu: bool,
+) -> Result<Array4<f32>> {
     let (oh, ow) = check_conv(input.shape(), weight.shape(), bias.len(), window)?;
-    let (n, o) = (input.shape()[0], weight.shape()[0]);
-    let k = weight.len() / o.max(1);
-    let w2 = weight.to_shape((o, k)).map_err(|_| {
-        KernelError::shape(
-            "conv2d weight layout",
-            "standard (C-contiguous) OIHW",
-            weight.shape(),
-        )
-    })?;
+    let n = input.shape()[0];
+    let o = weight.shape()[0];
+    let w2 = filter_matrix(weight)?;
+    let k = w2.ncols();
+    if let Some(p) = packed {
+        if (p.rows(), p.depth()) != (o, k) {
+            return Err(KernelError::shape("packed conv2d filters", format!("[{o}, {k}]"), &[p.rows(), p.depth()]));
+        }
+    }
     let positions = oh * ow;
     let mut out = Array4::<f32>::zeros((n, o, oh, ow));
     if n == 0 || o == 0 || positions == 0 {
         return Ok(out);
     }
-    let tile = tile_columns(n, positions);
+    let input = input.as_standard_layout();
+    let (kh, kw) = window.kernel;
+    let out3 = out.view_mut().into_shape_with_order((n, o, positions)).expect("fresh array");
+    let tasks = split_tasks(out3);
 
-    let mut tasks = Vec::new();
-    for (img, y) in out.outer_iter_mut().enumerate() {
-        let mut rest = y
-            .into_shape_with_order((o, positions))
-            .expect("fresh array is contiguous");
-        let mut p0 = 0;
-        while p0 < positions {
-            let width = tile.min(positions - p0);
-            let (head, tail) = rest.split_at(Axis(1), width);
-            tasks.push((img, p0, head));
-            rest = tail;
-            p0 += width;
-        }
-    }
-    tasks
-        .into_par_iter()
-        .for_each_init(Vec::new, |buf, (img, p0, mut y_tile)| {
-            let t = y_tile.ncols();
-            buf.resize(k * t, 0.0);
-            let mut col =
-                ArrayViewMut2::from_shape((k, t), &mut buf[..]).expect("buffer sized k×t");
-            im2col_tile(
-                input.slice(s![img..img + 1, .., .., ..]),
-                window,
-                ow,
-                p0,
-                col.view_mut(),
-            );
-            sgemm(1.0, w2.view(), col.view(), 0.0, y_tile.view_mut());
-            for (mut row, &b) in y_tile.outer_iter_mut().zip(bias.iter()) {
-                if relu {
-                    row.mapv_inplace(|v| (v + b).max(0.0));
-                } else {
-                    row.mapv_inplace(|v| v + b);
+    tasks.into_par_iter().for_each_init(
+        || (Scratch::default(), Vec::<f32>::new(), Vec::<f32>::new()),
+        |(scratch, tmp, col), mut task| {
+            let (imgs, _, cols) = task.out.dim();
+            let width = imgs * cols;
+            // Row (c, ky, kx) of this task's im2col block.
+            let fill = |row: usize, dst: &mut [f32]| {
+                let (c, tap) = (row / (kh * kw), row % (kh * kw));
+                for (img, chunk) in dst.chunks_mut(cols).enumerate() {
+                    let plane = input.slice(s![task.n0 + img, c, .., ..]);
+                    im2col_row(plane, window, (tap / kw, tap % kw), ow, task.p0, chunk);
+                }
+            };
+            tmp.resize(o * width, 0.0);
+            match packed {
+                Some(p) => gemm_packed(p, width, fill, tmp, scratch),
+                None => {
+                    col.resize(k * width, 0.0);
+                    for (row, dst) in col.chunks_mut(width).enumerate() {
+                        fill(row, dst);
+                    }
+                    let colv = ArrayView2::from_shape((k, width), &col[..]).expect("sized k × width");
+                    let tmpv = ArrayViewMut2::from_shape((o, width), &mut tmp[..]).expect("sized o × width");
+                    sgemm(1.0, w2, colv, 0.0, tmpv);
                 }
             }
-        });
+            // Epilogue: bias, ReLU, and scatter to NCHW.
+            for img in 0..imgs {
+                for (oc, (mut dst, &b)) in task.out.index_axis_mut(Axis(0), img).outer_iter_mut().zip(bias).enumerate()
+                {
+                    let src = &tmp[oc * width + img * cols..][..cols];
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        let z = v + b;
+                        *d = if relu && z < 0.0 { 0.0 } else { z };
+                    }
+                }
+            }
+        },
+    );
     Ok(out)
 }
 
@@ -251,20 +324,12 @@ pub fn conv2d_backward(
     let (n, c, h, w) = input.dim();
     let o = weight.shape()[0];
     if grad_out.dim() != (n, o, oh, ow) {
-        return Err(KernelError::shape(
-            "conv2d grad_out",
-            format!("[{n}, {o}, {oh}, {ow}]"),
-            grad_out.shape(),
-        ));
+        return Err(KernelError::shape("conv2d grad_out", format!("[{n}, {o}, {oh}, {ow}]"), grad_out.shape()));
     }
     let k = weight.len() / o.max(1);
-    let w2 = weight.to_shape((o, k)).map_err(|_| {
-        KernelError::shape(
-            "conv2d weight layout",
-            "standard (C-contiguous) OIHW",
-            weight.shape(),
-        )
-    })?;
+    let w2 = weight
+        .to_shape((o, k))
+        .map_err(|_| KernelError::shape("conv2d weight layout", "standard (C-contiguous) OIHW", weight.shape()))?;
     let positions = oh * ow;
     let mut grad_input = Array4::<f32>::zeros((n, c, h, w));
 
@@ -279,13 +344,12 @@ pub fn conv2d_backward(
                 .expect("reshape of one image's gradient")
                 .into_owned();
             let mut col = Array2::<f32>::zeros((k, positions));
-            im2col_tile(
-                input.slice(s![img..img + 1, .., .., ..]),
-                window,
-                ow,
-                0,
-                col.view_mut(),
-            );
+            let (kh, kw) = window.kernel;
+            for (row, mut dst) in col.outer_iter_mut().enumerate() {
+                let (c, tap) = (row / (kh * kw), row % (kh * kw));
+                let plane = input.slice(s![img, c, .., ..]);
+                im2col_row(plane, window, (tap / kw, tap % kw), ow, 0, dst.as_slice_mut().expect("fresh row"));
+            }
             let mut gw = Array2::<f32>::zeros((o, k));
             sgemm(1.0, gy.view(), col.t(), 0.0, gw.view_mut());
             let gb = gy.sum_axis(Axis(1));
@@ -304,20 +368,13 @@ pub fn conv2d_backward(
     }
     Ok(Conv2dGrads {
         input: grad_input,
-        weight: gw
-            .into_shape_with_order(weight.raw_dim())
-            .expect("o×k has O·C·KH·KW elements"),
+        weight: gw.into_shape_with_order(weight.raw_dim()).expect("o×k has O·C·KH·KW elements"),
         bias: gb,
     })
 }
 
 /// Scatter-adds a column matrix `[K, OH·OW]` back into one image `[C, H, W]`.
-fn col2im_add(
-    col: ArrayView2<'_, f32>,
-    window: &Window2d,
-    out_w: usize,
-    mut image: ndarray::ArrayViewMut3<'_, f32>,
-) {
+fn col2im_add(col: ArrayView2<'_, f32>, window: &Window2d, out_w: usize, mut image: ndarray::ArrayViewMut3<'_, f32>) {
     let (c_in, h, w) = image.dim();
     let (kh, kw) = window.kernel;
     let positions = col.ncols();
@@ -328,9 +385,7 @@ fn col2im_add(
                 let row = col.row((c * kh + ky) * kw + kx);
                 for p in 0..positions {
                     let (oy, ox) = (p / out_w, p % out_w);
-                    if let (Some(iy), Some(ix)) =
-                        (window.input_y(oy, ky, h), window.input_x(ox, kx, w))
-                    {
+                    if let (Some(iy), Some(ix)) = (window.input_y(oy, ky, h), window.input_x(ox, kx, w)) {
                         plane[[iy, ix]] += row[p];
                     }
                 }

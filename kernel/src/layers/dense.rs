@@ -17,18 +17,10 @@ const FEATURES_PER_TASK: usize = 64;
 
 fn check_dense(x: &[usize], w: &[usize], b: usize) -> Result<()> {
     if w[1] != x[1] {
-        return Err(KernelError::shape(
-            "dense weight",
-            format!("[out, {}]", x[1]),
-            w,
-        ));
+        return Err(KernelError::shape("dense weight", format!("[out, {}]", x[1]), w));
     }
     if b != w[0] {
-        return Err(KernelError::shape(
-            "dense bias",
-            format!("[{}]", w[0]),
-            &[b],
-        ));
+        return Err(KernelError::shape("dense bias", format!("[{}]", w[0]), &[b]));
     }
     Ok(())
 }
@@ -57,15 +49,8 @@ pub fn dense_forward(
     }
     y.axis_chunks_iter_mut(Axis(1), FEATURES_PER_TASK)
         .into_par_iter()
-        .zip(
-            weight
-                .axis_chunks_iter(Axis(0), FEATURES_PER_TASK)
-                .into_par_iter(),
-        )
-        .zip(
-            bias.axis_chunks_iter(Axis(0), FEATURES_PER_TASK)
-                .into_par_iter(),
-        )
+        .zip(weight.axis_chunks_iter(Axis(0), FEATURES_PER_TASK).into_par_iter())
+        .zip(bias.axis_chunks_iter(Axis(0), FEATURES_PER_TASK).into_par_iter())
         .for_each(|((mut y_blk, w_blk), b_blk)| {
             sgemm(1.0, x, w_blk.t(), 0.0, y_blk.view_mut());
             for mut row in y_blk.outer_iter_mut() {
@@ -118,11 +103,7 @@ pub fn dense_backward(
     let mut gw = Array2::<f32>::zeros((out, inp));
     gw.axis_chunks_iter_mut(Axis(0), FEATURES_PER_TASK)
         .into_par_iter()
-        .zip(
-            grad_out
-                .axis_chunks_iter(Axis(1), FEATURES_PER_TASK)
-                .into_par_iter(),
-        )
+        .zip(grad_out.axis_chunks_iter(Axis(1), FEATURES_PER_TASK).into_par_iter())
         .for_each(|(mut gw_blk, gy_blk)| sgemm(1.0, gy_blk.t(), x, 0.0, gw_blk.view_mut()));
     let gb = grad_out.sum_axis(Axis(0));
     let gx = if need_input_grad {
@@ -135,9 +116,5 @@ pub fn dense_backward(
     } else {
         Array2::zeros((n, 0))
     };
-    Ok(DenseGrads {
-        input: gx,
-        weight: gw,
-        bias: gb,
-    })
+    Ok(DenseGrads { input: gx, weight: gw, bias: gb })
 }

@@ -37,39 +37,21 @@ pub fn maxpool2d_forward(input: ArrayView4<'_, f32>, window: &Window2d) -> Resul
     if window.pad.0 >= window.kernel.0 || window.pad.1 >= window.kernel.1 {
         return Err(KernelError::invalid(
             "max-pool window",
-            format!(
-                "padding {:?} must be smaller than the kernel {:?}",
-                window.pad, window.kernel
-            ),
+            format!("padding {:?} must be smaller than the kernel {:?}", window.pad, window.kernel),
         ));
     }
     if h.checked_mul(w).is_none_or(|p| p > u32::MAX as usize) {
-        return Err(KernelError::invalid(
-            "max-pool input",
-            format!("plane {h}×{w} too large"),
-        ));
+        return Err(KernelError::invalid("max-pool input", format!("plane {h}×{w} too large")));
     }
     let (oh, ow) = (window.out_h(h), window.out_w(w));
     let mut output = Array4::<f32>::zeros((n, c, oh, ow));
     let mut argmax = Array4::<u32>::zeros((n, c, oh, ow));
     let standard = input.as_standard_layout();
-    let planes_in = standard
-        .view()
-        .into_shape_with_order((n * c, h, w))
-        .expect("standard layout");
-    let mut out3 = output
-        .view_mut()
-        .into_shape_with_order((n * c, oh, ow))
-        .expect("fresh array");
-    let mut arg3 = argmax
-        .view_mut()
-        .into_shape_with_order((n * c, oh, ow))
-        .expect("fresh array");
-    Zip::from(out3.outer_iter_mut())
-        .and(arg3.outer_iter_mut())
-        .and(planes_in.outer_iter())
-        .into_par_iter()
-        .for_each(|(mut out, mut arg, plane)| {
+    let planes_in = standard.view().into_shape_with_order((n * c, h, w)).expect("standard layout");
+    let mut out3 = output.view_mut().into_shape_with_order((n * c, oh, ow)).expect("fresh array");
+    let mut arg3 = argmax.view_mut().into_shape_with_order((n * c, oh, ow)).expect("fresh array");
+    Zip::from(out3.outer_iter_mut()).and(arg3.outer_iter_mut()).and(planes_in.outer_iter()).into_par_iter().for_each(
+        |(mut out, mut arg, plane)| {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let mut best = f32::NEG_INFINITY;
@@ -93,7 +75,8 @@ pub fn maxpool2d_forward(input: ArrayView4<'_, f32>, window: &Window2d) -> Resul
                     arg[[oy, ox]] = best_i;
                 }
             }
-        });
+        },
+    );
     Ok(MaxPoolOutput { output, argmax })
 }
 
@@ -126,27 +109,18 @@ pub fn maxpool2d_backward(
     let (n, c, _, _) = grad_out.dim();
     let (h, w) = input_hw;
     if let Some(&bad) = argmax.iter().find(|&&i| i as usize >= h * w) {
-        return Err(KernelError::invalid(
-            "max-pool argmax",
-            format!("index {bad} outside a {h}×{w} plane"),
-        ));
+        return Err(KernelError::invalid("max-pool argmax", format!("index {bad} outside a {h}×{w} plane")));
     }
     let mut grad_in = Array4::<f32>::zeros((n, c, h, w));
-    let mut gi = grad_in
-        .view_mut()
-        .into_shape_with_order((n * c, h * w))
-        .expect("fresh array");
+    let mut gi = grad_in.view_mut().into_shape_with_order((n * c, h * w)).expect("fresh array");
     let (oh, ow) = (grad_out.shape()[2], grad_out.shape()[3]);
-    gi.outer_iter_mut()
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(plane, mut g)| {
-            let (img, ch) = (plane / c, plane % c);
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    g[argmax[[img, ch, oy, ox]] as usize] += grad_out[[img, ch, oy, ox]];
-                }
+    gi.outer_iter_mut().into_par_iter().enumerate().for_each(|(plane, mut g)| {
+        let (img, ch) = (plane / c, plane % c);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                g[argmax[[img, ch, oy, ox]] as usize] += grad_out[[img, ch, oy, ox]];
             }
-        });
+        }
+    });
     Ok(grad_in)
 }

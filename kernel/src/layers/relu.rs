@@ -15,10 +15,7 @@ pub fn relu_inplace<D: Dimension>(mut x: ArrayViewMut<'_, f32, D>) {
 ///
 /// # Panics
 /// If `grad` and `output` differ in shape (a kernel bug, not user input).
-pub fn relu_backward<D: Dimension>(
-    mut grad: ArrayViewMut<'_, f32, D>,
-    output: ArrayView<'_, f32, D>,
-) {
+pub fn relu_backward<D: Dimension>(mut grad: ArrayViewMut<'_, f32, D>, output: ArrayView<'_, f32, D>) {
     Zip::from(&mut grad).and(&output).for_each(|g, &y| {
         if y <= 0.0 {
             *g = 0.0;

@@ -26,28 +26,13 @@ pub struct SoftmaxCrossEntropy {
 /// # Errors
 /// [`KernelError::Shape`] if `labels.len() != N`; [`KernelError::Label`] if a
 /// label is `>= classes`.
-pub fn softmax_cross_entropy(
-    logits: ArrayView2<'_, f32>,
-    labels: &[u32],
-) -> Result<SoftmaxCrossEntropy> {
+pub fn softmax_cross_entropy(logits: ArrayView2<'_, f32>, labels: &[u32]) -> Result<SoftmaxCrossEntropy> {
     let (n, classes) = logits.dim();
     if labels.len() != n {
-        return Err(KernelError::shape(
-            "labels",
-            format!("[{n}] (one per logit row)"),
-            &[labels.len()],
-        ));
+        return Err(KernelError::shape("labels", format!("[{n}] (one per logit row)"), &[labels.len()]));
     }
-    if let Some((index, &label)) = labels
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l as usize >= classes)
-    {
-        return Err(KernelError::Label {
-            index,
-            label,
-            classes,
-        });
+    if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
+        return Err(KernelError::Label { index, label, classes });
     }
     let mut grad = Array2::<f32>::zeros((n, classes));
     let mut loss_sum = 0.0f64;
@@ -68,10 +53,5 @@ pub fn softmax_cross_entropy(
         g[label as usize] -= 1.0;
         correct += usize::from(arg == label as usize);
     }
-    Ok(SoftmaxCrossEntropy {
-        loss_sum,
-        grad,
-        correct,
-        count: n,
-    })
+    Ok(SoftmaxCrossEntropy { loss_sum, grad, correct, count: n })
 }

@@ -25,11 +25,7 @@ where
 
 /// Central finite-difference gradient of `f` (evaluated in f64 from f32 outputs)
 /// with respect to every element of `x`.
-pub fn finite_difference(
-    x: &ArrayD<f32>,
-    eps: f32,
-    mut f: impl FnMut(&ArrayD<f32>) -> f64,
-) -> ArrayD<f64> {
+pub fn finite_difference(x: &ArrayD<f32>, eps: f32, mut f: impl FnMut(&ArrayD<f32>) -> f64) -> ArrayD<f64> {
     let mut xp = x.clone();
     let mut g = ArrayD::<f64>::zeros(IxDyn(x.shape()));
     for i in 0..x.len() {
@@ -46,8 +42,5 @@ pub fn finite_difference(
 
 /// `Σ y·r` in f64: a scalar loss whose gradient with respect to `y` is `r`.
 pub fn dot<D: Dimension>(y: &Array<f32, D>, r: &Array<f32, D>) -> f64 {
-    y.iter()
-        .zip(r.iter())
-        .map(|(&a, &b)| a as f64 * b as f64)
-        .sum()
+    y.iter().zip(r.iter()).map(|(&a, &b)| a as f64 * b as f64).sum()
 }

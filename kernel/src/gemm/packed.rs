@@ -1,0 +1,283 @@
+//! Packed GEMM with a pre-packed left operand and a streamed right operand:
+//! `C[m×n] = A[m×k] · B[k×n]`, C row-major.
+//!
+//! Built for convolution, where `A` is a layer's filters (packed once and
+//! reused for every tile of every batch) and `B` is the im2col matrix of a
+//! tile, which never exists in full: [`gemm_packed`] asks a closure for one
+//! row of `B` at a time and packs it straight into the kernel's panel layout.
+//!
+//! # Blocking (BLIS order)
+//! ```text
+//! for each k-block of KC rows:               B block KC × n packed (L2)
+//!     for each NR-wide B panel (jr):          B panel KC × NR      (L1)
+//!         for each MR-tall A panel (ir):      A panel MR × KC      (L2, streamed)
+//!             microkernel: C[ir, jr] (+)= A panel · B panel   (registers)
+//! ```
+//! The first k-block stores into `C`, later ones accumulate, so each element
+//! of `C` is summed in the same order whatever `n` and the tiling are.
+
+#[cfg(target_arch = "x86_64")]
+use super::x86;
+
+// The tile sizes below must be the kernels' own.
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(x86::AVX512_MR == 12 && x86::AVX512_NR == 32 && x86::AVX2_MR == 6 && x86::AVX2_NR == 16);
+
+/// Rows of `B` (depth) per block: a 128 × 32 f32 B panel is 16 KB, half of L1.
+pub const KC: usize = 128;
+
+/// A register-blocked microkernel for this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Microkernel {
+    /// AVX-512F, 12 × 32.
+    Avx512,
+    /// AVX2 + FMA, 6 × 16.
+    Avx2,
+}
+
+impl Microkernel {
+    /// The fastest kernel this CPU supports, or `None` (non-x86, or x86 without AVX2+FMA).
+    pub fn detect() -> Option<Self> {
+        [Microkernel::Avx512, Microkernel::Avx2].into_iter().find(|k| k.available())
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Microkernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Microkernel::Avx2 => {
+                    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Rows of a C tile.
+    pub const fn mr(self) -> usize {
+        match self {
+            Microkernel::Avx512 => 12,
+            Microkernel::Avx2 => 6,
+        }
+    }
+
+    /// Columns of a C tile.
+    pub const fn nr(self) -> usize {
+        match self {
+            Microkernel::Avx512 => 32,
+            Microkernel::Avx2 => 16,
+        }
+    }
+
+    /// Runs the kernel on one tile.
+    ///
+    /// # Safety
+    /// As the kernel functions in [`x86`]: the kernel must be [`available`](Self::available),
+    /// `a` must hold `kb·mr` floats, `b` `kb·nr`, and `c` `mr` rows of `nr` floats `ldc` apart.
+    #[inline]
+    unsafe fn run(self, kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded from the caller's contract; `available()` was
+        // checked when the `PackedA` was built for this kernel.
+        unsafe {
+            match self {
+                Microkernel::Avx512 => x86::kernel_avx512(kb, a, b, c, ldc, accumulate),
+                Microkernel::Avx2 => x86::kernel_avx2(kb, a, b, c, ldc, accumulate),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (kb, a, b, c, ldc, accumulate);
+            unreachable!("no x86 microkernel is available on this architecture");
+        }
+    }
+}
+
+/// The left operand `A[m×k]`, packed for one [`Microkernel`].
+///
+/// Layout: k-blocks of [`KC`] rows in order; inside block `p` (depth `kb`),
+/// `⌈m/MR⌉` panels of `kb × MR` floats (`MR` contiguous per `k`), rows past
+/// `m` zero. Block `p` starts at float `p·KC·m_pad`, `m_pad = ⌈m/MR⌉·MR`.
+#[derive(Clone, Debug)]
+pub struct PackedA {
+    kernel: Microkernel,
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedA {
+    /// Packs `a` (`[m, k]`, any strides) for `kernel`.
+    ///
+    /// # Panics
+    /// If `kernel` is not available on this CPU (a caller bug: use [`Microkernel::detect`]).
+    pub fn pack(a: ndarray::ArrayView2<'_, f32>, kernel: Microkernel) -> Self {
+        assert!(kernel.available(), "{kernel:?} is not supported by this CPU");
+        let (m, k) = a.dim();
+        let mr = kernel.mr();
+        let m_pad = m.div_ceil(mr) * mr;
+        let mut data = vec![0.0f32; m_pad * k];
+        for k0 in (0..k).step_by(KC) {
+            let kb = KC.min(k - k0);
+            let block = &mut data[k0 * m_pad..(k0 + kb) * m_pad];
+            for (ir, panel) in block.chunks_exact_mut(kb * mr).enumerate() {
+                for i in 0..mr.min(m - ir * mr) {
+                    let row = a.row(ir * mr + i);
+                    for kk in 0..kb {
+                        panel[kk * mr + i] = row[k0 + kk];
+                    }
+                }
+            }
+        }
+        PackedA { kernel, m, k, data }
+    }
+
+    /// Rows `m`.
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// Depth `k`.
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+
+    /// The kernel this packing is for.
+    pub fn kernel(&self) -> Microkernel {
+        self.kernel
+    }
+}
+
+/// Reusable per-thread buffers for [`gemm_packed`].
+#[derive(Default, Debug)]
+pub struct Scratch {
+    bpack: Vec<f32>,
+    row: Vec<f32>,
+}
+
+/// `C ← A·B` where row `kk` of `B` (`n` floats) is written by `fill_b(kk, row)`.
+///
+/// # Arguments
+/// * `a` — packed `[m, k]`.
+/// * `n` — columns of `B` and `C`.
+/// * `fill_b` — called exactly once per row `0..k` in increasing order, with
+///   a slice of `n` floats to fill (its previous contents are unspecified).
+/// * `c` — `m × n` row-major output (`c.len() == m·n`); overwritten.
+/// * `scratch` — buffers reused across calls on one thread.
+///
+/// # Panics
+/// If `c.len() != m·n`.
+pub fn gemm_packed(
+    a: &PackedA,
+    n: usize,
+    mut fill_b: impl FnMut(usize, &mut [f32]),
+    c: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    let (m, k) = (a.m, a.k);
+    assert_eq!(c.len(), m * n, "gemm_packed: C has {} floats, expected {m}×{n}", c.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    let kernel = a.kernel;
+    let (mr, nr) = (kernel.mr(), kernel.nr());
+    let m_pad = m.div_ceil(mr) * mr;
+    let n_pad = n.div_ceil(nr) * nr;
+    scratch.bpack.resize(KC * n_pad, 0.0);
+    scratch.row.resize(n, 0.0);
+    let mut edge = vec![0.0f32; mr * nr];
+
+    for k0 in (0..k).step_by(KC) {
+        let kb = KC.min(k - k0);
+        // Pack B rows k0..k0+kb into NR-wide panels (columns past n are zero).
+        let bpack = &mut scratch.bpack[..kb * n_pad];
+        for kk in 0..kb {
+            fill_b(k0 + kk, &mut scratch.row);
+            for (jr, chunk) in scratch.row.chunks(nr).enumerate() {
+                let dst = &mut bpack[jr * kb * nr + kk * nr..][..nr];
+                dst[..chunk.len()].copy_from_slice(chunk);
+                dst[chunk.len()..].fill(0.0);
+            }
+        }
+        let ablock = &a.data[k0 * m_pad..(k0 + kb) * m_pad];
+        let accumulate = k0 > 0;
+        for jr in 0..n_pad / nr {
+            let bpanel = &bpack[jr * kb * nr..(jr + 1) * kb * nr];
+            let cols = nr.min(n - jr * nr);
+            for ir in 0..m_pad / mr {
+                let apanel = &ablock[ir * kb * mr..(ir + 1) * kb * mr];
+                let rows = mr.min(m - ir * mr);
+                let corner = ir * mr * n + jr * nr;
+                if rows == mr && cols == nr {
+                    // SAFETY: the panels hold kb·mr and kb·nr floats (sliced
+                    // above); the C tile's rows ir·mr .. ir·mr+mr and columns
+                    // jr·nr .. jr·nr+nr lie inside the m × n slice `c`. The
+                    // kernel is available (checked when `a` was packed).
+                    unsafe {
+                        kernel.run(kb, apanel.as_ptr(), bpanel.as_ptr(), c[corner..].as_mut_ptr(), n, accumulate)
+                    };
+                } else {
+                    // Edge tile: compute a full tile into `edge`, copy the valid part.
+                    if accumulate {
+                        for i in 0..rows {
+                            edge[i * nr..i * nr + cols].copy_from_slice(&c[corner + i * n..][..cols]);
+                        }
+                    }
+                    // SAFETY: as above, with `edge` as a full mr × nr tile (ldc = nr).
+                    unsafe { kernel.run(kb, apanel.as_ptr(), bpanel.as_ptr(), edge.as_mut_ptr(), nr, accumulate) };
+                    for i in 0..rows {
+                        c[corner + i * n..][..cols].copy_from_slice(&edge[i * nr..i * nr + cols]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    /// Integer-valued operands make every sum exact: the result must equal
+    /// the f64 reference bit for bit, for every size around the tile and
+    /// block edges, with C prefilled with NaN to catch unwritten elements.
+    #[test]
+    fn exact_for_sizes_around_tile_edges() {
+        for kernel in [Microkernel::Avx512, Microkernel::Avx2].into_iter().filter(|k| k.available()) {
+            let (mr, nr) = (kernel.mr(), kernel.nr());
+            for m in [1, mr - 1, mr, mr + 1, 2 * mr + 3] {
+                for k in [1, 2, KC - 1, KC, KC + 1, 2 * KC + 7] {
+                    for n in [1, nr - 1, nr, nr + 1, 3 * nr + 5] {
+                        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+                        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 7) as f32 - 3.0);
+                        let packed = PackedA::pack(a.view(), kernel);
+                        let mut c = vec![f32::NAN; m * n];
+                        gemm_packed(
+                            &packed,
+                            n,
+                            |kk, row| row.copy_from_slice(b.row(kk).as_slice().unwrap()),
+                            &mut c,
+                            &mut Scratch::default(),
+                        );
+                        for i in 0..m {
+                            for j in 0..n {
+                                let r: f64 = (0..k).map(|l| a[[i, l]] as f64 * b[[l, j]] as f64).sum();
+                                assert_eq!(c[i * n + j] as f64, r, "{kernel:?} m{m} k{k} n{n} ({i},{j})");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Register-blocked x86-64 microkernels: `C[MR×NR] (+)= Σ_k A[:, k] ⊗ B[k, :]`.
+//!
+//! Both kernels read packed panels (see [`super::packed`]): the A panel holds
+//! `MR` contiguous floats per `k`, the B panel `NR` contiguous floats per `k`.
+//! The accumulators live in registers for the whole `k` loop: each step loads
+//! `NR` floats of B as vectors, broadcasts the `MR` floats of A, and issues
+//! `MR·NR/lanes` independent FMAs (24 on AVX-512, 12 on AVX2: more than the
+//! FMA latency × throughput product of 8, so the FMA units never wait).
+
+use core::arch::x86_64::*;
+
+/// AVX-512F: 12 rows × 32 columns (24 zmm accumulators).
+pub const AVX512_MR: usize = 12;
+/// See [`AVX512_MR`].
+pub const AVX512_NR: usize = 32;
+/// AVX2 + FMA: 6 rows × 16 columns (12 ymm accumulators).
+pub const AVX2_MR: usize = 6;
+/// See [`AVX2_MR`].
+pub const AVX2_NR: usize = 16;
+
+/// # Safety
+/// The CPU must support AVX-512F. `a` must point to `kb·12` readable floats,
+/// `b` to `kb·32`, and `c` to 12 rows of 32 writable floats spaced `ldc` apart.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn kernel_avx512(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+    let mut c0 = [_mm512_setzero_ps(); AVX512_MR];
+    let mut c1 = [_mm512_setzero_ps(); AVX512_MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kb {
+        // SAFETY: within the `kb·32` floats of the B panel (caller's contract).
+        let (b0, b1) = unsafe { (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16))) };
+        for i in 0..AVX512_MR {
+            // SAFETY: within the `kb·12` floats of the A panel.
+            let ai = _mm512_set1_ps(unsafe { *a.add(i) });
+            c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+        }
+        // SAFETY: advancing within (or one past the end of) the panels.
+        unsafe {
+            a = a.add(AVX512_MR);
+            b = b.add(AVX512_NR);
+        }
+    }
+    for i in 0..AVX512_MR {
+        // SAFETY: row `i` of the C tile holds 32 writable floats.
+        unsafe {
+            let p = c.add(i * ldc);
+            if accumulate {
+                c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(p));
+                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(p.add(16)));
+            }
+            _mm512_storeu_ps(p, c0[i]);
+            _mm512_storeu_ps(p.add(16), c1[i]);
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA. `a` must point to `kb·6` readable
+/// floats, `b` to `kb·16`, and `c` to 6 rows of 16 writable floats spaced `ldc` apart.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn kernel_avx2(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+    let mut c0 = [_mm256_setzero_ps(); AVX2_MR];
+    let mut c1 = [_mm256_setzero_ps(); AVX2_MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kb {
+        // SAFETY: within the `kb·16` floats of the B panel (caller's contract).
+        let (b0, b1) = unsafe { (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8))) };
+        for i in 0..AVX2_MR {
+            // SAFETY: within the `kb·6` floats of the A panel.
+            let ai = _mm256_set1_ps(unsafe { *a.add(i) });
+            c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+            c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+        }
+        // SAFETY: advancing within (or one past the end of) the panels.
+        unsafe {
+            a = a.add(AVX2_MR);
+            b = b.add(AVX2_NR);
+        }
+    }
+    for i in 0..AVX2_MR {
+        // SAFETY: row `i` of the C tile holds 16 writable floats.
+        unsafe {
+            let p = c.add(i * ldc);
+            if accumulate {
+                c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(p));
+                c1[i] = _mm256_add_ps(c1[i], _mm256_loadu_ps(p.add(8)));
+            }
+            _mm256_storeu_ps(p, c0[i]);
+            _mm256_storeu_ps(p.add(8), c1[i]);
+        }
+    }
+}
+
+/// Twelve independent FMA chains of 8 lanes, `iters` steps each (the FMA-peak probe).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn fma_chains(iters: u64) -> f32 {
+    let mut acc = [_mm256_set1_ps(0.0); 12];
+    let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    for _ in 0..iters {
+        for r in acc.iter_mut() {
+            *r = _mm256_fmadd_ps(*r, a, b);
+        }
+    }
+    let mut s = _mm256_setzero_ps();
+    for r in acc {
+        s = _mm256_add_ps(s, r);
+    }
+    let mut out = [0f32; 8];
+    // SAFETY: `out` holds 8 floats.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+    out.iter().sum()
+}
