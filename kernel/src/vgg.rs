@@ -215,7 +215,7 @@ impl Vgg19 {
     /// [`KernelError::Invalid`] if `input_size` is not a positive multiple of
     /// 32; [`KernelError::MissingTensor`] if the store lacks a tensor `cut` needs.
     pub fn new(store: Arc<WeightStore>, input_size: usize, cut: Cut) -> Result<Self> {
-        if input_size == 0 || input_size % 32 != 0 {
+        if input_size == 0 || !input_size.is_multiple_of(32) {
             return Err(KernelError::invalid("input size", format!("{input_size} is not a positive multiple of 32")));
         }
         for spec in tensor_specs(cut).iter().filter(|s| s.required) {

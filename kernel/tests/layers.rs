@@ -121,6 +121,21 @@ fn dense_exact_on_integers_and_backward_matches_finite_differences() {
     assert_eq!(skipped.weight, g.weight);
 }
 
+/// Batches around the 4-image groups of the dot-product path and past its
+/// limit (the `sgemm` path), feature counts off the 4-row groups, and input
+/// lengths off the 16-float vectors.
+#[test]
+fn dense_pinned_sizes() {
+    for (n, i, o) in [(1, 25, 3), (4, 16, 4), (5, 33, 70), (7, 100, 9), (16, 17, 65), (17, 40, 70), (40, 64, 130)] {
+        let x = random((n, i), 1);
+        let w = random((o, i), 2);
+        let b = random(o, 3);
+        let y = dense_forward(x.view(), w.view(), b.view(), true).unwrap();
+        let r = reference::dense(x.view(), w.view(), b.view(), true);
+        assert_close(&format!("dense n{n} i{i} o{o}"), y.view(), r.view(), Approximation::Close);
+    }
+}
+
 #[test]
 fn dense_bad_shapes() {
     let x = random((2, 4), 1);

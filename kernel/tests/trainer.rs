@@ -51,7 +51,11 @@ fn shard_gradients_sum_to_the_batch_gradient() {
     }
     assert_eq!(sum.count, all.count);
     assert_eq!(sum.correct, all.correct);
-    assert!((sum.loss_sum - all.loss_sum).abs() < 1e-9 * all.loss_sum.abs().max(1.0));
+    // Not bit-exact: batches of up to 16 take the dense dot-product path and
+    // larger ones `sgemm`, which round the logits differently; the sums agree
+    // to f32 rounding (`Close`).
+    let (rtol, _) = Approximation::Close.tolerances();
+    assert!((sum.loss_sum - all.loss_sum).abs() <= rtol * all.loss_sum.abs(), "{} vs {}", sum.loss_sum, all.loss_sum);
     let want = all.weight.mapv(|v| v as f64);
     assert_close("summed ∂/∂W", sum.weight.view(), want.view(), Approximation::Close);
     assert!(sum.add(&HeadGradient::zeros(3, 64)).is_err());

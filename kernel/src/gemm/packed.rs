@@ -21,15 +21,15 @@ use super::x86;
 
 // The tile sizes below must be the kernels' own.
 #[cfg(target_arch = "x86_64")]
-const _: () = assert!(x86::AVX512_MR == 12 && x86::AVX512_NR == 32 && x86::AVX2_MR == 6 && x86::AVX2_NR == 16);
+const _: () = assert!(x86::AVX512_MR == 8 && x86::AVX512_NR == 32 && x86::AVX2_MR == 6 && x86::AVX2_NR == 16);
 
-/// Rows of `B` (depth) per block: a 128 × 32 f32 B panel is 16 KB, half of L1.
-pub const KC: usize = 128;
+/// Rows of `B` (depth) per block: a 256 × 32 f32 B panel is 32 KB (L1 on Zen 4).
+pub const KC: usize = 256;
 
 /// A register-blocked microkernel for this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Microkernel {
-    /// AVX-512F, 12 × 32.
+    /// AVX-512F, 8 × 32.
     Avx512,
     /// AVX2 + FMA, 6 × 16.
     Avx2,
@@ -61,7 +61,7 @@ impl Microkernel {
     /// Rows of a C tile.
     pub const fn mr(self) -> usize {
         match self {
-            Microkernel::Avx512 => 12,
+            Microkernel::Avx512 => 8,
             Microkernel::Avx2 => 6,
         }
     }
@@ -157,16 +157,98 @@ impl PackedA {
 #[derive(Default, Debug)]
 pub struct Scratch {
     bpack: Vec<f32>,
-    row: Vec<f32>,
 }
 
-/// `C ← A·B` where row `kk` of `B` (`n` floats) is written by `fill_b(kk, row)`.
+/// Somewhere to write one row of `B`: a plain slice, or a row of packed panels.
+pub trait RowSink {
+    /// Writes `src` at columns `j .. j + src.len()`.
+    fn copy(&mut self, j: usize, src: &[f32]);
+    /// Writes `v` at columns `j .. j + len`.
+    fn fill(&mut self, j: usize, len: usize, v: f32);
+    /// Writes `v` at column `j`.
+    fn set(&mut self, j: usize, v: f32);
+}
+
+impl RowSink for [f32] {
+    #[inline]
+    fn copy(&mut self, j: usize, src: &[f32]) {
+        self[j..j + src.len()].copy_from_slice(src);
+    }
+    #[inline]
+    fn fill(&mut self, j: usize, len: usize, v: f32) {
+        self[j..j + len].fill(v);
+    }
+    #[inline]
+    fn set(&mut self, j: usize, v: f32) {
+        self[j] = v;
+    }
+}
+
+/// Row `kk` of a packed B block: column `j` lives at
+/// `(j / NR)·kb·NR + kk·NR + j % NR`, so a run of columns is split at panel edges.
+pub struct PanelRow<'a> {
+    block: &'a mut [f32],
+    /// `log2(NR)`: NR is a power of two, so panel arithmetic is shifts and masks.
+    shift: u32,
+    /// Floats per panel, `kb·NR`.
+    panel: usize,
+    /// Offset of this row inside a panel, `kk·NR`.
+    row: usize,
+}
+
+impl<'a> PanelRow<'a> {
+    fn new(block: &'a mut [f32], kb: usize, nr: usize, kk: usize) -> Self {
+        debug_assert!(nr.is_power_of_two());
+        PanelRow { block, shift: nr.trailing_zeros(), panel: kb * nr, row: kk * nr }
+    }
+
+    #[inline]
+    fn nr(&self) -> usize {
+        1 << self.shift
+    }
+
+    #[inline]
+    fn at(&self, j: usize) -> usize {
+        (j >> self.shift) * self.panel + self.row + (j & (self.nr() - 1))
+    }
+}
+
+impl RowSink for PanelRow<'_> {
+    #[inline]
+    fn copy(&mut self, mut j: usize, mut src: &[f32]) {
+        while !src.is_empty() {
+            let len = (self.nr() - (j & (self.nr() - 1))).min(src.len());
+            let o = self.at(j);
+            self.block[o..o + len].copy_from_slice(&src[..len]);
+            j += len;
+            src = &src[len..];
+        }
+    }
+    #[inline]
+    fn fill(&mut self, mut j: usize, mut len: usize, v: f32) {
+        while len > 0 {
+            let run = (self.nr() - (j & (self.nr() - 1))).min(len);
+            let o = self.at(j);
+            self.block[o..o + run].fill(v);
+            j += run;
+            len -= run;
+        }
+    }
+    #[inline]
+    fn set(&mut self, j: usize, v: f32) {
+        let o = self.at(j);
+        self.block[o] = v;
+    }
+}
+
+/// `C ← A·B` where row `kk` of `B` (`n` columns) is written by `fill_b(kk, sink)`.
 ///
 /// # Arguments
 /// * `a` — packed `[m, k]`.
 /// * `n` — columns of `B` and `C`.
-/// * `fill_b` — called exactly once per row `0..k` in increasing order, with
-///   a slice of `n` floats to fill (its previous contents are unspecified).
+/// * `fill_b` — called exactly once per row `0..k` in increasing order; it
+///   must write every column `0..n` of the row through the [`RowSink`]
+///   (which writes straight into the kernel's panel layout).
 /// * `c` — `m × n` row-major output (`c.len() == m·n`); overwritten.
 /// * `scratch` — buffers reused across calls on one thread.
 ///
@@ -175,7 +257,7 @@ pub struct Scratch {
 pub fn gemm_packed(
     a: &PackedA,
     n: usize,
-    mut fill_b: impl FnMut(usize, &mut [f32]),
+    mut fill_b: impl FnMut(usize, &mut PanelRow<'_>),
     c: &mut [f32],
     scratch: &mut Scratch,
 ) {
@@ -193,21 +275,16 @@ pub fn gemm_packed(
     let m_pad = m.div_ceil(mr) * mr;
     let n_pad = n.div_ceil(nr) * nr;
     scratch.bpack.resize(KC * n_pad, 0.0);
-    scratch.row.resize(n, 0.0);
     let mut edge = vec![0.0f32; mr * nr];
 
     for k0 in (0..k).step_by(KC) {
         let kb = KC.min(k - k0);
-        // Pack B rows k0..k0+kb into NR-wide panels (columns past n are zero).
-        let bpack = &mut scratch.bpack[..kb * n_pad];
         for kk in 0..kb {
-            fill_b(k0 + kk, &mut scratch.row);
-            for (jr, chunk) in scratch.row.chunks(nr).enumerate() {
-                let dst = &mut bpack[jr * kb * nr + kk * nr..][..nr];
-                dst[..chunk.len()].copy_from_slice(chunk);
-                dst[chunk.len()..].fill(0.0);
-            }
+            let mut row = PanelRow::new(&mut scratch.bpack[..kb * n_pad], kb, nr, kk);
+            fill_b(k0 + kk, &mut row);
+            row.fill(n, n_pad - n, 0.0);
         }
+        let bpack = &scratch.bpack[..kb * n_pad];
         let ablock = &a.data[k0 * m_pad..(k0 + kb) * m_pad];
         let accumulate = k0 > 0;
         for jr in 0..n_pad / nr {
@@ -265,7 +342,7 @@ mod tests {
                         gemm_packed(
                             &packed,
                             n,
-                            |kk, row| row.copy_from_slice(b.row(kk).as_slice().unwrap()),
+                            |kk, row| row.copy(0, b.row(kk).as_slice().unwrap()),
                             &mut c,
                             &mut Scratch::default(),
                         );

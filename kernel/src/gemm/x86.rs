@@ -4,13 +4,14 @@
 //! `MR` contiguous floats per `k`, the B panel `NR` contiguous floats per `k`.
 //! The accumulators live in registers for the whole `k` loop: each step loads
 //! `NR` floats of B as vectors, broadcasts the `MR` floats of A, and issues
-//! `MR·NR/lanes` independent FMAs (24 on AVX-512, 12 on AVX2: more than the
+//! `MR·NR/lanes` independent FMAs (16 on AVX-512, 12 on AVX2: more than the
 //! FMA latency × throughput product of 8, so the FMA units never wait).
 
 use core::arch::x86_64::*;
 
-/// AVX-512F: 12 rows × 32 columns (24 zmm accumulators).
-pub const AVX512_MR: usize = 12;
+/// AVX-512F: 8 rows × 32 columns (16 zmm accumulators). 8 divides every
+/// VGG channel count (a 12-row kernel computes 72 rows for 64).
+pub const AVX512_MR: usize = 8;
 /// See [`AVX512_MR`].
 pub const AVX512_NR: usize = 32;
 /// AVX2 + FMA: 6 rows × 16 columns (12 ymm accumulators).
@@ -19,8 +20,8 @@ pub const AVX2_MR: usize = 6;
 pub const AVX2_NR: usize = 16;
 
 /// # Safety
-/// The CPU must support AVX-512F. `a` must point to `kb·12` readable floats,
-/// `b` to `kb·32`, and `c` to 12 rows of 32 writable floats spaced `ldc` apart.
+/// The CPU must support AVX-512F. `a` must point to `kb·8` readable floats,
+/// `b` to `kb·32`, and `c` to 8 rows of 32 writable floats spaced `ldc` apart.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn kernel_avx512(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
     let mut c0 = [_mm512_setzero_ps(); AVX512_MR];
@@ -113,4 +114,59 @@ pub unsafe fn fma_chains(iters: u64) -> f32 {
     // SAFETY: `out` holds 8 floats.
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
     out.iter().sum()
+}
+
+/// Dot products of 4 rows of `W` with up to 4 rows of `x`, `k` floats each:
+/// `out[r][i] = Σ_t w[r][t]·x[i][t]` for `i < nx` (other entries untouched).
+///
+/// Each `W` row is read once, front to back — four sequential streams, which
+/// the hardware prefetchers follow — and each vector of it feeds `nx` FMAs.
+///
+/// # Safety
+/// The CPU must support AVX-512F; the 4 `w` pointers and the first `nx` `x`
+/// pointers must each point to `k` readable floats; `nx <= 4`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot4_avx512(k: usize, w: [*const f32; 4], x: [*const f32; 4], nx: usize, out: &mut [[f32; 4]; 4]) {
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    let full = k / 16 * 16;
+    let mut t = 0;
+    // Specialise on the image count so the inner loops fully unroll.
+    macro_rules! sweep {
+        ($nx:expr) => {
+            while t < full {
+                // SAFETY: t + 16 <= k, within every row (caller's contract).
+                unsafe {
+                    let wv = [
+                        _mm512_loadu_ps(w[0].add(t)),
+                        _mm512_loadu_ps(w[1].add(t)),
+                        _mm512_loadu_ps(w[2].add(t)),
+                        _mm512_loadu_ps(w[3].add(t)),
+                    ];
+                    for i in 0..$nx {
+                        let xv = _mm512_loadu_ps(x[i].add(t));
+                        for r in 0..4 {
+                            acc[r][i] = _mm512_fmadd_ps(wv[r], xv, acc[r][i]);
+                        }
+                    }
+                }
+                t += 16;
+            }
+        };
+    }
+    match nx {
+        1 => sweep!(1),
+        2 => sweep!(2),
+        3 => sweep!(3),
+        _ => sweep!(4),
+    }
+    for r in 0..4 {
+        for i in 0..nx.min(4) {
+            let mut s = _mm512_reduce_add_ps(acc[r][i]);
+            for tt in full..k {
+                // SAFETY: tt < k.
+                s += unsafe { *w[r].add(tt) * *x[i].add(tt) };
+            }
+            out[r][i] = s;
+        }
+    }
 }

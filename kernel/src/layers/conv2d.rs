@@ -30,11 +30,11 @@ use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, Arr
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
-use crate::gemm::{gemm_packed, sgemm, Microkernel, PackedA, Scratch};
+use crate::gemm::{gemm_packed, sgemm, Microkernel, PackedA, RowSink, Scratch};
 use crate::geometry::Window2d;
 
 /// Target number of output columns per task.
-pub const TILE_COLUMNS: usize = 256;
+pub const TILE_COLUMNS: usize = 512;
 const MIN_TILE_COLUMNS: usize = 64;
 
 /// Checks `input [N, C, H, W]` against `weight [O, C, KH, KW]` and `bias [O]`;
@@ -76,96 +76,103 @@ pub fn pack_filters(weight: ArrayView4<'_, f32>, kernel: Microkernel) -> Result<
     Ok(PackedA::pack(filter_matrix(weight)?, kernel))
 }
 
-/// Fills `dst` with row `(ky, kx)` of one channel's im2col matrix for the
-/// output positions `p0 .. p0 + dst.len()` of one image.
+/// Writes row `(ky, kx)` of one channel's im2col matrix, for the output
+/// positions `p0 .. p0 + len` of one image, to columns `j0 .. j0 + len` of `dst`.
 ///
 /// `plane` is the channel `[H, W]` in standard layout.
-pub(crate) fn im2col_row(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn im2col_row<S: RowSink + ?Sized>(
     plane: ArrayView2<'_, f32>,
     window: &Window2d,
     (ky, kx): (usize, usize),
     out_w: usize,
     p0: usize,
-    dst: &mut [f32],
+    len: usize,
+    dst: &mut S,
+    j0: usize,
 ) {
     let (h, w) = plane.dim();
     let (x_lo, x_hi) = window.valid_out_x(kx, w, out_w);
     let sx = window.stride.1;
     let mut j = 0;
-    while j < dst.len() {
+    while j < len {
         let p = p0 + j;
         let (oy, ox0) = (p / out_w, p % out_w);
-        let len = (out_w - ox0).min(dst.len() - j);
-        let seg = &mut dst[j..j + len];
-        j += len;
+        let seg = (out_w - ox0).min(len - j);
+        let at = j0 + j;
+        j += seg;
         let Some(iy) = window.input_y(oy, ky, h) else {
-            seg.fill(0.0);
+            dst.fill(at, seg, 0.0);
             continue;
         };
         let src = plane.row(iy);
         let src = src.as_slice().expect("standard layout rows are contiguous");
-        // Output columns ox0 .. ox0+len; those in [x_lo, x_hi) read the input.
-        let (lo, hi) = (x_lo.clamp(ox0, ox0 + len), x_hi.clamp(ox0, ox0 + len));
-        let (lo, hi) = (lo, hi.max(lo));
-        seg[..lo - ox0].fill(0.0);
-        seg[hi - ox0..].fill(0.0);
+        // Output columns ox0 .. ox0+seg; those in [lo, hi) read the input.
+        let lo = x_lo.clamp(ox0, ox0 + seg);
+        let hi = x_hi.clamp(lo, ox0 + seg);
+        dst.fill(at, lo - ox0, 0.0);
+        dst.fill(at + (hi - ox0), ox0 + seg - hi, 0.0);
         if hi > lo {
             let first = lo * sx + kx - window.pad.1;
-            let out = &mut seg[lo - ox0..hi - ox0];
             if sx == 1 {
-                out.copy_from_slice(&src[first..first + (hi - lo)]);
+                dst.copy(at + (lo - ox0), &src[first..first + (hi - lo)]);
             } else {
-                for (v, x) in out.iter_mut().zip((first..).step_by(sx)) {
-                    *v = src[x];
+                for (i, x) in (first..).step_by(sx).take(hi - lo).enumerate() {
+                    dst.set(at + (lo - ox0) + i, src[x]);
                 }
             }
         }
     }
 }
 
-/// One task: images `n0 ..` of the output block `out [imgs, O, cols]`, at
-/// output positions `p0 .. p0 + cols` of each.
-struct Task<'a> {
-    n0: usize,
+/// Part of a task: output positions `p0 .. p0 + cols` of image `img`, which
+/// are the task's columns `col0 .. col0 + cols`, written to `out [O, cols]`.
+struct Piece<'a> {
+    img: usize,
     p0: usize,
-    out: ArrayViewMut3<'a, f32>,
+    col0: usize,
+    out: ArrayViewMut2<'a, f32>,
 }
 
-/// Cuts the output `[N, O, P]` into disjoint tasks (see the module docs).
+/// Writes one im2col row for one piece: `(piece, channel plane, (ky, kx))`.
+type PieceRowWriter<'w> = dyn FnMut(&Piece<'_>, ArrayView2<'_, f32>, (usize, usize)) + 'w;
+
+/// A contiguous range of the batch's output columns (image-major).
+struct Task<'a> {
+    width: usize,
+    pieces: Vec<Piece<'a>>,
+}
+
+/// Cuts the output `[N, O, P]`, seen as `N·P` columns, into tasks of equal
+/// width (a multiple of 32, at most [`TILE_COLUMNS`], narrower when that
+/// gives each thread at least three tasks); a task may span several images.
 fn split_tasks(out: ArrayViewMut3<'_, f32>) -> Vec<Task<'_>> {
     let (n, _, positions) = out.dim();
+    let total = n * positions;
     let want = 3 * rayon::current_num_threads();
-    let mut tasks = Vec::new();
-    if positions > TILE_COLUMNS || n >= want && positions * 2 > TILE_COLUMNS {
-        // Column ranges of single images, about TILE_COLUMNS wide (narrower
-        // when that gives the pool too few tasks), multiples of 32.
-        let per_image = positions.div_ceil(TILE_COLUMNS).max(want.div_ceil(n));
-        let cols = positions.div_ceil(per_image).next_multiple_of(32).max(MIN_TILE_COLUMNS.min(positions));
-        let mut rest = out;
-        for img in 0..n {
-            let (mut image, tail) = rest.split_at(Axis(0), 1);
+    let width = total.div_ceil(want).next_multiple_of(32).clamp(MIN_TILE_COLUMNS, TILE_COLUMNS);
+    let mut tasks: Vec<Task<'_>> = Vec::with_capacity(total.div_ceil(width));
+    let mut current = Task { width: 0, pieces: Vec::new() };
+    let mut images = out;
+    for img in 0..n {
+        let (image, others) = images.split_at(Axis(0), 1);
+        images = others;
+        let mut rest = image.index_axis_move(Axis(0), 0);
+        let mut p0 = 0;
+        while p0 < positions {
+            let cols = (width - current.width).min(positions - p0);
+            let (head, tail) = rest.split_at(Axis(1), cols);
+            current.pieces.push(Piece { img, p0, col0: current.width, out: head });
+            current.width += cols;
             rest = tail;
-            let mut p0 = 0;
-            while p0 < positions {
-                let width = cols.min(positions - p0);
-                let (head, tail) = image.split_at(Axis(2), width);
-                tasks.push(Task { n0: img, p0, out: head });
-                image = tail;
-                p0 += width;
+            p0 += cols;
+            if current.width == width {
+                tasks.push(std::mem::replace(&mut current, Task { width: 0, pieces: Vec::new() }));
             }
         }
-    } else {
-        // Groups of whole images.
-        let group = (TILE_COLUMNS / positions.max(1)).clamp(1, n.div_ceil(want).max(1));
-        let mut rest = out;
-        let mut n0 = 0;
-        while n0 < n {
-            let g = group.min(n - n0);
-            let (head, tail) = rest.split_at(Axis(0), g);
-            tasks.push(Task { n0, p0: 0, out: head });
-            rest = tail;
-            n0 += g;
-        }
+    }
+    if current.width > 0 {
+        tasks.push(current);
     }
     tasks
 }
@@ -244,23 +251,34 @@ pub fn conv2d_forward_with(
     tasks.into_par_iter().for_each_init(
         || (Scratch::default(), Vec::<f32>::new(), Vec::<f32>::new()),
         |(scratch, tmp, col), mut task| {
-            let (imgs, _, cols) = task.out.dim();
-            let width = imgs * cols;
+            let width = task.width;
             // Row (c, ky, kx) of this task's im2col block.
-            let fill = |row: usize, dst: &mut [f32]| {
+            let pieces = &task.pieces;
+            let fill = |row: usize, dst: &mut PieceRowWriter<'_>| {
                 let (c, tap) = (row / (kh * kw), row % (kh * kw));
-                for (img, chunk) in dst.chunks_mut(cols).enumerate() {
-                    let plane = input.slice(s![task.n0 + img, c, .., ..]);
-                    im2col_row(plane, window, (tap / kw, tap % kw), ow, task.p0, chunk);
+                for piece in pieces {
+                    dst(piece, input.slice(s![piece.img, c, .., ..]), (tap / kw, tap % kw));
                 }
             };
             tmp.resize(o * width, 0.0);
             match packed {
-                Some(p) => gemm_packed(p, width, fill, tmp, scratch),
+                Some(p) => gemm_packed(
+                    p,
+                    width,
+                    |row, sink| {
+                        fill(row, &mut |piece, plane, tap| {
+                            im2col_row(plane, window, tap, ow, piece.p0, piece.out.ncols(), sink, piece.col0)
+                        })
+                    },
+                    tmp,
+                    scratch,
+                ),
                 None => {
                     col.resize(k * width, 0.0);
                     for (row, dst) in col.chunks_mut(width).enumerate() {
-                        fill(row, dst);
+                        fill(row, &mut |piece, plane, tap| {
+                            im2col_row(plane, window, tap, ow, piece.p0, piece.out.ncols(), dst, piece.col0)
+                        });
                     }
                     let colv = ArrayView2::from_shape((k, width), &col[..]).expect("sized k × width");
                     let tmpv = ArrayViewMut2::from_shape((o, width), &mut tmp[..]).expect("sized o × width");
@@ -268,10 +286,10 @@ pub fn conv2d_forward_with(
                 }
             }
             // Epilogue: bias, ReLU, and scatter to NCHW.
-            for img in 0..imgs {
-                for (oc, (mut dst, &b)) in task.out.index_axis_mut(Axis(0), img).outer_iter_mut().zip(bias).enumerate()
-                {
-                    let src = &tmp[oc * width + img * cols..][..cols];
+            for piece in task.pieces.iter_mut() {
+                let cols = piece.out.ncols();
+                for (oc, (mut dst, &b)) in piece.out.outer_iter_mut().zip(bias).enumerate() {
+                    let src = &tmp[oc * width + piece.col0..][..cols];
                     for (d, &v) in dst.iter_mut().zip(src) {
                         let z = v + b;
                         *d = if relu && z < 0.0 { 0.0 } else { z };
@@ -348,7 +366,16 @@ pub fn conv2d_backward(
             for (row, mut dst) in col.outer_iter_mut().enumerate() {
                 let (c, tap) = (row / (kh * kw), row % (kh * kw));
                 let plane = input.slice(s![img, c, .., ..]);
-                im2col_row(plane, window, (tap / kw, tap % kw), ow, 0, dst.as_slice_mut().expect("fresh row"));
+                im2col_row(
+                    plane,
+                    window,
+                    (tap / kw, tap % kw),
+                    ow,
+                    0,
+                    positions,
+                    dst.as_slice_mut().expect("fresh row"),
+                    0,
+                );
             }
             let mut gw = Array2::<f32>::zeros((o, k));
             sgemm(1.0, gy.view(), col.t(), 0.0, gw.view_mut());

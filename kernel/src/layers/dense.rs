@@ -10,10 +10,13 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
-use crate::gemm::sgemm;
+use crate::gemm::{dense_rows, sgemm};
 
 /// Output features per forward task: a 64-row block of fc6 is 6.4 MB.
 const FEATURES_PER_TASK: usize = 64;
+/// Largest batch for the dot-product path; larger batches use `sgemm`, which
+/// blocks the batch dimension and reuses each weight more.
+const DOT_MAX_BATCH: usize = 16;
 
 fn check_dense(x: &[usize], w: &[usize], b: usize) -> Result<()> {
     if w[1] != x[1] {
@@ -47,12 +50,30 @@ pub fn dense_forward(
     if n == 0 || out == 0 {
         return Ok(y);
     }
+    // Small batches (the frozen classifier at batch 1..32): a batch of dot
+    // products that streams each row of W exactly once, front to back.
+    let x_rows: Option<Vec<&[f32]>> =
+        if n <= DOT_MAX_BATCH { x.outer_iter().map(|r| r.to_slice()).collect() } else { None };
     y.axis_chunks_iter_mut(Axis(1), FEATURES_PER_TASK)
         .into_par_iter()
         .zip(weight.axis_chunks_iter(Axis(0), FEATURES_PER_TASK).into_par_iter())
         .zip(bias.axis_chunks_iter(Axis(0), FEATURES_PER_TASK).into_par_iter())
         .for_each(|((mut y_blk, w_blk), b_blk)| {
-            sgemm(1.0, x, w_blk.t(), 0.0, y_blk.view_mut());
+            let w_rows: Option<Vec<&[f32]>> = w_blk.outer_iter().map(|r| r.to_slice()).collect();
+            let done = match (&x_rows, &w_rows) {
+                (Some(xr), Some(wr)) => {
+                    let mut tmp = vec![0.0f32; n * wr.len()];
+                    let ok = dense_rows(x.ncols(), xr, wr, &mut tmp);
+                    if ok {
+                        y_blk.assign(&ArrayView2::from_shape((n, wr.len()), &tmp).expect("sized n × cols"));
+                    }
+                    ok
+                }
+                _ => false,
+            };
+            if !done {
+                sgemm(1.0, x, w_blk.t(), 0.0, y_blk.view_mut());
+            }
             for mut row in y_blk.outer_iter_mut() {
                 row.zip_mut_with(&b_blk, |v, &b| {
                     let z = *v + b;

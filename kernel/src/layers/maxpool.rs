@@ -50,8 +50,15 @@ pub fn maxpool2d_forward(input: ArrayView4<'_, f32>, window: &Window2d) -> Resul
     let planes_in = standard.view().into_shape_with_order((n * c, h, w)).expect("standard layout");
     let mut out3 = output.view_mut().into_shape_with_order((n * c, oh, ow)).expect("fresh array");
     let mut arg3 = argmax.view_mut().into_shape_with_order((n * c, oh, ow)).expect("fresh array");
+    let fast = *window == Window2d::VGG_POOL;
     Zip::from(out3.outer_iter_mut()).and(arg3.outer_iter_mut()).and(planes_in.outer_iter()).into_par_iter().for_each(
         |(mut out, mut arg, plane)| {
+            if let (true, Some(src), Some(dst), Some(idx)) =
+                (fast, plane.as_slice(), out.as_slice_mut(), arg.as_slice_mut())
+            {
+                pool_2x2_plane(src, w, ow, dst, idx);
+                return;
+            }
             for oy in 0..oh {
                 for ox in 0..ow {
                     let mut best = f32::NEG_INFINITY;
@@ -65,7 +72,7 @@ pub fn maxpool2d_forward(input: ArrayView4<'_, f32>, window: &Window2d) -> Resul
                                 continue;
                             };
                             let v = plane[[iy, ix]];
-                            if v > best || best_i == u32::MAX || v.is_nan() && !best.is_nan() {
+                            if takes(v, best, best_i) {
                                 best = v;
                                 best_i = (iy * w + ix) as u32;
                             }
@@ -78,6 +85,35 @@ pub fn maxpool2d_forward(input: ArrayView4<'_, f32>, window: &Window2d) -> Resul
         },
     );
     Ok(MaxPoolOutput { output, argmax })
+}
+
+/// Whether `v` replaces the running maximum `best` (found at `best_i`,
+/// `u32::MAX` before the first element): larger, or the first NaN.
+#[inline(always)]
+fn takes(v: f32, best: f32, best_i: u32) -> bool {
+    v > best || best_i == u32::MAX || v.is_nan() && !best.is_nan()
+}
+
+/// The 2×2 stride-2 unpadded case over one contiguous `[H, W]` plane: the
+/// same comparisons in the same row-major order as the general loop, on slices.
+fn pool_2x2_plane(src: &[f32], w: usize, ow: usize, dst: &mut [f32], idx: &mut [u32]) {
+    for (oy, (drow, irow)) in dst.chunks_exact_mut(ow).zip(idx.chunks_exact_mut(ow)).enumerate() {
+        let (r0, r1) = (&src[2 * oy * w..][..2 * ow], &src[(2 * oy + 1) * w..][..2 * ow]);
+        let base = (2 * oy * w) as u32;
+        for ox in 0..ow {
+            let cands = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]];
+            let offs = [0, 1, w as u32, w as u32 + 1];
+            let (mut best, mut best_i) = (cands[0], base + 2 * ox as u32);
+            for t in 1..4 {
+                if takes(cands[t], best, best_i) {
+                    best = cands[t];
+                    best_i = base + 2 * ox as u32 + offs[t];
+                }
+            }
+            drow[ox] = best;
+            irow[ox] = best_i;
+        }
+    }
 }
 
 /// Max-pool backward: routes each output gradient to the input it came from.
