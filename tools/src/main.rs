@@ -1,7 +1,8 @@
 //! `lml`: command-line tools for the serverless VGG19 trainer.
 
 mod profile;
-mod synth;
+
+use lml_tools::synth;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -122,17 +123,17 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The weight directory to use: the given one, or random weights generated
-/// once under `workdir`.
-fn weights_or_random(weights: Option<&Path>, workdir: &Path, seed: u64) -> Result<PathBuf> {
+/// The weight directory to use: the given one, or random weights for `cut`
+/// generated once under `workdir`.
+fn weights_or_random(weights: Option<&Path>, workdir: &Path, seed: u64, cut: Cut) -> Result<PathBuf> {
     if let Some(w) = weights {
         return Ok(w.to_path_buf());
     }
-    let dir = workdir.join(format!("random-weights-{seed}"));
+    let dir = workdir.join(format!("random-weights-{seed}-{}", format!("{cut:?}").to_lowercase()));
     if !dir.join(lml_kernel::weights::MANIFEST).exists() {
         std::fs::create_dir_all(workdir).with_context(|| format!("creating {}", workdir.display()))?;
-        eprintln!("generating random VGG19 weights in {} (no --weights given)", dir.display());
-        let w = random_weights(seed, Cut::Fc7);
+        eprintln!("generating random VGG19 weights to {cut:?} in {} (no --weights given)", dir.display());
+        let w = random_weights(seed, cut);
         WeightStore::write(&dir, MODEL, Preset::Torchvision, w.iter().map(|(n, a)| (n.clone(), a.view())))?;
     }
     Ok(dir)
@@ -187,7 +188,7 @@ fn demo(args: &DemoArgs, threads: usize) -> Result<()> {
     let train = ensure_images(&data_dir, "train", args.train_images, args.classes, args.seed)?;
     let test = ensure_images(&data_dir, "test", args.test_images, args.classes, args.seed + 1)?;
 
-    let weights = weights_or_random(args.weights.as_deref(), &args.workdir, args.seed)?;
+    let weights = weights_or_random(args.weights.as_deref(), &args.workdir, args.seed, args.cut)?;
     let vgg = Vgg19::open(&weights, args.input_size, args.cut)
         .with_context(|| format!("opening VGG19 weights in {}", weights.display()))?;
     eprintln!(

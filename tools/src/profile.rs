@@ -37,7 +37,7 @@ fn layer_flops(name: &str, size: usize) -> u64 {
 }
 
 pub fn run(args: &ProfileArgs, threads: usize) -> Result<()> {
-    let weights = crate::weights_or_random(args.weights.as_deref(), &args.workdir, 1)?;
+    let weights = crate::weights_or_random(args.weights.as_deref(), &args.workdir, 1, args.cut)?;
     let vgg = Vgg19::open(&weights, args.input_size, args.cut)?;
     let s = args.input_size;
     let x = Array4::<f32>::from_shape_fn((args.batch, 3, s, s), |(n, c, y, x)| {

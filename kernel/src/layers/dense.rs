@@ -14,6 +14,8 @@ use crate::gemm::{dense_rows, sgemm};
 
 /// Output features per forward task: a 64-row block of fc6 is 6.4 MB.
 const FEATURES_PER_TASK: usize = 64;
+/// Input features per backward task.
+const INPUTS_PER_TASK: usize = 512;
 /// Largest batch for the dot-product path; larger batches use `sgemm`, which
 /// blocks the batch dimension and reuses each weight more.
 const DOT_MAX_BATCH: usize = 16;
@@ -50,38 +52,62 @@ pub fn dense_forward(
     if n == 0 || out == 0 {
         return Ok(y);
     }
-    // Small batches (the frozen classifier at batch 1..32): a batch of dot
-    // products that streams each row of W exactly once, front to back.
-    let x_rows: Option<Vec<&[f32]>> =
-        if n <= DOT_MAX_BATCH { x.outer_iter().map(|r| r.to_slice()).collect() } else { None };
-    y.axis_chunks_iter_mut(Axis(1), FEATURES_PER_TASK)
-        .into_par_iter()
-        .zip(weight.axis_chunks_iter(Axis(0), FEATURES_PER_TASK).into_par_iter())
-        .zip(bias.axis_chunks_iter(Axis(0), FEATURES_PER_TASK).into_par_iter())
-        .for_each(|((mut y_blk, w_blk), b_blk)| {
-            let w_rows: Option<Vec<&[f32]>> = w_blk.outer_iter().map(|r| r.to_slice()).collect();
-            let done = match (&x_rows, &w_rows) {
-                (Some(xr), Some(wr)) => {
-                    let mut tmp = vec![0.0f32; n * wr.len()];
-                    let ok = dense_rows(x.ncols(), xr, wr, &mut tmp);
-                    if ok {
-                        y_blk.assign(&ArrayView2::from_shape((n, wr.len()), &tmp).expect("sized n × cols"));
-                    }
-                    ok
-                }
-                _ => false,
-            };
-            if !done {
-                sgemm(1.0, x, w_blk.t(), 0.0, y_blk.view_mut());
-            }
-            for mut row in y_blk.outer_iter_mut() {
-                row.zip_mut_with(&b_blk, |v, &b| {
-                    let z = *v + b;
-                    *v = if relu && z < 0.0 { 0.0 } else { z };
-                });
-            }
-        });
+    if out <= FEATURES_PER_TASK {
+        // Few outputs (a classifier head): split the batch instead, in
+        // groups small enough for the dot-product path, so that an example's
+        // logits do not depend on the batch it came in.
+        y.axis_chunks_iter_mut(Axis(0), DOT_MAX_BATCH)
+            .into_par_iter()
+            .zip(x.axis_chunks_iter(Axis(0), DOT_MAX_BATCH).into_par_iter())
+            .for_each(|(y_blk, x_blk)| dense_block(x_blk, weight, bias, relu, y_blk));
+    } else {
+        // Many outputs (fc6, fc7): each task owns a block of W's rows and
+        // streams it once.
+        y.axis_chunks_iter_mut(Axis(1), FEATURES_PER_TASK)
+            .into_par_iter()
+            .zip(weight.axis_chunks_iter(Axis(0), FEATURES_PER_TASK).into_par_iter())
+            .zip(bias.axis_chunks_iter(Axis(0), FEATURES_PER_TASK).into_par_iter())
+            .for_each(|((y_blk, w_blk), b_blk)| dense_block(x, w_blk, b_blk, relu, y_blk));
+    }
     Ok(y)
+}
+
+/// `y ← x·Wᵀ + b` (then ReLU) on one block, on the calling thread: a batch
+/// of dot products that streams each row of W once, front to back, for up to
+/// [`DOT_MAX_BATCH`] rows of `x`; `sgemm` otherwise or without a vector kernel.
+fn dense_block(
+    x: ArrayView2<'_, f32>,
+    w: ArrayView2<'_, f32>,
+    b: ArrayView1<'_, f32>,
+    relu: bool,
+    mut y: ndarray::ArrayViewMut2<'_, f32>,
+) {
+    let done = x.nrows() <= DOT_MAX_BATCH
+        && match (contiguous_rows(x), contiguous_rows(w)) {
+            (Some(xr), Some(wr)) => {
+                let mut tmp = vec![0.0f32; xr.len() * wr.len()];
+                let ok = dense_rows(x.ncols(), &xr, &wr, &mut tmp);
+                if ok {
+                    y.assign(&ArrayView2::from_shape((xr.len(), wr.len()), &tmp).expect("sized rows × cols"));
+                }
+                ok
+            }
+            _ => false,
+        };
+    if !done {
+        sgemm(1.0, x, w.t(), 0.0, y.view_mut());
+    }
+    for mut row in y.outer_iter_mut() {
+        row.zip_mut_with(&b, |v, &bb| {
+            let z = *v + bb;
+            *v = if relu && z < 0.0 { 0.0 } else { z };
+        });
+    }
+}
+
+/// The rows of `m` as slices, if each is contiguous.
+fn contiguous_rows<'a>(m: ArrayView2<'a, f32>) -> Option<Vec<&'a [f32]>> {
+    (0..m.nrows()).map(|i| m.index_axis_move(Axis(0), i).to_slice()).collect()
 }
 
 /// Gradients of a dense layer.
@@ -121,17 +147,18 @@ pub fn dense_backward(
     }
     let (n, inp) = x.dim();
     let out = weight.nrows();
+    // Column blocks of ∂L/∂W = gyᵀ·x: parallel whatever `out` is (a head has 10 rows).
     let mut gw = Array2::<f32>::zeros((out, inp));
-    gw.axis_chunks_iter_mut(Axis(0), FEATURES_PER_TASK)
+    gw.axis_chunks_iter_mut(Axis(1), INPUTS_PER_TASK)
         .into_par_iter()
-        .zip(grad_out.axis_chunks_iter(Axis(1), FEATURES_PER_TASK).into_par_iter())
-        .for_each(|(mut gw_blk, gy_blk)| sgemm(1.0, gy_blk.t(), x, 0.0, gw_blk.view_mut()));
+        .zip(x.axis_chunks_iter(Axis(1), INPUTS_PER_TASK).into_par_iter())
+        .for_each(|(mut gw_blk, x_blk)| sgemm(1.0, grad_out.t(), x_blk, 0.0, gw_blk.view_mut()));
     let gb = grad_out.sum_axis(Axis(0));
     let gx = if need_input_grad {
         let mut gx = Array2::<f32>::zeros((n, inp));
-        gx.axis_chunks_iter_mut(Axis(1), 1024)
+        gx.axis_chunks_iter_mut(Axis(1), INPUTS_PER_TASK)
             .into_par_iter()
-            .zip(weight.axis_chunks_iter(Axis(1), 1024).into_par_iter())
+            .zip(weight.axis_chunks_iter(Axis(1), INPUTS_PER_TASK).into_par_iter())
             .for_each(|(mut gx_blk, w_blk)| sgemm(1.0, grad_out, w_blk, 0.0, gx_blk.view_mut()));
         gx
     } else {

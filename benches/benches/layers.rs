@@ -1,0 +1,82 @@
+//! Per-layer throughput on the real VGG19 shapes: the 16 convolutions at
+//! 224×224 (batch 1 and 8 images), fc6 at batch 1 (memory-bound) and the raw
+//! packed GEMM.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use lml_benches::{conv_table, random_input};
+use lml_kernel::gemm::{gemm_packed, Microkernel, PackedA, RowSink, Scratch};
+use lml_kernel::geometry::Window2d;
+use lml_kernel::layers::conv2d::{conv2d_forward_with, pack_filters};
+use lml_kernel::layers::dense_forward;
+use ndarray::{Array1, Array2};
+
+fn conv_layers(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv224");
+    g.sample_size(10);
+    let kernel = Microkernel::detect();
+    for threads in [1usize, 2] {
+        let pool = lml_kernel::parallel::thread_pool(threads).unwrap();
+        for shape in conv_table(224) {
+            // Batch 8 spreads the layer over threads like the real forward.
+            let batch = 8;
+            let x = random_input(batch, shape.in_channels, shape.side, 1);
+            let w = random_input(shape.out_channels, shape.in_channels, 3, 2).mapv(|v| v * 0.05);
+            let bias = Array1::<f32>::zeros(shape.out_channels);
+            let packed = kernel.map(|k| pack_filters(w.view(), k).unwrap());
+            g.throughput(Throughput::Elements(shape.flops() * batch as u64));
+            g.bench_function(BenchmarkId::new(format!("{}t", threads), shape.name), |b| {
+                b.iter(|| {
+                    pool.install(|| {
+                        conv2d_forward_with(x.view(), w.view(), packed.as_ref(), bias.view(), &Window2d::VGG_CONV, true)
+                            .unwrap()
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn fc6_batch1(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fc6");
+    g.sample_size(20);
+    let w = Array2::<f32>::from_elem((4096, 25088), 0.001);
+    let b = Array1::<f32>::zeros(4096);
+    let x = Array2::<f32>::from_elem((1, 25088), 0.5);
+    // Bytes of weights streamed per call: compare with peak/stream_read_411MB.
+    g.throughput(Throughput::Bytes((w.len() * 4) as u64));
+    for threads in [1usize, 2] {
+        let pool = lml_kernel::parallel::thread_pool(threads).unwrap();
+        g.bench_function(format!("batch1/{threads}t"), |bch| {
+            bch.iter(|| pool.install(|| dense_forward(x.view(), w.view(), b.view(), true).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+fn packed_gemm(c: &mut Criterion) {
+    let Some(kernel) = Microkernel::detect() else { return };
+    let mut g = c.benchmark_group("gemm");
+    g.sample_size(20);
+    // block4_conv2's GEMM for one 512-column tile: [512 × 4608] · [4608 × 512].
+    let (m, k, n) = (512, 4608, 512);
+    let a = Array2::<f32>::from_elem((m, k), 0.01);
+    let bm = Array2::<f32>::from_elem((k, n), 0.02);
+    let packed = PackedA::pack(a.view(), kernel);
+    let mut out = vec![0.0f32; m * n];
+    let mut scratch = Scratch::default();
+    g.throughput(Throughput::Elements(lml_kernel::gemm::flops(m, k, n)));
+    g.bench_function(format!("packed_{kernel:?}_{m}x{k}x{n}/1t"), |bch| {
+        bch.iter(|| {
+            gemm_packed(&packed, n, |kk, row| row.copy(0, bm.row(kk).as_slice().unwrap()), &mut out, &mut scratch)
+        })
+    });
+    let mut outm = Array2::<f32>::zeros((m, n));
+    g.bench_function(format!("matrixmultiply_{m}x{k}x{n}/1t"), |bch| {
+        bch.iter(|| lml_kernel::gemm::sgemm(1.0, a.view(), bm.view(), 0.0, outm.view_mut()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, packed_gemm, fc6_batch1, conv_layers);
+criterion_main!(benches);

@@ -1,0 +1,4 @@
+//! Library side of the `lml` tools: generators shared by the command line,
+//! the integration tests and the benchmarks.
+
+pub mod synth;
