@@ -6,7 +6,7 @@ use common::{dot, finite_difference, integers, random};
 use lml_kernel::approx::{assert_close, check_close, Approximation};
 use lml_kernel::gemm::Microkernel;
 use lml_kernel::geometry::Window2d;
-use lml_kernel::layers::conv2d::{conv2d_forward_with, pack_filters};
+use lml_kernel::layers::conv2d::{conv2d_forward_algorithm, conv2d_forward_with, pack_filters, ConvAlgorithm};
 use lml_kernel::layers::{conv2d_backward, conv2d_forward, relu_backward};
 use lml_kernel::{reference, KernelError};
 use ndarray::{Array1, Array4, Ix4};
@@ -53,11 +53,21 @@ impl ConvProblem {
     }
 }
 
-/// `None` (portable) and every microkernel this CPU supports.
-fn strategies() -> Vec<Option<Microkernel>> {
-    let mut s = vec![None];
-    s.extend([Microkernel::Avx512, Microkernel::Avx2].into_iter().filter(|k| k.available()).map(Some));
-    s
+/// Every microkernel this CPU supports.
+fn kernels() -> Vec<Microkernel> {
+    [Microkernel::Avx512, Microkernel::Avx2].into_iter().filter(|k| k.available()).collect()
+}
+
+/// Every (algorithm, microkernel) pair that can run `window` here.
+fn algorithms(window: &Window2d) -> Vec<(ConvAlgorithm, Option<Microkernel>)> {
+    let mut out = vec![(ConvAlgorithm::Portable, None)];
+    for k in kernels() {
+        out.push((ConvAlgorithm::PackedIm2col, Some(k)));
+        if window.stride == (1, 1) {
+            out.push((ConvAlgorithm::Implicit, Some(k)));
+        }
+    }
+    out
 }
 
 fn window_strategy() -> impl Strategy<Value = Window2d> {
@@ -105,10 +115,11 @@ fn exact_on_integer_data() {
         let w = integers((13, shape.1, 3, 3), 2);
         let b = integers(13, 3);
         let r = reference::conv2d(x.view(), w.view(), b.view(), &window, false);
-        for kernel in strategies() {
+        for (algo, kernel) in algorithms(&window) {
             let packed = kernel.map(|k| pack_filters(w.view(), k).unwrap());
-            let y = conv2d_forward_with(x.view(), w.view(), packed.as_ref(), b.view(), &window, false).unwrap();
-            assert_close(&format!("exact conv {kernel:?}"), y.view(), r.view(), Approximation::Exact);
+            let y =
+                conv2d_forward_algorithm(x.view(), w.view(), packed.as_ref(), b.view(), &window, false, algo).unwrap();
+            assert_close(&format!("exact conv {algo:?} {kernel:?}"), y.view(), r.view(), Approximation::Exact);
         }
     }
 }
@@ -119,6 +130,37 @@ fn grouped_small_images() {
     for (n, hw) in [(40, 2), (7, 4), (64, 1), (5, 16)] {
         let p = ConvProblem { n, c: 9, h: hw, w: hw, o: 14, window: Window2d::VGG_CONV, relu: true };
         p.check_forward(n as u64).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// The automatic choice picks the implicit algorithm only where little is wasted.
+#[test]
+fn algorithm_choice() {
+    let c = |hw, w: &Window2d| ConvAlgorithm::choose(true, (hw, hw), w);
+    assert_eq!(c(224, &Window2d::VGG_CONV), ConvAlgorithm::Implicit);
+    assert_eq!(c(112, &Window2d::VGG_CONV), ConvAlgorithm::Implicit);
+    assert_eq!(c(14, &Window2d::VGG_CONV), ConvAlgorithm::PackedIm2col);
+    assert_eq!(c(224, &Window2d::square(3, 2, 1)), ConvAlgorithm::PackedIm2col);
+    assert_eq!(ConvAlgorithm::choose(false, (224, 224), &Window2d::VGG_CONV), ConvAlgorithm::Portable);
+    let x = random((1, 2, 6, 6), 1);
+    let w = random((3, 2, 3, 3), 2);
+    let b = random(3, 3);
+    let err = conv2d_forward_algorithm(
+        x.view(),
+        w.view(),
+        None,
+        b.view(),
+        &Window2d::VGG_CONV,
+        false,
+        ConvAlgorithm::Implicit,
+    );
+    assert!(err.unwrap_err().to_string().contains("needs packed filters"));
+    if let Some(k) = Microkernel::detect() {
+        let p = pack_filters(w.view(), k).unwrap();
+        let strided = Window2d::square(3, 2, 1);
+        let err =
+            conv2d_forward_algorithm(x.view(), w.view(), Some(&p), b.view(), &strided, false, ConvAlgorithm::Implicit);
+        assert!(err.unwrap_err().to_string().contains("stride 1"));
     }
 }
 

@@ -153,6 +153,118 @@ impl PackedA {
     }
 }
 
+impl Microkernel {
+    /// Runs the in-place-B kernel on one tile.
+    ///
+    /// # Safety
+    /// As [`x86::kernel_avx512_gather`] / [`x86::kernel_avx2_gather`]; the
+    /// kernel must be [`available`](Self::available).
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_gather(
+        self,
+        kb: usize,
+        a: *const f32,
+        b: *const f32,
+        offsets: *const usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded from the caller's contract.
+        unsafe {
+            match self {
+                Microkernel::Avx512 => x86::kernel_avx512_gather(kb, a, b, offsets, c, ldc, accumulate),
+                Microkernel::Avx2 => x86::kernel_avx2_gather(kb, a, b, offsets, c, ldc, accumulate),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (kb, a, b, offsets, c, ldc, accumulate);
+            unreachable!("no x86 microkernel is available on this architecture");
+        }
+    }
+}
+
+/// `C ← A·B` with `B` read in place from `b`: element `(kk, j)` of `B` is
+/// `b[offsets[kk] + j]` (implicit GEMM: no packing of B).
+///
+/// # Arguments
+/// * `a` — packed `[m, k]`.
+/// * `n` — columns of `B` and `C`.
+/// * `b`, `offsets` — `offsets.len() == k`; every `offsets[kk] + j` for
+///   `j < n` rounded up to a multiple of NR must index `b` (the tail beyond
+///   `n` is read but its results are discarded).
+/// * `c` — `m × n` row-major output; overwritten.
+///
+/// # Panics
+/// If `c.len() != m·n`, `offsets.len() != k`, or `b` is too short for the reads above.
+pub fn gemm_gather(a: &PackedA, n: usize, b: &[f32], offsets: &[usize], c: &mut [f32]) {
+    let (m, k) = (a.m, a.k);
+    assert_eq!(c.len(), m * n, "gemm_gather: C has {} floats, expected {m}×{n}", c.len());
+    assert_eq!(offsets.len(), k, "gemm_gather: {} offsets for depth {k}", offsets.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    let kernel = a.kernel;
+    let (mr, nr) = (kernel.mr(), kernel.nr());
+    let n_pad = n.div_ceil(nr) * nr;
+    let max_offset = offsets.iter().copied().max().unwrap_or(0);
+    assert!(max_offset + n_pad <= b.len(), "gemm_gather: B reads up to {} of {}", max_offset + n_pad, b.len());
+    let m_pad = m.div_ceil(mr) * mr;
+    let mut edge = vec![0.0f32; mr * nr];
+    for k0 in (0..k).step_by(KC) {
+        let kb = KC.min(k - k0);
+        let ablock = &a.data[k0 * m_pad..(k0 + kb) * m_pad];
+        let offs = &offsets[k0..k0 + kb];
+        let accumulate = k0 > 0;
+        for jr in 0..n_pad / nr {
+            let cols = nr.min(n - jr * nr);
+            // SAFETY (for both calls below): every B row read is
+            // b[offs[kk] + jr·nr .. + nr], inside `b` by the assertion above.
+            let bcol = unsafe { b.as_ptr().add(jr * nr) };
+            for ir in 0..m_pad / mr {
+                let apanel = &ablock[ir * kb * mr..(ir + 1) * kb * mr];
+                let rows = mr.min(m - ir * mr);
+                let corner = ir * mr * n + jr * nr;
+                if rows == mr && cols == nr {
+                    // SAFETY: A panel of kb·mr floats; C tile inside the m × n
+                    // slice; kernel available (checked when `a` was packed).
+                    unsafe {
+                        kernel.run_gather(
+                            kb,
+                            apanel.as_ptr(),
+                            bcol,
+                            offs.as_ptr(),
+                            c[corner..].as_mut_ptr(),
+                            n,
+                            accumulate,
+                        )
+                    };
+                } else {
+                    if accumulate {
+                        for i in 0..rows {
+                            edge[i * nr..i * nr + cols].copy_from_slice(&c[corner + i * n..][..cols]);
+                        }
+                    }
+                    // SAFETY: as above, with `edge` as a full mr × nr tile.
+                    unsafe {
+                        kernel.run_gather(kb, apanel.as_ptr(), bcol, offs.as_ptr(), edge.as_mut_ptr(), nr, accumulate)
+                    };
+                    for i in 0..rows {
+                        c[corner + i * n..][..cols].copy_from_slice(&edge[i * nr..i * nr + cols]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Reusable per-thread buffers for [`gemm_packed`].
 #[derive(Default, Debug)]
 pub struct Scratch {
@@ -346,8 +458,18 @@ mod tests {
                             &mut c,
                             &mut Scratch::default(),
                         );
+                        // The same B read in place: row kk lives at offset kk·(n + 40) + 3.
+                        let stride = n + 40;
+                        let mut flat = vec![0.0f32; k * stride + 64];
+                        for kk in 0..k {
+                            flat[kk * stride + 3..kk * stride + 3 + n].copy_from_slice(b.row(kk).as_slice().unwrap());
+                        }
+                        let offsets: Vec<usize> = (0..k).map(|kk| kk * stride + 3).collect();
+                        let mut g = vec![f32::NAN; m * n];
+                        gemm_gather(&packed, n, &flat, &offsets, &mut g);
                         for i in 0..m {
                             for j in 0..n {
+                                assert_eq!(g[i * n + j], c[i * n + j], "gather {kernel:?} m{m} k{k} n{n} ({i},{j})");
                                 let r: f64 = (0..k).map(|l| a[[i, l]] as f64 * b[[l, j]] as f64).sum();
                                 assert_eq!(c[i * n + j] as f64, r, "{kernel:?} m{m} k{k} n{n} ({i},{j})");
                             }

@@ -56,6 +56,105 @@ pub unsafe fn kernel_avx512(kb: usize, a: *const f32, b: *const f32, c: *mut f32
     }
 }
 
+/// [`kernel_avx512`] with `B` read in place: row `kk` of the B panel is the 32
+/// floats at `b + offsets[kk]` (an implicit-GEMM convolution reads its input
+/// this way, with no packing).
+///
+/// # Safety
+/// The CPU must support AVX-512F. `a` must point to `kb·8` readable floats,
+/// `offsets` to `kb` entries, `b + offsets[kk] .. + 32` must be readable for
+/// every `kk`, and `c` must point to 8 rows of 32 writable floats spaced `ldc` apart.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn kernel_avx512_gather(
+    kb: usize,
+    a: *const f32,
+    b: *const f32,
+    offsets: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut c0 = [_mm512_setzero_ps(); AVX512_MR];
+    let mut c1 = [_mm512_setzero_ps(); AVX512_MR];
+    let mut a = a;
+    for kk in 0..kb {
+        // SAFETY: `offsets` has kb entries; the addressed B row holds 32 readable floats.
+        let (b0, b1) = unsafe {
+            let row = b.add(*offsets.add(kk));
+            (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)))
+        };
+        for i in 0..AVX512_MR {
+            // SAFETY: within the `kb·8` floats of the A panel.
+            let ai = _mm512_set1_ps(unsafe { *a.add(i) });
+            c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+        }
+        // SAFETY: advancing within (or one past the end of) the A panel.
+        a = unsafe { a.add(AVX512_MR) };
+    }
+    for i in 0..AVX512_MR {
+        // SAFETY: row `i` of the C tile holds 32 writable floats.
+        unsafe {
+            let p = c.add(i * ldc);
+            if accumulate {
+                c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(p));
+                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(p.add(16)));
+            }
+            _mm512_storeu_ps(p, c0[i]);
+            _mm512_storeu_ps(p.add(16), c1[i]);
+        }
+    }
+}
+
+/// [`kernel_avx2`] reading `B` in place (see [`kernel_avx512_gather`]).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. `a` must point to `kb·6` readable
+/// floats, `offsets` to `kb` entries, `b + offsets[kk] .. + 16` must be
+/// readable for every `kk`, and `c` must point to 6 rows of 16 writable
+/// floats spaced `ldc` apart.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn kernel_avx2_gather(
+    kb: usize,
+    a: *const f32,
+    b: *const f32,
+    offsets: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut c0 = [_mm256_setzero_ps(); AVX2_MR];
+    let mut c1 = [_mm256_setzero_ps(); AVX2_MR];
+    let mut a = a;
+    for kk in 0..kb {
+        // SAFETY: `offsets` has kb entries; the addressed B row holds 16 readable floats.
+        let (b0, b1) = unsafe {
+            let row = b.add(*offsets.add(kk));
+            (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)))
+        };
+        for i in 0..AVX2_MR {
+            // SAFETY: within the `kb·6` floats of the A panel.
+            let ai = _mm256_set1_ps(unsafe { *a.add(i) });
+            c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+            c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+        }
+        // SAFETY: advancing within (or one past the end of) the A panel.
+        a = unsafe { a.add(AVX2_MR) };
+    }
+    for i in 0..AVX2_MR {
+        // SAFETY: row `i` of the C tile holds 16 writable floats.
+        unsafe {
+            let p = c.add(i * ldc);
+            if accumulate {
+                c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(p));
+                c1[i] = _mm256_add_ps(c1[i], _mm256_loadu_ps(p.add(8)));
+            }
+            _mm256_storeu_ps(p, c0[i]);
+            _mm256_storeu_ps(p.add(8), c1[i]);
+        }
+    }
+}
+
 /// # Safety
 /// The CPU must support AVX2 and FMA. `a` must point to `kb·6` readable
 /// floats, `b` to `kb·16`, and `c` to 6 rows of 16 writable floats spaced `ldc` apart.

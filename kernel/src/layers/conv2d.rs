@@ -30,7 +30,7 @@ use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, Arr
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
-use crate::gemm::{gemm_packed, sgemm, Microkernel, PackedA, RowSink, Scratch};
+use crate::gemm::{gemm_gather, gemm_packed, sgemm, Microkernel, PackedA, RowSink, Scratch};
 use crate::geometry::Window2d;
 
 /// Target number of output columns per task.
@@ -145,11 +145,12 @@ struct Task<'a> {
 
 /// Cuts the output `[N, O, P]`, seen as `N·P` columns, into tasks of equal
 /// width (a multiple of 32, at most [`TILE_COLUMNS`], narrower when that
-/// gives each thread at least three tasks); a task may span several images.
+/// gives each thread at least five tasks, which evens out the load on small
+/// layers); a task may span several images.
 fn split_tasks(out: ArrayViewMut3<'_, f32>) -> Vec<Task<'_>> {
     let (n, _, positions) = out.dim();
     let total = n * positions;
-    let want = 3 * rayon::current_num_threads();
+    let want = 5 * rayon::current_num_threads();
     let width = total.div_ceil(want).next_multiple_of(32).clamp(MIN_TILE_COLUMNS, TILE_COLUMNS);
     let mut tasks: Vec<Task<'_>> = Vec::with_capacity(total.div_ceil(width));
     let mut current = Task { width: 0, pieces: Vec::new() };
@@ -213,9 +214,45 @@ pub fn conv2d_forward(
     conv2d_forward_with(input, weight, packed.as_ref(), bias, window, relu)
 }
 
+/// How a convolution is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// im2col blocks multiplied by `matrixmultiply` (any CPU).
+    Portable,
+    /// im2col rows generated straight into the microkernel's panels.
+    PackedIm2col,
+    /// Implicit GEMM for stride 1: the padded input is laid out so that each
+    /// im2col row is a shifted view of it, read in place by the microkernel.
+    /// Pays `Wp − OW` wasted columns per output row, so it is chosen only for
+    /// large images ([`IMPLICIT_MAX_WASTE`]).
+    Implicit,
+}
+
+/// Largest padded-to-output area ratio `Hp·Wp / (OH·OW)` for which
+/// [`ConvAlgorithm::Implicit`] is chosen automatically (VGG blocks 1–2 at 224×224).
+pub const IMPLICIT_MAX_WASTE: f64 = 1.05;
+
+impl ConvAlgorithm {
+    /// The algorithm [`conv2d_forward_with`] uses for this input and window.
+    pub fn choose(packed: bool, input_hw: (usize, usize), window: &Window2d) -> Self {
+        if !packed {
+            return ConvAlgorithm::Portable;
+        }
+        let (h, w) = input_hw;
+        let (hp, wp) = (h + 2 * window.pad.0, w + 2 * window.pad.1);
+        let (oh, ow) = (window.out_h(h), window.out_w(w));
+        let waste = (hp * wp) as f64 / (oh * ow).max(1) as f64;
+        if window.stride == (1, 1) && waste <= IMPLICIT_MAX_WASTE {
+            ConvAlgorithm::Implicit
+        } else {
+            ConvAlgorithm::PackedIm2col
+        }
+    }
+}
+
 /// [`conv2d_forward`] with a chosen strategy: `packed` filters (from
-/// [`pack_filters`] of the same `weight`) select the packed strategy, `None`
-/// the portable one.
+/// [`pack_filters`] of the same `weight`) select the packed algorithms (see
+/// [`ConvAlgorithm::choose`]), `None` the portable one.
 ///
 /// # Errors
 /// As [`conv2d_forward`], plus [`KernelError::Shape`] if `packed` was not
@@ -228,7 +265,67 @@ pub fn conv2d_forward_with(
     window: &Window2d,
     relu: bool,
 ) -> Result<Array4<f32>> {
+    let algo = ConvAlgorithm::choose(packed.is_some(), (input.shape()[2], input.shape()[3]), window);
+    conv2d_forward_algorithm(input, weight, packed, bias, window, relu, algo)
+}
+
+/// [`conv2d_forward_with`] with the algorithm forced (for tests and benchmarks).
+///
+/// # Errors
+/// As [`conv2d_forward_with`], plus [`KernelError::Invalid`] if `algorithm`
+/// needs packed filters that were not given, or is `Implicit` with a stride
+/// other than 1.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_algorithm(
+    input: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    packed: Option<&PackedA>,
+    bias: ArrayView1<'_, f32>,
+    window: &Window2d,
+    relu: bool,
+    algorithm: ConvAlgorithm,
+) -> Result<Array4<f32>> {
     let (oh, ow) = check_conv(input.shape(), weight.shape(), bias.len(), window)?;
+    let mut out = Array4::<f32>::zeros((input.shape()[0], weight.shape()[0], oh, ow));
+    conv2d_forward_into(input, weight, packed, bias, window, relu, algorithm, out.view_mut(), &mut Vec::new())?;
+    Ok(out)
+}
+
+/// [`conv2d_forward_algorithm`] writing into `out` (`[N, O, OH, OW]`, every
+/// element overwritten, so it may hold anything on entry). `scratch` holds
+/// the implicit algorithm's padded input and is grown as needed; reusing both
+/// across calls avoids faulting in fresh memory (on the VM this was measured
+/// on, first touch of fresh pages costs ~0.4 ms per MB, 10× a rewrite).
+///
+/// # Errors
+/// As [`conv2d_forward_algorithm`], plus [`KernelError::Shape`] if `out` has the wrong shape.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_into(
+    input: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    packed: Option<&PackedA>,
+    bias: ArrayView1<'_, f32>,
+    window: &Window2d,
+    relu: bool,
+    algorithm: ConvAlgorithm,
+    mut out: ndarray::ArrayViewMut4<'_, f32>,
+    scratch: &mut Vec<f32>,
+) -> Result<()> {
+    let (oh, ow) = check_conv(input.shape(), weight.shape(), bias.len(), window)?;
+    let expected = [input.shape()[0], weight.shape()[0], oh, ow];
+    if out.shape() != expected {
+        return Err(KernelError::shape("conv2d output", format!("{expected:?}"), out.shape()));
+    }
+    let packed = match (algorithm, packed) {
+        (ConvAlgorithm::Portable, _) => None,
+        (_, Some(p)) => Some(p),
+        (_, None) => {
+            return Err(KernelError::invalid("conv2d algorithm", format!("{algorithm:?} needs packed filters")))
+        }
+    };
+    if algorithm == ConvAlgorithm::Implicit && window.stride != (1, 1) {
+        return Err(KernelError::invalid("conv2d algorithm", "Implicit needs stride 1"));
+    }
     let n = input.shape()[0];
     let o = weight.shape()[0];
     let w2 = filter_matrix(weight)?;
@@ -239,13 +336,19 @@ pub fn conv2d_forward_with(
         }
     }
     let positions = oh * ow;
-    let mut out = Array4::<f32>::zeros((n, o, oh, ow));
     if n == 0 || o == 0 || positions == 0 {
-        return Ok(out);
+        return Ok(());
     }
     let input = input.as_standard_layout();
+    if let (ConvAlgorithm::Implicit, Some(p)) = (algorithm, packed) {
+        implicit_forward(input.view(), p, bias, window, relu, out.view_mut(), scratch);
+        return Ok(());
+    }
     let (kh, kw) = window.kernel;
-    let out3 = out.view_mut().into_shape_with_order((n, o, positions)).expect("fresh array");
+    let out3 = out
+        .view_mut()
+        .into_shape_with_order((n, o, positions))
+        .map_err(|_| KernelError::shape("conv2d output layout", "standard (C-contiguous)", &[]))?;
     let tasks = split_tasks(out3);
 
     tasks.into_par_iter().for_each_init(
@@ -298,7 +401,108 @@ pub fn conv2d_forward_with(
             }
         },
     );
-    Ok(out)
+    Ok(())
+}
+
+/// One task of the implicit algorithm: virtual columns `j0 .. j0 + width`,
+/// and the output row segments they produce (column offset in the task, view `[O, len]`).
+struct VirtualTask<'a> {
+    j0: usize,
+    width: usize,
+    pieces: Vec<(usize, ArrayViewMut2<'a, f32>)>,
+}
+
+/// The implicit-GEMM convolution (stride 1).
+///
+/// The input is copied once into `pad [C][N·Hp·Wp + slack]` (zero borders).
+/// Virtual column `j = n·Hp·Wp + oy·Wp + ox` (for all `oy < Hp`, `ox < Wp`)
+/// is output `(n, oy, ox)` when `oy < OH` and `ox < OW`, and garbage
+/// otherwise; im2col row `(c, ky, kx)` at column `j` is
+/// `pad[c·plane + ky·Wp + kx + j]`. So B is never packed: the microkernel
+/// reads it in place through a per-row offset table.
+fn implicit_forward(
+    input: ArrayView4<'_, f32>,
+    packed: &PackedA,
+    bias: ArrayView1<'_, f32>,
+    window: &Window2d,
+    relu: bool,
+    out: ndarray::ArrayViewMut4<'_, f32>,
+    scratch: &mut Vec<f32>,
+) {
+    let (n, c, h, w) = input.dim();
+    let (_, o, oh, ow) = out.dim();
+    let (kh, kw) = window.kernel;
+    let (ph, pw) = window.pad;
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    let image = hp * wp;
+    let virt = n * image;
+    let nr = packed.kernel().nr();
+    let plane = virt + (kh - 1) * wp + kw + nr;
+    if scratch.len() < c * plane {
+        scratch.resize(c * plane, 0.0);
+    }
+    let pad = &mut scratch[..c * plane];
+    // Every element is written (borders and slack as zeros): the buffer is reused.
+    pad.par_chunks_mut(plane).enumerate().for_each(|(ch, dst)| {
+        let (images, slack) = dst.split_at_mut(virt);
+        slack.fill(0.0);
+        for (img, padded) in images.chunks_exact_mut(image).enumerate() {
+            padded[..ph * wp].fill(0.0);
+            padded[(ph + h) * wp..].fill(0.0);
+            for (y, row) in padded[ph * wp..(ph + h) * wp].chunks_exact_mut(wp).enumerate() {
+                let src = input.slice(s![img, ch, y, ..]);
+                row[..pw].fill(0.0);
+                row[pw..pw + w].copy_from_slice(src.as_slice().expect("standard layout"));
+                row[pw + w..].fill(0.0);
+            }
+        }
+    });
+    let pad = &*pad;
+    let offsets: Vec<usize> =
+        (0..c).flat_map(|ch| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| ch * plane + ky * wp + kx))).collect();
+
+    let want = 5 * rayon::current_num_threads();
+    let width = virt.div_ceil(want).next_multiple_of(32).clamp(MIN_TILE_COLUMNS, TILE_COLUMNS);
+    let mut tasks: Vec<VirtualTask<'_>> = (0..virt)
+        .step_by(width)
+        .map(|j0| VirtualTask { j0, width: width.min(virt - j0), pieces: Vec::new() })
+        .collect();
+    // Hand each output row segment to the task whose columns produce it.
+    let mut images = out;
+    for img in 0..n {
+        let (this, rest) = images.split_at(Axis(0), 1);
+        images = rest;
+        let mut rows = this.index_axis_move(Axis(0), 0);
+        for oy in 0..oh {
+            let (row, others) = rows.split_at(Axis(1), 1);
+            rows = others;
+            let mut seg = row.index_axis_move(Axis(1), 0);
+            let mut v = img * image + oy * wp;
+            let end = v + ow;
+            while v < end {
+                let t = v / width;
+                let len = end.min((t + 1) * width) - v;
+                let (head, tail) = seg.split_at(Axis(1), len);
+                tasks[t].pieces.push((v - t * width, head));
+                seg = tail;
+                v += len;
+            }
+        }
+    }
+    tasks.into_par_iter().for_each_init(Vec::<f32>::new, |tmp, mut task| {
+        tmp.resize(o * task.width, 0.0);
+        gemm_gather(packed, task.width, &pad[task.j0..], &offsets, tmp);
+        for (col, piece) in task.pieces.iter_mut() {
+            let len = piece.ncols();
+            for (oc, (mut dst, &b)) in piece.outer_iter_mut().zip(bias).enumerate() {
+                let src = &tmp[oc * task.width + *col..][..len];
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    let z = v + b;
+                    *d = if relu && z < 0.0 { 0.0 } else { z };
+                }
+            }
+        }
+    });
 }
 
 /// Gradients of a convolution.

@@ -87,6 +87,77 @@ pub fn maxpool2d_forward(input: ArrayView4<'_, f32>, window: &Window2d) -> Resul
     Ok(MaxPoolOutput { output, argmax })
 }
 
+/// Max-pool values only (no argmax), written into `out` (`[N, C, OH, OW]`,
+/// every element overwritten): the frozen forward pass, which needs no
+/// backward, uses this. Same values as [`maxpool2d_forward`].
+///
+/// # Errors
+/// As [`maxpool2d_forward`], plus [`KernelError::Shape`] if `out` has the wrong shape.
+pub fn maxpool2d_values_into(
+    input: ArrayView4<'_, f32>,
+    window: &Window2d,
+    mut out: ndarray::ArrayViewMut4<'_, f32>,
+) -> Result<()> {
+    let (n, c, h, w) = input.dim();
+    window.validate(h, w)?;
+    if window.pad.0 >= window.kernel.0 || window.pad.1 >= window.kernel.1 {
+        return Err(KernelError::invalid(
+            "max-pool window",
+            format!("padding {:?} must be smaller than the kernel {:?}", window.pad, window.kernel),
+        ));
+    }
+    let (oh, ow) = (window.out_h(h), window.out_w(w));
+    if out.shape() != [n, c, oh, ow] {
+        return Err(KernelError::shape("max-pool output", format!("[{n}, {c}, {oh}, {ow}]"), out.shape()));
+    }
+    let standard = input.as_standard_layout();
+    let planes_in = standard.view().into_shape_with_order((n * c, h, w)).expect("standard layout");
+    let mut out3 = out
+        .view_mut()
+        .into_shape_with_order((n * c, oh, ow))
+        .map_err(|_| KernelError::shape("max-pool output layout", "standard (C-contiguous)", &[]))?;
+    let fast = *window == Window2d::VGG_POOL;
+    Zip::from(out3.outer_iter_mut()).and(planes_in.outer_iter()).into_par_iter().for_each(|(mut out, plane)| {
+        if let (true, Some(src), Some(dst)) = (fast, plane.as_slice(), out.as_slice_mut()) {
+            for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
+                let (r0, r1) = (&src[2 * oy * w..][..2 * ow], &src[(2 * oy + 1) * w..][..2 * ow]);
+                for (ox, d) in drow.iter_mut().enumerate() {
+                    *d = nan_max(nan_max(r0[2 * ox], r0[2 * ox + 1]), nan_max(r1[2 * ox], r1[2 * ox + 1]));
+                }
+            }
+            return;
+        }
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut best = f32::NEG_INFINITY;
+                for ky in 0..window.kernel.0 {
+                    let Some(iy) = window.input_y(oy, ky, h) else { continue };
+                    for kx in 0..window.kernel.1 {
+                        let Some(ix) = window.input_x(ox, kx, w) else { continue };
+                        best = nan_max(best, plane[[iy, ix]]);
+                    }
+                }
+                out[[oy, ox]] = best;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `max(a, b)` that propagates NaN (like the argmax variant: a NaN wins).
+#[inline(always)]
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || a >= b {
+        if b.is_nan() {
+            b
+        } else {
+            a
+        }
+    } else {
+        b
+    }
+}
+
 /// Whether `v` replaces the running maximum `best` (found at `best_i`,
 /// `u32::MAX` before the first element): larger, or the first NaN.
 #[inline(always)]
