@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use lml_benches::{conv_table, random_input};
 use lml_kernel::gemm::{gemm_packed, Microkernel, PackedA, RowSink, Scratch};
 use lml_kernel::geometry::Window2d;
-use lml_kernel::layers::conv2d::{conv2d_forward_with, pack_filters};
+use lml_kernel::layers::conv2d::{conv2d_forward_into, pack_filters, ConvAlgorithm};
 use lml_kernel::layers::dense_forward;
 use ndarray::{Array1, Array2};
 
@@ -23,12 +23,28 @@ fn conv_layers(c: &mut Criterion) {
             let w = random_input(shape.out_channels, shape.in_channels, 3, 2).mapv(|v| v * 0.05);
             let bias = Array1::<f32>::zeros(shape.out_channels);
             let packed = kernel.map(|k| pack_filters(w.view(), k).unwrap());
+            let algo = ConvAlgorithm::choose(packed.is_some(), (shape.side, shape.side), &Window2d::VGG_CONV);
+            // Output and scratch are reused across iterations, as in the network's forward.
+            let mut out = ndarray::Array4::<f32>::zeros((batch, shape.out_channels, shape.side, shape.side));
+            let mut scratch = Vec::new();
             g.throughput(Throughput::Elements(shape.flops() * batch as u64));
             g.bench_function(BenchmarkId::new(format!("{}t", threads), shape.name), |b| {
                 b.iter(|| {
                     pool.install(|| {
-                        conv2d_forward_with(x.view(), w.view(), packed.as_ref(), bias.view(), &Window2d::VGG_CONV, true)
-                            .unwrap()
+                        let w = w.view();
+                        let p = packed.as_ref();
+                        conv2d_forward_into(
+                            x.view(),
+                            w,
+                            p,
+                            bias.view(),
+                            &Window2d::VGG_CONV,
+                            true,
+                            algo,
+                            out.view_mut(),
+                            &mut scratch,
+                        )
+                        .unwrap()
                     })
                 })
             });
