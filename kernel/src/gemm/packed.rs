@@ -74,25 +74,36 @@ impl Microkernel {
         }
     }
 
-    /// Runs the kernel on one tile.
+    /// Runs the kernel on one tile: `C[mr×nr] (+)= A panel · B`, B row `kk`
+    /// being the `nr` floats at `b + offsets[kk]`.
     ///
     /// # Safety
-    /// As the kernel functions in [`x86`]: the kernel must be [`available`](Self::available),
-    /// `a` must hold `kb·mr` floats, `b` `kb·nr`, and `c` `mr` rows of `nr` floats `ldc` apart.
+    /// The kernel must be [`available`](Self::available); `a` must hold
+    /// `kb·mr` floats, `offsets` `kb` entries, every `b + offsets[kk] .. + nr`
+    /// must be readable, and `c` must hold `mr` rows of `nr` floats `ldc` apart.
     #[inline]
-    unsafe fn run(self, kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        self,
+        kb: usize,
+        a: *const f32,
+        b: *const f32,
+        offsets: *const usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: forwarded from the caller's contract; `available()` was
-        // checked when the `PackedA` was built for this kernel.
+        // SAFETY: forwarded from the caller's contract.
         unsafe {
             match self {
-                Microkernel::Avx512 => x86::kernel_avx512(kb, a, b, c, ldc, accumulate),
-                Microkernel::Avx2 => x86::kernel_avx2(kb, a, b, c, ldc, accumulate),
+                Microkernel::Avx512 => x86::kernel_avx512(kb, a, b, offsets, c, ldc, accumulate),
+                Microkernel::Avx2 => x86::kernel_avx2(kb, a, b, offsets, c, ldc, accumulate),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (kb, a, b, c, ldc, accumulate);
+            let _ = (kb, a, b, offsets, c, ldc, accumulate);
             unreachable!("no x86 microkernel is available on this architecture");
         }
     }
@@ -153,36 +164,55 @@ impl PackedA {
     }
 }
 
-impl Microkernel {
-    /// Runs the in-place-B kernel on one tile.
-    ///
-    /// # Safety
-    /// As [`x86::kernel_avx512_gather`] / [`x86::kernel_avx2_gather`]; the
-    /// kernel must be [`available`](Self::available).
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run_gather(
-        self,
-        kb: usize,
-        a: *const f32,
-        b: *const f32,
-        offsets: *const usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: forwarded from the caller's contract.
-        unsafe {
-            match self {
-                Microkernel::Avx512 => x86::kernel_avx512_gather(kb, a, b, offsets, c, ldc, accumulate),
-                Microkernel::Avx2 => x86::kernel_avx2_gather(kb, a, b, offsets, c, ldc, accumulate),
+/// One k-block of the product: every `mr × nr` tile of `C` (+)= A block · B,
+/// where `b_panel(jr)` is the base pointer of B panel `jr` and B row `kk` of
+/// it is at `offsets[kk]` from that base.
+///
+/// # Safety
+/// `ablock` must be the packed k-block (`m_pad × kb` floats) of a `PackedA`
+/// whose kernel is available; `offsets.len() == kb`; for every panel `jr` in
+/// `0..⌈n/nr⌉` and row `kk`, `b_panel(jr) + offsets[kk] .. + nr` must be readable.
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_block(
+    kernel: Microkernel,
+    ablock: &[f32],
+    kb: usize,
+    m: usize,
+    n: usize,
+    b_panel: impl Fn(usize) -> *const f32,
+    offsets: &[usize],
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    let (mr, nr) = (kernel.mr(), kernel.nr());
+    let mut edge = [0.0f32; 8 * 32];
+    for jr in 0..n.div_ceil(nr) {
+        let cols = nr.min(n - jr * nr);
+        let bp = b_panel(jr);
+        for ir in 0..m.div_ceil(mr) {
+            let apanel = &ablock[ir * kb * mr..(ir + 1) * kb * mr];
+            let rows = mr.min(m - ir * mr);
+            let corner = ir * mr * n + jr * nr;
+            if rows == mr && cols == nr {
+                // SAFETY: A panel of kb·mr floats (sliced); B rows readable
+                // (caller's contract); the C tile's rows ir·mr.. and columns
+                // jr·nr.. lie inside the m × n slice `c`.
+                unsafe {
+                    kernel.run(kb, apanel.as_ptr(), bp, offsets.as_ptr(), c[corner..].as_mut_ptr(), n, accumulate)
+                };
+            } else {
+                // Edge tile: compute a full tile into `edge`, copy the valid part.
+                if accumulate {
+                    for i in 0..rows {
+                        edge[i * nr..i * nr + cols].copy_from_slice(&c[corner + i * n..][..cols]);
+                    }
+                }
+                // SAFETY: as above, with `edge` as a full mr × nr tile (ldc = nr; mr·nr ≤ 256).
+                unsafe { kernel.run(kb, apanel.as_ptr(), bp, offsets.as_ptr(), edge.as_mut_ptr(), nr, accumulate) };
+                for i in 0..rows {
+                    c[corner + i * n..][..cols].copy_from_slice(&edge[i * nr..i * nr + cols]);
+                }
             }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (kb, a, b, offsets, c, ldc, accumulate);
-            unreachable!("no x86 microkernel is available on this architecture");
         }
     }
 }
@@ -217,51 +247,14 @@ pub fn gemm_gather(a: &PackedA, n: usize, b: &[f32], offsets: &[usize], c: &mut 
     let max_offset = offsets.iter().copied().max().unwrap_or(0);
     assert!(max_offset + n_pad <= b.len(), "gemm_gather: B reads up to {} of {}", max_offset + n_pad, b.len());
     let m_pad = m.div_ceil(mr) * mr;
-    let mut edge = vec![0.0f32; mr * nr];
     for k0 in (0..k).step_by(KC) {
         let kb = KC.min(k - k0);
         let ablock = &a.data[k0 * m_pad..(k0 + kb) * m_pad];
-        let offs = &offsets[k0..k0 + kb];
-        let accumulate = k0 > 0;
-        for jr in 0..n_pad / nr {
-            let cols = nr.min(n - jr * nr);
-            // SAFETY (for both calls below): every B row read is
-            // b[offs[kk] + jr·nr .. + nr], inside `b` by the assertion above.
-            let bcol = unsafe { b.as_ptr().add(jr * nr) };
-            for ir in 0..m_pad / mr {
-                let apanel = &ablock[ir * kb * mr..(ir + 1) * kb * mr];
-                let rows = mr.min(m - ir * mr);
-                let corner = ir * mr * n + jr * nr;
-                if rows == mr && cols == nr {
-                    // SAFETY: A panel of kb·mr floats; C tile inside the m × n
-                    // slice; kernel available (checked when `a` was packed).
-                    unsafe {
-                        kernel.run_gather(
-                            kb,
-                            apanel.as_ptr(),
-                            bcol,
-                            offs.as_ptr(),
-                            c[corner..].as_mut_ptr(),
-                            n,
-                            accumulate,
-                        )
-                    };
-                } else {
-                    if accumulate {
-                        for i in 0..rows {
-                            edge[i * nr..i * nr + cols].copy_from_slice(&c[corner + i * n..][..cols]);
-                        }
-                    }
-                    // SAFETY: as above, with `edge` as a full mr × nr tile.
-                    unsafe {
-                        kernel.run_gather(kb, apanel.as_ptr(), bcol, offs.as_ptr(), edge.as_mut_ptr(), nr, accumulate)
-                    };
-                    for i in 0..rows {
-                        c[corner + i * n..][..cols].copy_from_slice(&edge[i * nr..i * nr + cols]);
-                    }
-                }
-            }
-        }
+        // SAFETY: panel jr reads b[offsets[kk] + jr·nr .. + nr], inside `b`
+        // by the assertion above; `ablock` is this k-block of `a`.
+        unsafe {
+            multiply_block(kernel, ablock, kb, m, n, |jr| b.as_ptr().add(jr * nr), &offsets[k0..k0 + kb], c, k0 > 0)
+        };
     }
 }
 
@@ -387,8 +380,7 @@ pub fn gemm_packed(
     let m_pad = m.div_ceil(mr) * mr;
     let n_pad = n.div_ceil(nr) * nr;
     scratch.bpack.resize(KC * n_pad, 0.0);
-    let mut edge = vec![0.0f32; mr * nr];
-
+    let offsets: Vec<usize> = (0..KC).map(|kk| kk * nr).collect();
     for k0 in (0..k).step_by(KC) {
         let kb = KC.min(k - k0);
         for kk in 0..kb {
@@ -398,37 +390,11 @@ pub fn gemm_packed(
         }
         let bpack = &scratch.bpack[..kb * n_pad];
         let ablock = &a.data[k0 * m_pad..(k0 + kb) * m_pad];
-        let accumulate = k0 > 0;
-        for jr in 0..n_pad / nr {
-            let bpanel = &bpack[jr * kb * nr..(jr + 1) * kb * nr];
-            let cols = nr.min(n - jr * nr);
-            for ir in 0..m_pad / mr {
-                let apanel = &ablock[ir * kb * mr..(ir + 1) * kb * mr];
-                let rows = mr.min(m - ir * mr);
-                let corner = ir * mr * n + jr * nr;
-                if rows == mr && cols == nr {
-                    // SAFETY: the panels hold kb·mr and kb·nr floats (sliced
-                    // above); the C tile's rows ir·mr .. ir·mr+mr and columns
-                    // jr·nr .. jr·nr+nr lie inside the m × n slice `c`. The
-                    // kernel is available (checked when `a` was packed).
-                    unsafe {
-                        kernel.run(kb, apanel.as_ptr(), bpanel.as_ptr(), c[corner..].as_mut_ptr(), n, accumulate)
-                    };
-                } else {
-                    // Edge tile: compute a full tile into `edge`, copy the valid part.
-                    if accumulate {
-                        for i in 0..rows {
-                            edge[i * nr..i * nr + cols].copy_from_slice(&c[corner + i * n..][..cols]);
-                        }
-                    }
-                    // SAFETY: as above, with `edge` as a full mr × nr tile (ldc = nr).
-                    unsafe { kernel.run(kb, apanel.as_ptr(), bpanel.as_ptr(), edge.as_mut_ptr(), nr, accumulate) };
-                    for i in 0..rows {
-                        c[corner + i * n..][..cols].copy_from_slice(&edge[i * nr..i * nr + cols]);
-                    }
-                }
-            }
-        }
+        // SAFETY: panel jr is bpack[jr·kb·nr ..][.. kb·nr], its row kk at kk·nr;
+        // `ablock` is this k-block of `a`.
+        unsafe {
+            multiply_block(kernel, ablock, kb, m, n, |jr| bpack.as_ptr().add(jr * kb * nr), &offsets[..kb], c, k0 > 0)
+        };
     }
 }
 

@@ -1,7 +1,8 @@
 //! Register-blocked x86-64 microkernels: `C[MR×NR] (+)= Σ_k A[:, k] ⊗ B[k, :]`.
 //!
-//! Both kernels read packed panels (see [`super::packed`]): the A panel holds
-//! `MR` contiguous floats per `k`, the B panel `NR` contiguous floats per `k`.
+//! Both kernels read a packed A panel (`MR` contiguous floats per `k`, see
+//! [`super::packed`]) and `NR` contiguous floats of B per `k` at an offset
+//! from a table, so the same kernel serves packed B panels and B read in place.
 //! The accumulators live in registers for the whole `k` loop: each step loads
 //! `NR` floats of B as vectors, broadcasts the `MR` floats of A, and issues
 //! `MR·NR/lanes` independent FMAs (16 on AVX-512, 12 on AVX2: more than the
@@ -19,53 +20,16 @@ pub const AVX2_MR: usize = 6;
 /// See [`AVX2_MR`].
 pub const AVX2_NR: usize = 16;
 
-/// # Safety
-/// The CPU must support AVX-512F. `a` must point to `kb·8` readable floats,
-/// `b` to `kb·32`, and `c` to 8 rows of 32 writable floats spaced `ldc` apart.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn kernel_avx512(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
-    let mut c0 = [_mm512_setzero_ps(); AVX512_MR];
-    let mut c1 = [_mm512_setzero_ps(); AVX512_MR];
-    let (mut a, mut b) = (a, b);
-    for _ in 0..kb {
-        // SAFETY: within the `kb·32` floats of the B panel (caller's contract).
-        let (b0, b1) = unsafe { (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16))) };
-        for i in 0..AVX512_MR {
-            // SAFETY: within the `kb·12` floats of the A panel.
-            let ai = _mm512_set1_ps(unsafe { *a.add(i) });
-            c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
-            c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
-        }
-        // SAFETY: advancing within (or one past the end of) the panels.
-        unsafe {
-            a = a.add(AVX512_MR);
-            b = b.add(AVX512_NR);
-        }
-    }
-    for i in 0..AVX512_MR {
-        // SAFETY: row `i` of the C tile holds 32 writable floats.
-        unsafe {
-            let p = c.add(i * ldc);
-            if accumulate {
-                c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(p));
-                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(p.add(16)));
-            }
-            _mm512_storeu_ps(p, c0[i]);
-            _mm512_storeu_ps(p.add(16), c1[i]);
-        }
-    }
-}
-
-/// [`kernel_avx512`] with `B` read in place: row `kk` of the B panel is the 32
-/// floats at `b + offsets[kk]` (an implicit-GEMM convolution reads its input
-/// this way, with no packing).
+/// AVX-512 8×32 tile. Row `kk` of the B panel is the 32 floats at
+/// `b + offsets[kk]`: `offsets[kk] = kk·32` for a packed panel, or the row's
+/// place in the padded input for an implicit-GEMM convolution (no packing).
 ///
 /// # Safety
 /// The CPU must support AVX-512F. `a` must point to `kb·8` readable floats,
 /// `offsets` to `kb` entries, `b + offsets[kk] .. + 32` must be readable for
 /// every `kk`, and `c` must point to 8 rows of 32 writable floats spaced `ldc` apart.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn kernel_avx512_gather(
+pub unsafe fn kernel_avx512(
     kb: usize,
     a: *const f32,
     b: *const f32,
@@ -106,7 +70,7 @@ pub unsafe fn kernel_avx512_gather(
     }
 }
 
-/// [`kernel_avx2`] reading `B` in place (see [`kernel_avx512_gather`]).
+/// AVX2 + FMA 6×16 tile, reading B rows through `offsets` (see [`kernel_avx512`]).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA. `a` must point to `kb·6` readable
@@ -114,7 +78,7 @@ pub unsafe fn kernel_avx512_gather(
 /// readable for every `kk`, and `c` must point to 6 rows of 16 writable
 /// floats spaced `ldc` apart.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn kernel_avx2_gather(
+pub unsafe fn kernel_avx2(
     kb: usize,
     a: *const f32,
     b: *const f32,
@@ -140,43 +104,6 @@ pub unsafe fn kernel_avx2_gather(
         }
         // SAFETY: advancing within (or one past the end of) the A panel.
         a = unsafe { a.add(AVX2_MR) };
-    }
-    for i in 0..AVX2_MR {
-        // SAFETY: row `i` of the C tile holds 16 writable floats.
-        unsafe {
-            let p = c.add(i * ldc);
-            if accumulate {
-                c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(p));
-                c1[i] = _mm256_add_ps(c1[i], _mm256_loadu_ps(p.add(8)));
-            }
-            _mm256_storeu_ps(p, c0[i]);
-            _mm256_storeu_ps(p.add(8), c1[i]);
-        }
-    }
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA. `a` must point to `kb·6` readable
-/// floats, `b` to `kb·16`, and `c` to 6 rows of 16 writable floats spaced `ldc` apart.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn kernel_avx2(kb: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
-    let mut c0 = [_mm256_setzero_ps(); AVX2_MR];
-    let mut c1 = [_mm256_setzero_ps(); AVX2_MR];
-    let (mut a, mut b) = (a, b);
-    for _ in 0..kb {
-        // SAFETY: within the `kb·16` floats of the B panel (caller's contract).
-        let (b0, b1) = unsafe { (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8))) };
-        for i in 0..AVX2_MR {
-            // SAFETY: within the `kb·6` floats of the A panel.
-            let ai = _mm256_set1_ps(unsafe { *a.add(i) });
-            c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
-            c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
-        }
-        // SAFETY: advancing within (or one past the end of) the panels.
-        unsafe {
-            a = a.add(AVX2_MR);
-            b = b.add(AVX2_NR);
-        }
     }
     for i in 0..AVX2_MR {
         // SAFETY: row `i` of the C tile holds 16 writable floats.

@@ -33,13 +33,7 @@ pub struct MaxPoolOutput {
 /// NaN inputs propagate: a NaN in a window is chosen.
 pub fn maxpool2d_forward(input: ArrayView4<'_, f32>, window: &Window2d) -> Result<MaxPoolOutput> {
     let (n, c, h, w) = input.dim();
-    window.validate(h, w)?;
-    if window.pad.0 >= window.kernel.0 || window.pad.1 >= window.kernel.1 {
-        return Err(KernelError::invalid(
-            "max-pool window",
-            format!("padding {:?} must be smaller than the kernel {:?}", window.pad, window.kernel),
-        ));
-    }
+    check_pool(window, h, w)?;
     if h.checked_mul(w).is_none_or(|p| p > u32::MAX as usize) {
         return Err(KernelError::invalid("max-pool input", format!("plane {h}×{w} too large")));
     }
@@ -87,6 +81,19 @@ pub fn maxpool2d_forward(input: ArrayView4<'_, f32>, window: &Window2d) -> Resul
     Ok(MaxPoolOutput { output, argmax })
 }
 
+/// Checks a pooling window on an `h × w` input (padded positions are never
+/// chosen, so a window must not be able to see only padding).
+fn check_pool(window: &Window2d, h: usize, w: usize) -> Result<()> {
+    window.validate(h, w)?;
+    if window.pad.0 >= window.kernel.0 || window.pad.1 >= window.kernel.1 {
+        return Err(KernelError::invalid(
+            "max-pool window",
+            format!("padding {:?} must be smaller than the kernel {:?}", window.pad, window.kernel),
+        ));
+    }
+    Ok(())
+}
+
 /// Max-pool values only (no argmax), written into `out` (`[N, C, OH, OW]`,
 /// every element overwritten): the frozen forward pass, which needs no
 /// backward, uses this. Same values as [`maxpool2d_forward`].
@@ -99,13 +106,7 @@ pub fn maxpool2d_values_into(
     mut out: ndarray::ArrayViewMut4<'_, f32>,
 ) -> Result<()> {
     let (n, c, h, w) = input.dim();
-    window.validate(h, w)?;
-    if window.pad.0 >= window.kernel.0 || window.pad.1 >= window.kernel.1 {
-        return Err(KernelError::invalid(
-            "max-pool window",
-            format!("padding {:?} must be smaller than the kernel {:?}", window.pad, window.kernel),
-        ));
-    }
+    check_pool(window, h, w)?;
     let (oh, ow) = (window.out_h(h), window.out_w(w));
     if out.shape() != [n, c, oh, ow] {
         return Err(KernelError::shape("max-pool output", format!("[{n}, {c}, {oh}, {ow}]"), out.shape()));
