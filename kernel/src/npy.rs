@@ -106,6 +106,27 @@ pub fn publish_atomic(path: &Path, fill: impl FnOnce(&mut BufWriter<&File>) -> s
     })
 }
 
+/// Writes a `.npy` (format 1.0) header for a C-order array of `descr`
+/// (e.g. `"|u1"`, `"<f4"`) and `shape`, padded so the data that follows is
+/// 64-byte aligned; the caller then writes exactly `product(shape)` elements.
+/// This lets large arrays be streamed to disk without existing in memory.
+///
+/// # Errors
+/// Any I/O error from `w`.
+pub fn write_npy_header(w: &mut impl std::io::Write, descr: &str, shape: &[usize]) -> std::io::Result<()> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
+    // magic (6) + version (2) + header length (2) + dict + '\n' ≡ 0 (mod 64)
+    let unpadded = 10 + dict.len() + 1;
+    dict.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    dict.push('\n');
+    let len = u16::try_from(dict.len()).map_err(|_| std::io::Error::other("npy header too long"))?;
+    w.write_all(b"\x93NUMPY\x01\x00")?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(dict.as_bytes())
+}
+
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);

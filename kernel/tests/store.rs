@@ -175,3 +175,21 @@ fn dataset_round_trip_and_errors() {
     write_npy_atomic(&xp, &Array4::<f32>::zeros((5, 4, 4, 3))).unwrap();
     assert!(matches!(ImageDataset::open(&xp, &yp), Err(KernelError::Npy { .. })));
 }
+
+#[test]
+fn streamed_npy_header_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    for shape in [vec![7usize], vec![3, 4, 2], vec![0, 5]] {
+        let p = tmp.path().join("s.npy");
+        let n: usize = shape.iter().product();
+        lml_kernel::npy::publish_atomic(&p, |w| {
+            lml_kernel::npy::write_npy_header(w, "|u1", &shape)?;
+            std::io::Write::write_all(w, &(0..n).map(|i| i as u8).collect::<Vec<_>>())
+        })
+        .unwrap();
+        let m = lml_kernel::npy::MappedNpy::open(&p).unwrap();
+        let v = m.view::<u8>().unwrap();
+        assert_eq!(v.shape(), shape.as_slice());
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u8));
+    }
+}

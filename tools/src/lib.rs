@@ -1,4 +1,5 @@
 //! Library side of the `lml` tools: generators shared by the command line,
 //! the integration tests and the benchmarks.
 
+pub mod cifar;
 pub mod synth;

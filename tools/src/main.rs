@@ -34,6 +34,45 @@ enum Command {
     /// Time one VGG19 forward layer by layer (GFLOP/s against a measured FMA
     /// peak) and report the process's peak resident memory.
     Profile(ProfileArgs),
+    /// Convert the official CIFAR-10 binary archive (`cifar-10-binary.tar.gz`,
+    /// or its extracted folder) into memory-mappable .npy files.
+    #[command(name = "prepare-cifar10")]
+    PrepareCifar10(PrepareArgs),
+    /// Generate format-exact fixtures for tests and demos.
+    #[command(subcommand)]
+    Synth(SynthCommand),
+}
+
+#[derive(Parser)]
+struct PrepareArgs {
+    /// `cifar-10-binary.tar.gz`, or a folder holding its `.bin` files.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output folder for train_x.npy, train_y.npy, test_x.npy, test_y.npy, classes.txt.
+    #[arg(long)]
+    out: PathBuf,
+    /// Records each .bin must hold (10000 in the official archive).
+    #[arg(long, default_value_t = lml_tools::cifar::OFFICIAL_RECORDS_PER_BATCH)]
+    records_per_batch: usize,
+    /// Replace existing outputs.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Subcommand)]
+enum SynthCommand {
+    /// A CIFAR-10 binary archive (`cifar-10-binary.tar.gz` layout) of generated images.
+    Cifar10 {
+        /// Archive to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Records in each of the six .bin members.
+        #[arg(long, default_value_t = 1000)]
+        per_batch: usize,
+        /// Seed of the generated images.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(Parser)]
@@ -111,12 +150,37 @@ fn main() -> Result<()> {
             let pool = lml_kernel::parallel::thread_pool(threads)?;
             pool.install(|| demo(&args, threads))
         }
+        Command::PrepareCifar10(args) => prepare_cifar10(&args),
+        Command::Synth(SynthCommand::Cifar10 { out, per_batch, seed }) => {
+            lml_tools::cifar::write_binary_archive(&out, per_batch, seed)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} ({} train + {} test records)", out.display(), 5 * per_batch, per_batch);
+            Ok(())
+        }
         Command::Profile(args) => {
             let threads = args.threads.unwrap_or_else(default_threads);
             let pool = lml_kernel::parallel::thread_pool(threads)?;
             pool.install(|| profile::run(&args, threads))
         }
     }
+}
+
+fn prepare_cifar10(args: &PrepareArgs) -> Result<()> {
+    let total = 6 * args.records_per_batch as u64;
+    let pb = bar(total, "records");
+    let prepared = lml_tools::cifar::prepare(&args.input, &args.out, args.records_per_batch, args.force, &mut |n| {
+        pb.inc(n as u64)
+    });
+    pb.finish_and_clear();
+    let prepared = prepared?;
+    println!(
+        "wrote {}: {} train + {} test images, classes {}",
+        args.out.display(),
+        prepared.train,
+        prepared.test,
+        prepared.classes.join(", ")
+    );
+    Ok(())
 }
 
 fn default_threads() -> usize {

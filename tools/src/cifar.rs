@@ -1,0 +1,347 @@
+//! CIFAR-10, binary version: reading the official archive (or its extracted
+//! folder) into memory-mappable `.npy` files, and writing format-exact
+//! archives for tests and demos.
+//!
+//! # The format (`cifar-10-binary.tar.gz`)
+//! Members `cifar-10-batches-bin/data_batch_{1..5}.bin`, `test_batch.bin`
+//! and `batches.meta.txt` (class names, one per line). Each `.bin` is a
+//! sequence of 3,073-byte records: one label byte (`0..10`), then the
+//! 32×32 image as three planes, R, G, B, each row-major. The official files
+//! hold 10,000 records each.
+//!
+//! # The output
+//! `train_x.npy` (`u8`, `[N, 32, 32, 3]`, RGB, HWC), `train_y.npy` (`u8`,
+//! `[N]`), `test_x.npy`, `test_y.npy` and `classes.txt`, each published by
+//! temp-write, fsync and rename: a failed run leaves no partial output.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use lml_kernel::npy::{publish_atomic, write_npy_header};
+
+/// Bytes of one record: label + 3 planes of 32×32.
+pub const RECORD: usize = 1 + 3 * 32 * 32;
+/// Records per file in the official archive.
+pub const OFFICIAL_RECORDS_PER_BATCH: usize = 10_000;
+/// The training members, in order.
+pub const TRAIN_MEMBERS: [&str; 5] =
+    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
+/// The test member.
+pub const TEST_MEMBER: &str = "test_batch.bin";
+/// The class-name member.
+pub const META_MEMBER: &str = "batches.meta.txt";
+/// The folder inside the archive.
+pub const ARCHIVE_DIR: &str = "cifar-10-batches-bin";
+/// Number of classes.
+pub const CLASSES: u8 = 10;
+
+/// What can go wrong reading CIFAR-10.
+#[derive(Debug, thiserror::Error)]
+pub enum CifarError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: no member {member} (looked for {member} and {ARCHIVE_DIR}/{member})", input.display())]
+    Missing { input: PathBuf, member: String },
+    #[error("{}: member {member} is {size} bytes, not a whole number of {RECORD}-byte records", input.display())]
+    Size { input: PathBuf, member: String, size: u64 },
+    #[error("{}: member {member} holds {records} records, expected {expected}", input.display())]
+    Count { input: PathBuf, member: String, records: usize, expected: usize },
+    #[error("{}: member {member} is truncated at byte offset {offset} (record {record}): {reason}", input.display())]
+    Truncated { input: PathBuf, member: String, offset: u64, record: usize, reason: String },
+    #[error("{}: member {member}, record {record} (byte offset {offset}): label {label} is not in 0..{CLASSES}", input.display())]
+    Label { input: PathBuf, member: String, record: usize, offset: u64, label: u8 },
+    #[error("{}: {reason}", input.display())]
+    Meta { input: PathBuf, reason: String },
+    #[error("{} already exists (use --force to replace it)", .0.display())]
+    Exists(PathBuf),
+}
+
+type Result<T> = std::result::Result<T, CifarError>;
+
+/// Where the members come from: a `.tar.gz` archive or an extracted folder.
+#[derive(Clone, Debug)]
+pub enum Source {
+    Archive(PathBuf),
+    Folder(PathBuf),
+}
+
+impl Source {
+    /// A folder if `path` is a directory, an archive otherwise.
+    pub fn new(path: &Path) -> Self {
+        if path.is_dir() {
+            Source::Folder(path.to_path_buf())
+        } else {
+            Source::Archive(path.to_path_buf())
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Source::Archive(p) | Source::Folder(p) => p,
+        }
+    }
+
+    /// Calls `f(reader, size)` on member `name` (at the top level or under
+    /// `cifar-10-batches-bin/`). An archive is scanned from the start each
+    /// time: one streaming pass per member, nothing held in memory.
+    fn with_member<T>(&self, name: &str, f: impl FnOnce(&mut dyn Read, u64) -> Result<T>) -> Result<T> {
+        let io = |source| CifarError::Io { path: self.path().to_path_buf(), source };
+        let missing = || CifarError::Missing { input: self.path().to_path_buf(), member: name.to_string() };
+        match self {
+            Source::Folder(dir) => {
+                let path = [dir.join(name), dir.join(ARCHIVE_DIR).join(name)]
+                    .into_iter()
+                    .find(|p| p.is_file())
+                    .ok_or_else(missing)?;
+                let mut file = File::open(&path).map_err(|e| CifarError::Io { path: path.clone(), source: e })?;
+                let size = file.metadata().map_err(|e| CifarError::Io { path: path.clone(), source: e })?.len();
+                f(&mut std::io::BufReader::new(&mut file), size)
+            }
+            Source::Archive(path) => {
+                let file = File::open(path).map_err(io)?;
+                let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+                for entry in archive.entries().map_err(io)? {
+                    let mut entry = entry.map_err(io)?;
+                    let entry_path = entry.path().map_err(io)?.to_string_lossy().into_owned();
+                    let entry_path = entry_path.trim_start_matches("./");
+                    if entry_path == name || entry_path == format!("{ARCHIVE_DIR}/{name}") {
+                        let size = entry.header().size().map_err(io)?;
+                        return f(&mut entry, size);
+                    }
+                }
+                Err(missing())
+            }
+        }
+    }
+}
+
+/// Number of records in a member of `size` bytes.
+fn records_in(source: &Source, member: &str, size: u64) -> Result<usize> {
+    if !size.is_multiple_of(RECORD as u64) {
+        return Err(CifarError::Size { input: source.path().to_path_buf(), member: member.into(), size });
+    }
+    Ok((size / RECORD as u64) as usize)
+}
+
+/// Streams one member's records: images (converted to HWC) to `images`,
+/// labels appended to `labels`. Calls `progress(records)` now and then.
+fn convert_member(
+    source: &Source,
+    member: &str,
+    reader: &mut dyn Read,
+    records: usize,
+    images: &mut dyn Write,
+    labels: &mut Vec<u8>,
+    progress: &mut dyn FnMut(usize),
+) -> Result<()> {
+    let mut rec = [0u8; RECORD];
+    let mut hwc = [0u8; RECORD - 1];
+    for r in 0..records {
+        let offset = (r * RECORD) as u64;
+        if let Err(e) = reader.read_exact(&mut rec) {
+            return Err(CifarError::Truncated {
+                input: source.path().to_path_buf(),
+                member: member.into(),
+                offset,
+                record: r,
+                reason: e.to_string(),
+            });
+        }
+        if rec[0] >= CLASSES {
+            return Err(CifarError::Label {
+                input: source.path().to_path_buf(),
+                member: member.into(),
+                record: r,
+                offset,
+                label: rec[0],
+            });
+        }
+        labels.push(rec[0]);
+        for p in 0..1024 {
+            for c in 0..3 {
+                hwc[p * 3 + c] = rec[1 + c * 1024 + p];
+            }
+        }
+        images.write_all(&hwc).map_err(|e| CifarError::Io { path: PathBuf::from("<output>"), source: e })?;
+        if r % 1000 == 999 {
+            progress(1000);
+        }
+    }
+    progress(records % 1000);
+    Ok(())
+}
+
+/// What [`prepare`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    pub train: usize,
+    pub test: usize,
+    pub classes: Vec<String>,
+}
+
+/// Converts the binary CIFAR-10 at `input` into `.npy` files under `out`.
+///
+/// `records_per_batch` is the count each `.bin` must hold (10,000 for the
+/// official archive). Existing outputs are refused unless `force`.
+/// `progress(records)` is called as records are converted (out of
+/// `6 · records_per_batch`).
+///
+/// # Errors
+/// A [`CifarError`] naming the archive, the member and the byte offset for a
+/// missing, truncated, mis-sized or mislabelled member; nothing is published
+/// for the split being written when it fails.
+pub fn prepare(
+    input: &Path,
+    out: &Path,
+    records_per_batch: usize,
+    force: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Prepared> {
+    let source = Source::new(input);
+    std::fs::create_dir_all(out).map_err(|e| CifarError::Io { path: out.to_path_buf(), source: e })?;
+    let outputs = ["train_x.npy", "train_y.npy", "test_x.npy", "test_y.npy", "classes.txt"].map(|f| out.join(f));
+    if !force {
+        if let Some(existing) = outputs.iter().find(|p| p.exists()) {
+            return Err(CifarError::Exists(existing.clone()));
+        }
+    }
+
+    // Class names first: cheap, and proves the input is CIFAR-10.
+    let classes: Vec<String> = source.with_member(META_MEMBER, |r, _| {
+        let mut text = String::new();
+        r.read_to_string(&mut text)
+            .map_err(|e| CifarError::Meta { input: input.to_path_buf(), reason: format!("{META_MEMBER}: {e}") })?;
+        Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+    })?;
+    if classes.len() != CLASSES as usize {
+        return Err(CifarError::Meta {
+            input: input.to_path_buf(),
+            reason: format!("{META_MEMBER} names {} classes, expected {CLASSES}", classes.len()),
+        });
+    }
+
+    // Everything is written into a staging folder and moved into place only
+    // when all of it is complete, so a failure publishes nothing at all.
+    let stage = out.join(format!(".prepare-cifar10-{}", std::process::id()));
+    std::fs::create_dir_all(&stage).map_err(|e| CifarError::Io { path: stage.clone(), source: e })?;
+    let result = write_all(&source, input, &stage, records_per_batch, &classes, progress);
+    if result.is_ok() {
+        for path in &outputs {
+            let from = stage.join(path.file_name().expect("output names are files"));
+            std::fs::rename(&from, path).map_err(|e| CifarError::Io { path: path.clone(), source: e })?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&stage);
+    let (train, test) = result?;
+    Ok(Prepared { train, test, classes })
+}
+
+/// Writes the five outputs into `out`; returns the train and test counts.
+fn write_all(
+    source: &Source,
+    input: &Path,
+    out: &Path,
+    records_per_batch: usize,
+    classes: &[String],
+    progress: &mut dyn FnMut(usize),
+) -> Result<(usize, usize)> {
+    let mut counts = Vec::new();
+    for (split, members) in [("train", &TRAIN_MEMBERS[..]), ("test", &[TEST_MEMBER][..])] {
+        let n = members.len() * records_per_batch;
+        let mut labels = Vec::with_capacity(n);
+        let x_path = out.join(format!("{split}_x.npy"));
+        let mut failure: Option<CifarError> = None;
+        let published = publish_atomic(&x_path, |w: &mut BufWriter<&File>| {
+            write_npy_header(w, "|u1", &[n, 32, 32, 3])?;
+            for member in members {
+                let result = source.with_member(member, |reader, size| {
+                    let records = records_in(source, member, size)?;
+                    if records != records_per_batch {
+                        return Err(CifarError::Count {
+                            input: input.to_path_buf(),
+                            member: member.to_string(),
+                            records,
+                            expected: records_per_batch,
+                        });
+                    }
+                    convert_member(source, member, reader, records, w, &mut labels, progress)
+                });
+                if let Err(e) = result {
+                    failure = Some(e);
+                    return Err(std::io::Error::other("conversion failed"));
+                }
+            }
+            Ok(())
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        published.map_err(|e| CifarError::Io { path: x_path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        let y_path = out.join(format!("{split}_y.npy"));
+        lml_kernel::npy::write_npy_atomic(&y_path, &ndarray::Array1::from_vec(labels))
+            .map_err(|e| CifarError::Io { path: y_path, source: std::io::Error::other(e.to_string()) })?;
+        counts.push(n);
+    }
+    let names = classes.join("\n") + "\n";
+    let c_path = out.join("classes.txt");
+    publish_atomic(&c_path, |w| w.write_all(names.as_bytes()))
+        .map_err(|e| CifarError::Io { path: c_path, source: std::io::Error::other(e.to_string()) })?;
+    Ok((counts[0], counts[1]))
+}
+
+/// The official class names, in label order.
+pub const CLASS_NAMES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+
+/// Writes a format-exact `cifar-10-binary.tar.gz` with `per_batch` records in
+/// each of the six `.bin` members (generated images with learnable classes,
+/// see [`crate::synth`]), plus `batches.meta.txt`.
+///
+/// # Errors
+/// I/O errors writing `path` (published atomically).
+pub fn write_binary_archive(path: &Path, per_batch: usize, seed: u64) -> std::io::Result<()> {
+    let members: Vec<&str> = TRAIN_MEMBERS.iter().copied().chain([TEST_MEMBER]).collect();
+    let tmp = path.with_extension("partial");
+    {
+        let file = File::create(&tmp)?;
+        let gz = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let mut add = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, format!("{ARCHIVE_DIR}/{name}"), bytes)
+        };
+        add(META_MEMBER, (CLASS_NAMES.join("\n") + "\n\n").as_bytes())?;
+        for (i, member) in members.iter().enumerate() {
+            add(member, &binary_records(per_batch, seed + i as u64))?;
+        }
+        let gz = tar.into_inner()?;
+        let file = gz.finish()?.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// `n` generated records in the binary format (label, R plane, G plane, B plane).
+pub fn binary_records(n: usize, seed: u64) -> Vec<u8> {
+    let (x, y) = crate::synth::images(n, CLASSES as usize, 32, seed);
+    let mut out = Vec::with_capacity(n * RECORD);
+    for i in 0..n {
+        out.push(y[i]);
+        for c in 0..3 {
+            for row in 0..32 {
+                for col in 0..32 {
+                    out.push(x[[i, row, col, c]]);
+                }
+            }
+        }
+    }
+    out
+}
