@@ -59,6 +59,60 @@ impl FeatureSource for ImageFeatures {
     }
 }
 
+/// Features cached on disk: a memory-mapped `f32` `.npy` of `[N, D]` and its
+/// labels. Batches are gathered from the mapping; nothing else is read.
+#[derive(Debug)]
+pub struct CachedFeatures {
+    features: crate::npy::MappedNpy,
+    labels: Vec<u32>,
+    dim: usize,
+}
+
+impl CachedFeatures {
+    /// Opens `features` (`<f4`, `[N, D]`) and `labels` (any integer dtype, `[N]`).
+    ///
+    /// # Errors
+    /// [`KernelError::Io`] / [`KernelError::Npy`] naming the file if either
+    /// cannot be mapped or parsed; [`KernelError::Shape`] if the features are
+    /// not 2-D or the label count differs.
+    pub fn open(features: impl AsRef<std::path::Path>, labels: impl AsRef<std::path::Path>) -> Result<Self> {
+        let features = crate::npy::MappedNpy::open(features)?;
+        let shape = features.view::<f32>()?.shape().to_vec();
+        if shape.len() != 2 {
+            return Err(KernelError::shape(format!("features {}", features.path().display()), "[N, D]", &shape));
+        }
+        let labels = crate::dataset::read_labels(labels.as_ref())?;
+        if labels.len() != shape[0] {
+            return Err(KernelError::shape(
+                "labels",
+                format!("[{}] (one per row of {})", shape[0], features.path().display()),
+                &[labels.len()],
+            ));
+        }
+        Ok(CachedFeatures { features, labels, dim: shape[1] })
+    }
+
+    /// All features, `[N, D]`, a view into the mapping.
+    pub fn features(&self) -> ndarray::ArrayView2<'_, f32> {
+        self.features.view::<f32>().ok().and_then(|v| v.into_dimensionality().ok()).expect("validated at open")
+    }
+}
+
+impl FeatureSource for CachedFeatures {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn feature_dim(&self) -> usize {
+        self.dim
+    }
+    fn batch(&self, indices: &[usize]) -> Result<(Array2<f32>, Vec<u32>)> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(KernelError::invalid("feature index", format!("{bad} >= {}", self.len())));
+        }
+        Ok((self.features().select(Axis(0), indices), indices.iter().map(|&i| self.labels[i]).collect()))
+    }
+}
+
 /// In-memory features and labels (tests, and small cached sets).
 #[derive(Clone, Debug)]
 pub struct InMemoryFeatures {

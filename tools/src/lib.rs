@@ -2,4 +2,5 @@
 //! the integration tests and the benchmarks.
 
 pub mod cifar;
+pub mod features;
 pub mod synth;

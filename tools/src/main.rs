@@ -38,6 +38,10 @@ enum Command {
     /// or its extracted folder) into memory-mappable .npy files.
     #[command(name = "prepare-cifar10")]
     PrepareCifar10(PrepareArgs),
+    /// Run the frozen VGG19 over a prepared split once and cache the features
+    /// (sharded, resumable; shards are merged when all exist).
+    #[command(name = "extract-features")]
+    ExtractFeatures(ExtractArgs),
     /// Generate format-exact fixtures for tests and demos.
     #[command(subcommand)]
     Synth(SynthCommand),
@@ -57,6 +61,47 @@ struct PrepareArgs {
     /// Replace existing outputs.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(Parser)]
+struct ExtractArgs {
+    /// Folder with {split}_x.npy and {split}_y.npy (from prepare-cifar10).
+    #[arg(long)]
+    data: PathBuf,
+    /// Which split: train or test.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// VGG19 weight directory.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Output folder for the shards and the merged cache.
+    #[arg(long)]
+    out: PathBuf,
+    /// Feature cut: pool5, fc6 or fc7.
+    #[arg(long, default_value = "fc7")]
+    cut: Cut,
+    /// Network input side (multiple of 32).
+    #[arg(long, default_value_t = 32)]
+    input_size: usize,
+    /// Compute only shard i of n, as `i/n` (several workers can share a split).
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Number of shards when --shard is not given (all missing ones are computed).
+    #[arg(long, default_value_t = 10)]
+    shards: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected i/n, e.g. 3/10"))?;
+    let i: usize = i.trim().parse().map_err(|_| format!("{s:?}: shard index is not a number"))?;
+    let n: usize = n.trim().parse().map_err(|_| format!("{s:?}: shard count is not a number"))?;
+    if n == 0 || i >= n {
+        return Err(format!("{s:?}: need 0 <= i < n"));
+    }
+    Ok((i, n))
 }
 
 #[derive(Subcommand)]
@@ -151,6 +196,11 @@ fn main() -> Result<()> {
             pool.install(|| demo(&args, threads))
         }
         Command::PrepareCifar10(args) => prepare_cifar10(&args),
+        Command::ExtractFeatures(args) => {
+            let threads = args.threads.unwrap_or_else(default_threads);
+            let pool = lml_kernel::parallel::thread_pool(threads)?;
+            pool.install(|| extract_features(&args))
+        }
         Command::Synth(SynthCommand::Cifar10 { out, per_batch, seed }) => {
             lml_tools::cifar::write_binary_archive(&out, per_batch, seed)
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -180,6 +230,51 @@ fn prepare_cifar10(args: &PrepareArgs) -> Result<()> {
         prepared.test,
         prepared.classes.join(", ")
     );
+    Ok(())
+}
+
+fn extract_features(args: &ExtractArgs) -> Result<()> {
+    use lml_tools::features::{extract_shard, merge, shard_rows};
+    let (x, y) = (args.data.join(format!("{}_x.npy", args.split)), args.data.join(format!("{}_y.npy", args.split)));
+    let data = ImageDataset::open(&x, &y)?;
+    let vgg = Vgg19::open(&args.weights, args.input_size, args.cut)
+        .with_context(|| format!("opening VGG19 weights in {}", args.weights.display()))?;
+    let (todo, count): (Vec<usize>, usize) = match args.shard {
+        Some((i, n)) => (vec![i], n),
+        None => ((0..args.shards).collect(), args.shards),
+    };
+    let total: usize = todo.iter().map(|&i| shard_rows(data.len(), i, count)).map(|(a, b)| b - a).sum();
+    let pb = ProgressBar::new(total as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} images {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(args.split.clone());
+    let mut computed = 0;
+    for &i in &todo {
+        if extract_shard(&vgg, &data, &args.out, &args.split, (i, count), &mut |n| pb.inc(n as u64))? {
+            computed += 1;
+        }
+    }
+    pb.finish_and_clear();
+    println!("{} shard(s) of {count} computed, {} already there", computed, todo.len() - computed);
+    let note = serde_json::json!({
+        "format": "lml-features/1",
+        "split": args.split,
+        "images": data.len(),
+        "dim": vgg.feature_dim(),
+        "dtype": "<f4",
+        "cut": args.cut,
+        "input_size": args.input_size,
+        "preset": vgg.preset(),
+        "weights": args.weights.canonicalize().unwrap_or_else(|_| args.weights.clone()),
+        "shards": count,
+    });
+    match merge(&args.out, &args.split, count, &y, &note)? {
+        Some(p) => println!("features ready: {} ({} × {})", p.display(), data.len(), vgg.feature_dim()),
+        None => println!("waiting for the other shards before merging into {}_features.npy", args.split),
+    }
     Ok(())
 }
 
