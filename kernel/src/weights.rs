@@ -195,42 +195,99 @@ impl WeightStore {
         }
     }
 
-    /// Writes a weight directory: one `.npy` per tensor plus the manifest.
-    ///
-    /// The directory is built under a temporary name beside `dir` and renamed
-    /// into place at the end, so a crash never leaves a half-written store.
+    /// Writes a weight directory: one `.npy` per tensor plus the manifest
+    /// (see [`WeightStoreWriter`], which this wraps).
     ///
     /// # Errors
-    /// [`KernelError::Invalid`] if `dir` already exists; [`KernelError::Io`] on
-    /// I/O failure (the temporary directory is removed).
+    /// As [`WeightStoreWriter::create`] and [`WeightStoreWriter::add`].
     pub fn write<'a>(
         dir: impl AsRef<Path>,
         model: &str,
         preset: Preset,
         tensors: impl IntoIterator<Item = (String, ArrayViewD<'a, f32>)>,
     ) -> Result<()> {
-        let dir = dir.as_ref();
+        let mut w = WeightStoreWriter::create(dir, model, preset)?;
+        for (name, view) in tensors {
+            w.add(&name, view)?;
+        }
+        w.finish()
+    }
+}
+
+/// Builds a weight directory one tensor at a time (so a converter never holds
+/// more than one tensor in memory).
+///
+/// Files go to a temporary folder beside the target, renamed into place by
+/// [`finish`](Self::finish); dropping the writer unfinished removes it, so a
+/// failed conversion never leaves a half-written store.
+#[derive(Debug)]
+pub struct WeightStoreWriter {
+    dir: PathBuf,
+    tmp: PathBuf,
+    model: String,
+    preset: Preset,
+    entries: Vec<TensorEntry>,
+    done: bool,
+}
+
+impl WeightStoreWriter {
+    /// Starts a store at `dir`.
+    ///
+    /// # Errors
+    /// [`KernelError::Invalid`] if `dir` already exists; [`KernelError::Io`]
+    /// if the temporary folder cannot be made.
+    pub fn create(dir: impl AsRef<Path>, model: &str, preset: Preset) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
         if dir.exists() {
             return Err(KernelError::invalid("weight directory", format!("{} already exists", dir.display())));
         }
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dir.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-        let result = (|| {
-            fs::create_dir_all(&tmp).map_err(|e| KernelError::io(&tmp, e))?;
-            let mut entries = Vec::new();
-            for (tensor, view) in tensors {
-                write_npy_atomic(tmp.join(file_name(&tensor)), &view)?;
-                entries.push(TensorEntry { name: tensor, shape: view.shape().to_vec(), dtype: "<f4".into() });
-            }
-            let manifest = Manifest { format: FORMAT.into(), model: model.into(), preset, tensors: entries };
-            let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
-            publish_atomic(&tmp.join(MANIFEST), |w| std::io::Write::write_all(w, text.as_bytes()))?;
-            fs::rename(&tmp, dir).map_err(|e| KernelError::io(dir, e))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(|e| KernelError::io(&tmp, e))?;
+        Ok(WeightStoreWriter { dir, tmp, model: model.into(), preset, entries: Vec::new(), done: false })
+    }
+
+    /// Adds tensor `name`.
+    ///
+    /// # Errors
+    /// [`KernelError::Invalid`] if `name` was added already or could escape
+    /// the folder; [`KernelError::Io`] on I/O failure.
+    pub fn add(&mut self, name: &str, view: ArrayViewD<'_, f32>) -> Result<()> {
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(KernelError::invalid("tensor name", format!("{name:?}")));
         }
-        result
+        if self.entries.iter().any(|e| e.name == name) {
+            return Err(KernelError::invalid("tensor name", format!("{name:?} added twice")));
+        }
+        write_npy_atomic(self.tmp.join(file_name(name)), &view)?;
+        self.entries.push(TensorEntry { name: name.into(), shape: view.shape().to_vec(), dtype: "<f4".into() });
+        Ok(())
+    }
+
+    /// Writes the manifest and moves the folder into place.
+    ///
+    /// # Errors
+    /// [`KernelError::Io`] on I/O failure (the temporary folder is removed).
+    pub fn finish(mut self) -> Result<()> {
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            model: self.model.clone(),
+            preset: self.preset,
+            tensors: std::mem::take(&mut self.entries),
+        };
+        let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
+        publish_atomic(&self.tmp.join(MANIFEST), |w| std::io::Write::write_all(w, text.as_bytes()))?;
+        fs::rename(&self.tmp, &self.dir).map_err(|e| KernelError::io(&self.dir, e))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for WeightStoreWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
     }
 }
 

@@ -2,5 +2,6 @@
 //! the integration tests and the benchmarks.
 
 pub mod cifar;
+pub mod convert;
 pub mod features;
 pub mod synth;

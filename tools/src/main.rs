@@ -42,6 +42,20 @@ enum Command {
     /// (sharded, resumable; shards are merged when all exist).
     #[command(name = "extract-features")]
     ExtractFeatures(ExtractArgs),
+    /// Convert a VGG19 checkpoint (torchvision or timm `.safetensors`) into the
+    /// kernel's .npy weight directory.
+    #[command(name = "convert-weights")]
+    ConvertWeights {
+        /// The checkpoint (`.safetensors`).
+        #[arg(long)]
+        input: PathBuf,
+        /// Weight directory to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Input normalisation the weights were trained with (torchvision for torchvision/timm checkpoints).
+        #[arg(long, default_value = "torchvision")]
+        preset: Preset,
+    },
     /// Generate format-exact fixtures for tests and demos.
     #[command(subcommand)]
     Synth(SynthCommand),
@@ -115,6 +129,21 @@ enum SynthCommand {
         #[arg(long, default_value_t = 1000)]
         per_batch: usize,
         /// Seed of the generated images.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Random VGG19 weights as a `.safetensors` checkpoint (torchvision or timm keys).
+    Vgg19Safetensors {
+        /// File to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Key layout: torchvision or timm.
+        #[arg(long, default_value = "torchvision")]
+        layout: String,
+        /// Deepest layer included: pool5, fc6 or fc7.
+        #[arg(long, default_value = "fc7")]
+        cut: Cut,
+        /// Seed of the random weights.
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -205,6 +234,30 @@ fn main() -> Result<()> {
             lml_tools::cifar::write_binary_archive(&out, per_batch, seed)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} ({} train + {} test records)", out.display(), 5 * per_batch, per_batch);
+            Ok(())
+        }
+        Command::ConvertWeights { input, out, preset } => {
+            let c = lml_tools::convert::convert_safetensors(&input, &out, preset)?;
+            println!(
+                "wrote {}: {} tensors, usable to cut {:?}{}",
+                out.display(),
+                c.tensors,
+                c.cut,
+                if c.ignored.is_empty() { String::new() } else { format!("; ignored {}", c.ignored.join(", ")) }
+            );
+            Ok(())
+        }
+        Command::Synth(SynthCommand::Vgg19Safetensors { out, layout, cut, seed }) => {
+            let mut w = random_weights(seed, cut);
+            match layout.as_str() {
+                "torchvision" => {}
+                "timm" => w = lml_tools::convert::to_timm_layout(w),
+                other => bail!("--layout {other:?}: expected torchvision or timm"),
+            }
+            let views: Vec<_> = w.iter().map(|(n, a)| (n.clone(), a.view())).collect();
+            lml_tools::convert::write_safetensors(&out, &views)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} ({} tensors, {layout} keys)", out.display(), views.len());
             Ok(())
         }
         Command::Profile(args) => {
