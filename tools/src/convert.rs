@@ -278,7 +278,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, ArrayViewD<'_, f32>)])
     }
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut text = serde_json::to_string(&header).expect("header serialises");
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     lml_kernel::npy::publish_atomic(path, |w| {
