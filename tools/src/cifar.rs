@@ -1,6 +1,7 @@
-//! CIFAR-10, binary version: reading the official archive (or its extracted
-//! folder) into memory-mappable `.npy` files, and writing format-exact
-//! archives for tests and demos.
+//! CIFAR-10: reading the official archives — the binary version and the
+//! python version (pickled batches, see [`crate::pickle`]) — or their
+//! extracted folders into memory-mappable `.npy` files, and writing
+//! format-exact archives of both kinds for tests and demos.
 //!
 //! # The format (`cifar-10-binary.tar.gz`)
 //! Members `cifar-10-batches-bin/data_batch_{1..5}.bin`, `test_batch.bin`
@@ -29,10 +30,15 @@ pub const TRAIN_MEMBERS: [&str; 5] =
     ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 /// The test member.
 pub const TEST_MEMBER: &str = "test_batch.bin";
-/// The class-name member.
+/// The class-name member (binary version).
 pub const META_MEMBER: &str = "batches.meta.txt";
-/// The folder inside the archive.
+/// The class-name member (python version, a pickle with `label_names`).
+pub const PYTHON_META: &str = "batches.meta";
+/// The folder inside the binary archive.
 pub const ARCHIVE_DIR: &str = "cifar-10-batches-bin";
+/// The folder inside the python archive (`cifar-10-python.tar.gz`), whose
+/// members are pickles: `data_batch_{1..5}`, `test_batch`, `batches.meta`.
+pub const PYTHON_DIR: &str = "cifar-10-batches-py";
 /// Number of classes.
 pub const CLASSES: u8 = 10;
 
@@ -45,7 +51,7 @@ pub enum CifarError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: no member {member} (looked for {member} and {ARCHIVE_DIR}/{member})", input.display())]
+    #[error("{}: no member {member} (looked at the top, in {ARCHIVE_DIR}/ and in {PYTHON_DIR}/)", input.display())]
     Missing { input: PathBuf, member: String },
     #[error("{}: member {member} is {size} bytes, not a whole number of {RECORD}-byte records", input.display())]
     Size { input: PathBuf, member: String, size: u64 },
@@ -57,6 +63,8 @@ pub enum CifarError {
     Label { input: PathBuf, member: String, record: usize, offset: u64, label: u8 },
     #[error("{}: {reason}", input.display())]
     Meta { input: PathBuf, reason: String },
+    #[error("{}: member {member}: not a CIFAR-10 python batch: {reason}", input.display())]
+    Pickle { input: PathBuf, member: String, reason: String },
     #[error("{} already exists (use --force to replace it)", .0.display())]
     Exists(PathBuf),
 }
@@ -94,7 +102,7 @@ impl Source {
         let missing = || CifarError::Missing { input: self.path().to_path_buf(), member: name.to_string() };
         match self {
             Source::Folder(dir) => {
-                let path = [dir.join(name), dir.join(ARCHIVE_DIR).join(name)]
+                let path = [dir.join(name), dir.join(ARCHIVE_DIR).join(name), dir.join(PYTHON_DIR).join(name)]
                     .into_iter()
                     .find(|p| p.is_file())
                     .ok_or_else(missing)?;
@@ -109,7 +117,10 @@ impl Source {
                     let mut entry = entry.map_err(io)?;
                     let entry_path = entry.path().map_err(io)?.to_string_lossy().into_owned();
                     let entry_path = entry_path.trim_start_matches("./");
-                    if entry_path == name || entry_path == format!("{ARCHIVE_DIR}/{name}") {
+                    if entry_path == name
+                        || entry_path == format!("{ARCHIVE_DIR}/{name}")
+                        || entry_path == format!("{PYTHON_DIR}/{name}")
+                    {
                         let size = entry.header().size().map_err(io)?;
                         return f(&mut entry, size);
                     }
@@ -120,12 +131,167 @@ impl Source {
     }
 }
 
+/// Which CIFAR-10 distribution the input is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `cifar-10-binary.tar.gz`: `.bin` record files.
+    Binary,
+    /// `cifar-10-python.tar.gz`: pickled batch dicts.
+    Python,
+}
+
+impl Format {
+    fn member(self, binary_name: &str) -> String {
+        match self {
+            Format::Binary => binary_name.to_string(),
+            Format::Python => binary_name.trim_end_matches(".bin").to_string(),
+        }
+    }
+}
+
+/// Reads a whole member (one python batch is ~31 MB), naming where it ended early.
+fn read_member(source: &Source, member: &str, reader: &mut dyn Read, size: u64) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(size as usize);
+    reader.read_to_end(&mut bytes).map_err(|e| CifarError::Truncated {
+        input: source.path().to_path_buf(),
+        member: member.into(),
+        offset: bytes.len() as u64,
+        record: 0,
+        reason: e.to_string(),
+    })?;
+    if (bytes.len() as u64) < size {
+        return Err(CifarError::Truncated {
+            input: source.path().to_path_buf(),
+            member: member.into(),
+            offset: bytes.len() as u64,
+            record: 0,
+            reason: format!("member ends after {} of {size} bytes", bytes.len()),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Converts one pickled python batch: checks it holds `expected` images of
+/// 3,072 `u8` and as many labels, then writes them like binary records.
+#[allow(clippy::too_many_arguments)]
+fn convert_python_member(
+    source: &Source,
+    member: &str,
+    reader: &mut dyn Read,
+    size: u64,
+    expected: usize,
+    images: &mut dyn Write,
+    labels: &mut Vec<u8>,
+    progress: &mut dyn FnMut(usize),
+) -> Result<()> {
+    let bad = |reason: String| CifarError::Pickle { input: source.path().to_path_buf(), member: member.into(), reason };
+    let bytes = read_member(source, member, reader, size)?;
+    let batch = crate::pickle::parse(&bytes).map_err(bad)?;
+    let Some(crate::pickle::Value::Array(data)) = batch.get("data") else {
+        return Err(bad("no 'data' array".into()));
+    };
+    let data = data.borrow();
+    if !matches!(data.descr.as_str(), "u1" | "|u1") || data.shape.len() != 2 || data.shape[1] != 3072 {
+        return Err(bad(format!("'data' is {} {:?}, expected uint8 [N, 3072]", data.descr, data.shape)));
+    }
+    let n = data.shape[0];
+    if data.data.len() != n * 3072 {
+        return Err(bad(format!("'data' holds {} bytes for shape {:?}", data.data.len(), data.shape)));
+    }
+    let Some(crate::pickle::Value::List(list)) = batch.get("labels") else {
+        return Err(bad("no 'labels' list".into()));
+    };
+    let list = list.borrow();
+    if list.len() != n {
+        return Err(bad(format!("{} labels for {n} images", list.len())));
+    }
+    if n != expected {
+        return Err(CifarError::Count {
+            input: source.path().to_path_buf(),
+            member: member.into(),
+            records: n,
+            expected,
+        });
+    }
+    for (r, (label, planar)) in list.iter().zip(data.data.chunks_exact(3072)).enumerate() {
+        let label = match label {
+            crate::pickle::Value::Int(v) => u8::try_from(*v).unwrap_or(u8::MAX),
+            _ => return Err(bad(format!("label {r} is not an integer"))),
+        };
+        put_record(source, member, (r, (r * 3072) as u64), label, planar, images, labels)?;
+    }
+    progress(n);
+    Ok(())
+}
+
+/// The class names and the format, from whichever meta member exists.
+fn read_meta(source: &Source, input: &Path) -> Result<(Format, Vec<String>)> {
+    let meta = |reason: String| CifarError::Meta { input: input.to_path_buf(), reason };
+    match source.with_member(META_MEMBER, |r, _| {
+        let mut text = String::new();
+        r.read_to_string(&mut text).map_err(|e| meta(format!("{META_MEMBER}: {e}")))?;
+        Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+    }) {
+        Ok(names) => Ok((Format::Binary, names)),
+        Err(CifarError::Missing { .. }) => {
+            let names = source.with_member(PYTHON_META, |r, size| {
+                let bytes = read_member(source, PYTHON_META, r, size)?;
+                let value = crate::pickle::parse(&bytes).map_err(|e| meta(format!("{PYTHON_META}: {e}")))?;
+                match value.get("label_names") {
+                    Some(crate::pickle::Value::List(l)) => Ok(l
+                        .borrow()
+                        .iter()
+                        .filter_map(|v| v.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()))
+                        .collect()),
+                    _ => Err(meta(format!("{PYTHON_META}: no label_names list"))),
+                }
+            });
+            match names {
+                Err(CifarError::Missing { .. }) => Err(meta(format!(
+                    "neither {META_MEMBER} (binary version) nor {PYTHON_META} (python version) found: not a CIFAR-10 archive"
+                ))),
+                other => Ok((Format::Python, other?)),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Number of records in a member of `size` bytes.
 fn records_in(source: &Source, member: &str, size: u64) -> Result<usize> {
     if !size.is_multiple_of(RECORD as u64) {
         return Err(CifarError::Size { input: source.path().to_path_buf(), member: member.into(), size });
     }
     Ok((size / RECORD as u64) as usize)
+}
+
+/// Checks one record's label and writes its planar image as HWC.
+fn put_record(
+    source: &Source,
+    member: &str,
+    (record, offset): (usize, u64),
+    label: u8,
+    planar: &[u8],
+    images: &mut dyn Write,
+    labels: &mut Vec<u8>,
+) -> Result<()> {
+    if label >= CLASSES {
+        return Err(CifarError::Label {
+            input: source.path().to_path_buf(),
+            member: member.into(),
+            record,
+            offset,
+            label,
+        });
+    }
+    labels.push(label);
+    let mut hwc = [0u8; RECORD - 1];
+    for p in 0..1024 {
+        for c in 0..3 {
+            hwc[p * 3 + c] = planar[c * 1024 + p];
+        }
+    }
+    images.write_all(&hwc).map_err(|e| CifarError::Io { path: PathBuf::from("<output>"), source: e })
 }
 
 /// Streams one member's records: images (converted to HWC) to `images`,
@@ -140,7 +306,6 @@ fn convert_member(
     progress: &mut dyn FnMut(usize),
 ) -> Result<()> {
     let mut rec = [0u8; RECORD];
-    let mut hwc = [0u8; RECORD - 1];
     for r in 0..records {
         let offset = (r * RECORD) as u64;
         if let Err(e) = reader.read_exact(&mut rec) {
@@ -152,22 +317,7 @@ fn convert_member(
                 reason: e.to_string(),
             });
         }
-        if rec[0] >= CLASSES {
-            return Err(CifarError::Label {
-                input: source.path().to_path_buf(),
-                member: member.into(),
-                record: r,
-                offset,
-                label: rec[0],
-            });
-        }
-        labels.push(rec[0]);
-        for p in 0..1024 {
-            for c in 0..3 {
-                hwc[p * 3 + c] = rec[1 + c * 1024 + p];
-            }
-        }
-        images.write_all(&hwc).map_err(|e| CifarError::Io { path: PathBuf::from("<output>"), source: e })?;
+        put_record(source, member, (r, offset), rec[0], &rec[1..], images, labels)?;
         if r % 1000 == 999 {
             progress(1000);
         }
@@ -211,17 +361,12 @@ pub fn prepare(
         }
     }
 
-    // Class names first: cheap, and proves the input is CIFAR-10.
-    let classes: Vec<String> = source.with_member(META_MEMBER, |r, _| {
-        let mut text = String::new();
-        r.read_to_string(&mut text)
-            .map_err(|e| CifarError::Meta { input: input.to_path_buf(), reason: format!("{META_MEMBER}: {e}") })?;
-        Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
-    })?;
+    // Class names first: cheap, and tells which distribution this is.
+    let (format, classes) = read_meta(&source, input)?;
     if classes.len() != CLASSES as usize {
         return Err(CifarError::Meta {
             input: input.to_path_buf(),
-            reason: format!("{META_MEMBER} names {} classes, expected {CLASSES}", classes.len()),
+            reason: format!("the class list names {} classes, expected {CLASSES}", classes.len()),
         });
     }
 
@@ -229,7 +374,7 @@ pub fn prepare(
     // when all of it is complete, so a failure publishes nothing at all.
     let stage = out.join(format!(".prepare-cifar10-{}", std::process::id()));
     std::fs::create_dir_all(&stage).map_err(|e| CifarError::Io { path: stage.clone(), source: e })?;
-    let result = write_all(&source, input, &stage, records_per_batch, &classes, progress);
+    let result = write_all(&source, format, input, &stage, records_per_batch, &classes, progress);
     if result.is_ok() {
         for path in &outputs {
             let from = stage.join(path.file_name().expect("output names are files"));
@@ -242,8 +387,10 @@ pub fn prepare(
 }
 
 /// Writes the five outputs into `out`; returns the train and test counts.
+#[allow(clippy::too_many_arguments)]
 fn write_all(
     source: &Source,
+    format: Format,
     input: &Path,
     out: &Path,
     records_per_batch: usize,
@@ -259,7 +406,20 @@ fn write_all(
         let published = publish_atomic(&x_path, |w: &mut BufWriter<&File>| {
             write_npy_header(w, "|u1", &[n, 32, 32, 3])?;
             for member in members {
+                let member = &format.member(member);
                 let result = source.with_member(member, |reader, size| {
+                    if format == Format::Python {
+                        return convert_python_member(
+                            source,
+                            member,
+                            reader,
+                            size,
+                            records_per_batch,
+                            w,
+                            &mut labels,
+                            progress,
+                        );
+                    }
                     let records = records_in(source, member, size)?;
                     if records != records_per_batch {
                         return Err(CifarError::Count {
@@ -321,6 +481,42 @@ pub fn write_binary_archive(path: &Path, per_batch: usize, seed: u64) -> std::io
         add(META_MEMBER, (CLASS_NAMES.join("\n") + "\n\n").as_bytes())?;
         for (i, member) in members.iter().enumerate() {
             add(member, &binary_records(per_batch, seed + i as u64))?;
+        }
+        let gz = tar.into_inner()?;
+        let file = gz.finish()?.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes a format-exact `cifar-10-python.tar.gz`: the same generated images as
+/// [`write_binary_archive`] with the same seed, as Python 2 protocol-2 pickles
+/// (`cifar-10-batches-py/data_batch_{1..5}`, `test_batch`, `batches.meta`).
+///
+/// # Errors
+/// I/O errors writing `path`.
+pub fn write_python_archive(path: &Path, per_batch: usize, seed: u64) -> std::io::Result<()> {
+    let members: Vec<&str> = TRAIN_MEMBERS.iter().copied().chain([TEST_MEMBER]).collect();
+    let tmp = path.with_extension("partial");
+    {
+        let file = File::create(&tmp)?;
+        let gz = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let mut add = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, format!("{PYTHON_DIR}/{name}"), bytes)
+        };
+        add(PYTHON_META, &crate::pickle::write_meta(&CLASS_NAMES, per_batch))?;
+        for (i, member) in members.iter().enumerate() {
+            let records = binary_records(per_batch, seed + i as u64);
+            let labels: Vec<u8> = records.chunks_exact(RECORD).map(|r| r[0]).collect();
+            let data: Vec<u8> = records.chunks_exact(RECORD).flat_map(|r| r[1..].iter().copied()).collect();
+            let names: Vec<String> = (0..per_batch).map(|j| format!("synthetic_{i}_{j}.png")).collect();
+            let label = format!("{} batch {} of 5", if i < 5 { "training" } else { "testing" }, i + 1);
+            add(&Format::Python.member(member), &crate::pickle::write_batch(&label, &labels, &data, &names))?;
         }
         let gz = tar.into_inner()?;
         let file = gz.finish()?.into_inner().map_err(|e| e.into_error())?;

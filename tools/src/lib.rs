@@ -4,4 +4,5 @@
 pub mod cifar;
 pub mod convert;
 pub mod features;
+pub mod pickle;
 pub mod synth;

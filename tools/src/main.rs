@@ -34,8 +34,8 @@ enum Command {
     /// Time one VGG19 forward layer by layer (GFLOP/s against a measured FMA
     /// peak) and report the process's peak resident memory.
     Profile(ProfileArgs),
-    /// Convert the official CIFAR-10 binary archive (`cifar-10-binary.tar.gz`,
-    /// or its extracted folder) into memory-mappable .npy files.
+    /// Convert the official CIFAR-10 archive (`cifar-10-binary.tar.gz` or
+    /// `cifar-10-python.tar.gz`, or an extracted folder) into memory-mappable .npy files.
     #[command(name = "prepare-cifar10")]
     PrepareCifar10(PrepareArgs),
     /// Run the frozen VGG19 over a prepared split once and cache the features
@@ -63,7 +63,7 @@ enum Command {
 
 #[derive(Parser)]
 struct PrepareArgs {
-    /// `cifar-10-binary.tar.gz`, or a folder holding its `.bin` files.
+    /// `cifar-10-binary.tar.gz` or `cifar-10-python.tar.gz`, or a folder holding their members.
     #[arg(long)]
     input: PathBuf,
     /// Output folder for train_x.npy, train_y.npy, test_x.npy, test_y.npy, classes.txt.
@@ -120,11 +120,14 @@ fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
 
 #[derive(Subcommand)]
 enum SynthCommand {
-    /// A CIFAR-10 binary archive (`cifar-10-binary.tar.gz` layout) of generated images.
+    /// A CIFAR-10 archive (`cifar-10-binary.tar.gz` or `cifar-10-python.tar.gz` layout) of generated images.
     Cifar10 {
         /// Archive to write.
         #[arg(long)]
         out: PathBuf,
+        /// Which distribution: binary or python.
+        #[arg(long, default_value = "binary")]
+        format: String,
         /// Records in each of the six .bin members.
         #[arg(long, default_value_t = 1000)]
         per_batch: usize,
@@ -230,9 +233,13 @@ fn main() -> Result<()> {
             let pool = lml_kernel::parallel::thread_pool(threads)?;
             pool.install(|| extract_features(&args))
         }
-        Command::Synth(SynthCommand::Cifar10 { out, per_batch, seed }) => {
-            lml_tools::cifar::write_binary_archive(&out, per_batch, seed)
-                .with_context(|| format!("writing {}", out.display()))?;
+        Command::Synth(SynthCommand::Cifar10 { out, format, per_batch, seed }) => {
+            match format.as_str() {
+                "binary" => lml_tools::cifar::write_binary_archive(&out, per_batch, seed),
+                "python" => lml_tools::cifar::write_python_archive(&out, per_batch, seed),
+                other => bail!("--format {other:?}: expected binary or python"),
+            }
+            .with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} ({} train + {} test records)", out.display(), 5 * per_batch, per_batch);
             Ok(())
         }
