@@ -56,6 +56,10 @@ enum Command {
         #[arg(long, default_value = "torchvision")]
         preset: Preset,
     },
+    /// Train the softmax head on cached features (single process; the
+    /// distributed job is `train`, issue 4), and save it as .npy.
+    #[command(name = "train-head")]
+    TrainHead(TrainHeadArgs),
     /// Generate format-exact fixtures for tests and demos.
     #[command(subcommand)]
     Synth(SynthCommand),
@@ -103,6 +107,40 @@ struct ExtractArgs {
     /// Number of shards when --shard is not given (all missing ones are computed).
     #[arg(long, default_value_t = 10)]
     shards: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Parser)]
+struct TrainHeadArgs {
+    /// Folder with train_features.npy / train_y.npy (and test_* to evaluate), from extract-features.
+    #[arg(long)]
+    features: PathBuf,
+    /// Number of classes.
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Epochs.
+    #[arg(long, default_value_t = 10)]
+    epochs: u64,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f32,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// L2 weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Seed for initialisation and batch order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Folder to save head.weight.npy and head.bias.npy into.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -243,6 +281,11 @@ fn main() -> Result<()> {
             println!("wrote {} ({} train + {} test records)", out.display(), 5 * per_batch, per_batch);
             Ok(())
         }
+        Command::TrainHead(args) => {
+            let threads = args.threads.unwrap_or_else(default_threads);
+            let pool = lml_kernel::parallel::thread_pool(threads)?;
+            pool.install(|| train_head(&args))
+        }
         Command::ConvertWeights { input, out, preset } => {
             let c = lml_tools::convert::convert_safetensors(&input, &out, preset)?;
             println!(
@@ -334,6 +377,49 @@ fn extract_features(args: &ExtractArgs) -> Result<()> {
     match merge(&args.out, &args.split, count, &y, &note)? {
         Some(p) => println!("features ready: {} ({} × {})", p.display(), data.len(), vgg.feature_dim()),
         None => println!("waiting for the other shards before merging into {}_features.npy", args.split),
+    }
+    Ok(())
+}
+
+fn train_head(args: &TrainHeadArgs) -> Result<()> {
+    use lml_kernel::trainer::CachedFeatures;
+    let open = |split: &str| {
+        let (f, y) =
+            (args.features.join(format!("{split}_features.npy")), args.features.join(format!("{split}_y.npy")));
+        CachedFeatures::open(&f, &y)
+            .with_context(|| format!("opening cached {split} features in {}", args.features.display()))
+    };
+    let train = open("train")?;
+    let test = if args.features.join("test_features.npy").exists() { Some(open("test")?) } else { None };
+    let sgd = Sgd { lr: args.lr, momentum: args.momentum, weight_decay: args.weight_decay };
+    let mut trainer = Trainer::new(args.classes, train.feature_dim(), sgd, args.batch, args.seed)?;
+    eprintln!("{} training examples × {} features, {} classes", train.len(), train.feature_dim(), args.classes);
+    for epoch in 0..args.epochs {
+        let t = Instant::now();
+        let e = trainer.epoch(&train, epoch, |_, _| {})?;
+        let secs = t.elapsed().as_secs_f64();
+        let test_part = match &test {
+            Some(t) => {
+                let v = trainer.evaluate(t)?;
+                format!("  test loss {:.4}  test acc {:.3}", v.loss(), v.accuracy())
+            }
+            None => String::new(),
+        };
+        println!(
+            "epoch {:>3}  train loss {:.4}  train acc {:.3}{test_part}  ({:.0} ms, {:.0} examples/s)",
+            epoch + 1,
+            e.loss(),
+            e.accuracy(),
+            secs * 1e3,
+            e.count as f64 / secs
+        );
+    }
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        for (name, t) in trainer.head.tensors() {
+            write_npy_atomic(out.join(format!("{name}.npy")), &t)?;
+        }
+        println!("saved the head to {}", out.display());
     }
     Ok(())
 }

@@ -107,6 +107,14 @@ fn cli_synth_prepare_extract() {
     let meta: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(tmp.path().join("feats/test_features.json")).unwrap()).unwrap();
     assert_eq!(meta["dim"], 512);
+    for split in ["train"] {
+        lml(&[&base[..], &["--cut", "pool5", "--split", split, "--shards", "3"]].concat());
+    }
+    let trained =
+        lml(&["train-head", "--features", &p("feats"), "--epochs", "3", "--batch", "16", "--out", &p("head")]);
+    assert!(trained.contains("epoch   3") && trained.contains("test acc"), "{trained}");
+    let head_w = lml_kernel::npy::MappedNpy::open(tmp.path().join("head/head.weight.npy")).unwrap();
+    assert_eq!(head_w.view::<f32>().unwrap().shape(), &[10, 512]);
     let bad = Command::new(env!("CARGO_BIN_EXE_lml")).args([&base[..], &["--shard", "2/2"]].concat()).output().unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("need 0 <= i < n"));
