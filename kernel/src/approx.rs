@@ -61,6 +61,34 @@ pub fn check_close<D: Dimension>(
     }
 }
 
+/// Like [`check_close`], for results that are sums with cancellation (e.g. a
+/// bias gradient `Σ gy` whose terms nearly cancel): the allowed error is
+/// relative to `magnitude`, the same sum taken over the terms' absolute values,
+/// which is what bounds floating-point summation error
+/// (`|fl(Σx) − Σx| ≤ γ_n·Σ|x|`). The tolerances are the named ones.
+pub fn check_close_to_magnitude<D: Dimension>(
+    what: &str,
+    actual: ArrayView<'_, f32, D>,
+    expected: ArrayView<'_, f64, D>,
+    magnitude: ArrayView<'_, f64, D>,
+    approx: Approximation,
+) -> Result<(), String> {
+    if actual.shape() != expected.shape() || magnitude.shape() != expected.shape() {
+        return Err(format!("{what}: shape {:?} vs expected {:?}", actual.shape(), expected.shape()));
+    }
+    let (rtol, atol) = approx.tolerances();
+    let scale = magnitude.iter().fold(0.0f64, |m, &e| m.max(e.abs()));
+    for (i, ((&a, &e), &m)) in actual.iter().zip(expected.iter()).zip(magnitude.iter()).enumerate() {
+        let err = (a as f64 - e).abs();
+        if err > rtol * m.abs() + atol * scale || a.is_nan() != e.is_nan() {
+            return Err(format!(
+                "{what}: element {i} (row-major) is {a}, expected {e} (terms' magnitude {m:.3e}; {approx:?}: rtol {rtol}, atol {atol}·{scale:.3e})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Panics with [`check_close`]'s message on failure.
 #[track_caller]
 pub fn assert_close<D: Dimension>(

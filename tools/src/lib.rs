@@ -4,5 +4,6 @@
 pub mod cifar;
 pub mod convert;
 pub mod features;
+pub mod fetch;
 pub mod pickle;
 pub mod synth;
