@@ -42,11 +42,11 @@ enum Command {
     /// (sharded, resumable; shards are merged when all exist).
     #[command(name = "extract-features")]
     ExtractFeatures(ExtractArgs),
-    /// Convert a VGG19 checkpoint (torchvision or timm `.safetensors`) into the
-    /// kernel's .npy weight directory.
+    /// Convert a VGG19 checkpoint (torchvision or timm `.safetensors`, or the
+    /// Keras Applications `.h5`) into the kernel's .npy weight directory.
     #[command(name = "convert-weights")]
     ConvertWeights {
-        /// The checkpoint (`.safetensors`).
+        /// The checkpoint: `.safetensors`, or `.h5` (Keras; preset caffe is recorded).
         #[arg(long)]
         input: PathBuf,
         /// Weight directory to create.
@@ -185,6 +185,18 @@ enum SynthCommand {
         #[arg(long, default_value_t = 1000)]
         per_batch: usize,
         /// Seed of the generated images.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Random VGG19 weights in the Keras Applications `.h5` layout.
+    Vgg19KerasH5 {
+        /// File to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Deepest layer included: pool5, fc6 or fc7.
+        #[arg(long, default_value = "fc7")]
+        cut: Cut,
+        /// Seed of the random weights.
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -328,7 +340,12 @@ fn main() -> Result<()> {
             pool.install(|| train_head(&args))
         }
         Command::ConvertWeights { input, out, preset } => {
-            let c = lml_tools::convert::convert_safetensors(&input, &out, preset)?;
+            let ext = input.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+            let c = match ext.as_str() {
+                "h5" | "hdf5" => lml_tools::convert::convert_keras_h5(&input, &out)?,
+                "safetensors" => lml_tools::convert::convert_safetensors(&input, &out, preset)?,
+                other => bail!("{}: unknown checkpoint type {other:?} (expected .safetensors or .h5)", input.display()),
+            };
             println!(
                 "wrote {}: {} tensors, usable to cut {:?}{}",
                 out.display(),
@@ -336,6 +353,13 @@ fn main() -> Result<()> {
                 c.cut,
                 if c.ignored.is_empty() { String::new() } else { format!("; ignored {}", c.ignored.join(", ")) }
             );
+            Ok(())
+        }
+        Command::Synth(SynthCommand::Vgg19KerasH5 { out, cut, seed }) => {
+            let w = random_weights(seed, cut);
+            lml_tools::convert::write_keras_h5(&out, &w)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+            println!("wrote {} ({} layers, Keras layout)", out.display(), w.len() / 2);
             Ok(())
         }
         Command::Synth(SynthCommand::Vgg19Safetensors { out, layout, cut, seed }) => {
