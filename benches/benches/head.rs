@@ -50,5 +50,31 @@ fn cached_epoch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, head_step, cached_epoch);
+/// The same epoch over a 50,000 × 4096 f32 cache memory-mapped from disk, as
+/// `extract-features` writes it (819 MB, generated once under the target dir).
+fn mmap_epoch(c: &mut Criterion) {
+    let dir = lml_benches::target_dir().join("bench-feature-cache");
+    let (fx, fy) = (dir.join("train_features.npy"), dir.join("train_y.npy"));
+    if !fx.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let (x, y) = features(50_000);
+        lml_kernel::npy::write_npy_atomic(&fx, &x).unwrap();
+        lml_kernel::npy::write_npy_atomic(&fy, &ndarray::Array1::from_iter(y)).unwrap();
+    }
+    let source = lml_kernel::trainer::CachedFeatures::open(&fx, &fy).unwrap();
+    let mut g = c.benchmark_group("head_epoch_cached");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(50_000));
+    let mut t = Trainer::new(10, 4096, Sgd::default(), 256, 1).unwrap();
+    let mut epoch = 0;
+    g.bench_function("mmap_50000x4096_batch256", |b| {
+        b.iter(|| {
+            epoch += 1;
+            t.epoch(&source, epoch, |_, _| {}).unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, head_step, cached_epoch, mmap_epoch);
 criterion_main!(benches);

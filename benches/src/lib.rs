@@ -13,13 +13,17 @@ use lml_kernel::{Cut, Preset};
 use ndarray::Array4;
 use rand::{Rng, SeedableRng};
 
+/// The cargo target directory (benchmark fixtures are kept there).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
 /// A directory of random VGG19 weights (to fc7), generated once under the
 /// target directory and reused by later runs.
 pub fn weights_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("bench-weights-vgg19");
+    let dir = target_dir().join("bench-weights-vgg19");
     if !dir.join(MANIFEST).exists() {
         let w = random_weights(1, Cut::Fc7);
         WeightStore::write(&dir, MODEL, Preset::Torchvision, w.iter().map(|(n, a)| (n.clone(), a.view())))
