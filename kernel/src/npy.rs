@@ -45,6 +45,72 @@ impl MappedNpy {
         &self.path
     }
 
+    /// The parsed header: dtype descriptor, shape and where the data starts.
+    ///
+    /// # Errors
+    /// [`KernelError::Npy`] naming the file if the header is malformed, the
+    /// array is Fortran-ordered, or the data is shorter than the header says.
+    pub fn header(&self) -> Result<NpyHeader> {
+        let bad = |reason: String| KernelError::Npy { path: self.path.clone(), expected_dtype: "any", reason };
+        let b = &self.map[..];
+        if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
+            return Err(bad("not a .npy file (bad magic)".into()));
+        }
+        let (len, start) = match b[6] {
+            1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
+            2 | 3 if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
+            v => return Err(bad(format!("unsupported .npy version {v}"))),
+        };
+        let text = b.get(start..start + len).ok_or_else(|| bad("truncated header".into()))?;
+        let text = String::from_utf8_lossy(text);
+        let field = |key: &str| -> Option<String> {
+            let at = text.find(&format!("'{key}'"))? + key.len() + 2;
+            let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
+            Some(rest.to_string())
+        };
+        let descr = field("descr")
+            .and_then(|r| r.strip_prefix('\'').and_then(|r| r.split('\'').next()).map(String::from))
+            .ok_or_else(|| bad("header has no descr".into()))?;
+        if field("fortran_order").is_some_and(|r| r.starts_with("True")) {
+            return Err(bad("Fortran-ordered arrays are not supported".into()));
+        }
+        let shape_text =
+            field("shape").and_then(|r| r.strip_prefix('(').and_then(|r| r.split(')').next()).map(String::from));
+        let shape: Vec<usize> = shape_text
+            .ok_or_else(|| bad("header has no shape".into()))?
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| t.parse().map_err(|_| bad(format!("bad shape entry {t:?}"))))
+            .collect::<Result<_>>()?;
+        let data_offset = start + len;
+        let item = match descr.as_str() {
+            "<f4" | "<i4" | "<u4" => 4,
+            "<f2" | "<i2" | "<u2" => 2,
+            "|u1" | "|i1" | "|b1" => 1,
+            "<f8" | "<i8" | "<u8" => 8,
+            other => return Err(bad(format!("unsupported dtype {other:?}"))),
+        };
+        let need = shape.iter().product::<usize>() * item;
+        if b.len() - data_offset != need {
+            return Err(bad(format!("{} data bytes, the header needs {need} (truncated?)", b.len() - data_offset)));
+        }
+        Ok(NpyHeader { descr, shape, data_offset })
+    }
+
+    /// The mapped bytes from `offset` (a data offset from [`header`](Self::header)).
+    pub(crate) fn data_bytes_unchecked(&self, offset: usize) -> &[u8] {
+        &self.map[offset..]
+    }
+
+    /// The raw data bytes (after the header).
+    ///
+    /// # Errors
+    /// As [`header`](Self::header).
+    pub fn data_bytes(&self) -> Result<&[u8]> {
+        Ok(&self.map[self.header()?.data_offset..])
+    }
+
     /// A view of the array inside, of element type `A` and any dimension.
     ///
     /// # Errors
@@ -58,6 +124,17 @@ impl MappedNpy {
             reason: e.to_string(),
         })
     }
+}
+
+/// A `.npy` header: what [`MappedNpy::header`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NpyHeader {
+    /// NumPy dtype descriptor, e.g. `<f4`, `<f2`, `|u1`.
+    pub descr: String,
+    /// C-order shape.
+    pub shape: Vec<usize>,
+    /// Byte offset of the data.
+    pub data_offset: usize,
 }
 
 /// Writes `array` to `path` as `.npy`, atomically: the bytes go to a temp

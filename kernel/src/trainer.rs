@@ -59,25 +59,43 @@ impl FeatureSource for ImageFeatures {
     }
 }
 
-/// Features cached on disk: a memory-mapped `f32` `.npy` of `[N, D]` and its
-/// labels. Batches are gathered from the mapping; nothing else is read.
+/// Features cached on disk: a memory-mapped `.npy` of `[N, D]`, `f32` or
+/// `f16` (widened to f32 as rows are gathered), and its labels. Batches are
+/// gathered from the mapping; nothing else is read.
 #[derive(Debug)]
 pub struct CachedFeatures {
     features: crate::npy::MappedNpy,
+    half: bool,
+    data_offset: usize,
     labels: Vec<u32>,
     dim: usize,
 }
 
 impl CachedFeatures {
-    /// Opens `features` (`<f4`, `[N, D]`) and `labels` (any integer dtype, `[N]`).
+    /// Opens `features` (`<f4` or `<f2`, `[N, D]`) and `labels` (any integer dtype, `[N]`).
     ///
     /// # Errors
     /// [`KernelError::Io`] / [`KernelError::Npy`] naming the file if either
-    /// cannot be mapped or parsed; [`KernelError::Shape`] if the features are
-    /// not 2-D or the label count differs.
+    /// cannot be mapped or parsed, or the dtype is neither; [`KernelError::Shape`]
+    /// if the features are not 2-D or the label count differs.
     pub fn open(features: impl AsRef<std::path::Path>, labels: impl AsRef<std::path::Path>) -> Result<Self> {
         let features = crate::npy::MappedNpy::open(features)?;
-        let shape = features.view::<f32>()?.shape().to_vec();
+        let header = features.header()?;
+        let half = match header.descr.as_str() {
+            "<f4" => false,
+            "<f2" => true,
+            other => {
+                return Err(KernelError::Npy {
+                    path: features.path().to_path_buf(),
+                    expected_dtype: "f32 or f16 features",
+                    reason: format!("dtype {other}"),
+                })
+            }
+        };
+        if !half {
+            features.view::<f32>()?; // alignment and layout checks
+        }
+        let shape = header.shape;
         if shape.len() != 2 {
             return Err(KernelError::shape(format!("features {}", features.path().display()), "[N, D]", &shape));
         }
@@ -89,12 +107,26 @@ impl CachedFeatures {
                 &[labels.len()],
             ));
         }
-        Ok(CachedFeatures { features, labels, dim: shape[1] })
+        Ok(CachedFeatures { features, half, data_offset: header.data_offset, labels, dim: shape[1] })
     }
 
-    /// All features, `[N, D]`, a view into the mapping.
-    pub fn features(&self) -> ndarray::ArrayView2<'_, f32> {
-        self.features.view::<f32>().ok().and_then(|v| v.into_dimensionality().ok()).expect("validated at open")
+    /// Whether the cache stores f16.
+    pub fn is_f16(&self) -> bool {
+        self.half
+    }
+
+    /// Row `i` widened to f32 into `out`.
+    fn row_into(&self, i: usize, out: &mut [f32]) {
+        if self.half {
+            let bytes = &self.features.data_bytes_unchecked(self.data_offset)[i * self.dim * 2..(i + 1) * self.dim * 2];
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        } else {
+            let v = self.features.view::<f32>().expect("validated at open");
+            let v = v.into_dimensionality::<ndarray::Ix2>().expect("validated at open");
+            out.copy_from_slice(v.row(i).as_slice().expect("C order"));
+        }
     }
 }
 
@@ -109,7 +141,11 @@ impl FeatureSource for CachedFeatures {
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
             return Err(KernelError::invalid("feature index", format!("{bad} >= {}", self.len())));
         }
-        Ok((self.features().select(Axis(0), indices), indices.iter().map(|&i| self.labels[i]).collect()))
+        let mut x = Array2::<f32>::zeros((indices.len(), self.dim));
+        for (mut row, &i) in x.outer_iter_mut().zip(indices) {
+            self.row_into(i, row.as_slice_mut().expect("fresh array"));
+        }
+        Ok((x, indices.iter().map(|&i| self.labels[i]).collect()))
     }
 }
 

@@ -193,3 +193,25 @@ fn streamed_npy_header_round_trips() {
         assert!(v.iter().enumerate().all(|(i, &x)| x == i as u8));
     }
 }
+
+#[test]
+fn npy_header_parser_and_its_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("h.npy");
+    write_npy_atomic(&p, &Array2::<f32>::zeros((3, 5))).unwrap();
+    let h = lml_kernel::npy::MappedNpy::open(&p).unwrap().header().unwrap();
+    assert_eq!((h.descr.as_str(), h.shape.as_slice()), ("<f4", &[3usize, 5][..]));
+    assert_eq!(h.data_offset % 64, 0);
+    let bytes = fs::read(&p).unwrap();
+    let bad = |data: &[u8]| {
+        fs::write(&p, data).unwrap();
+        lml_kernel::npy::MappedNpy::open(&p).unwrap().header().unwrap_err().to_string()
+    };
+    assert!(bad(&bytes[..bytes.len() - 4]).contains("truncated"));
+    assert!(bad(b"PK\x03\x04 not npy at all").contains("magic"));
+    let (from, to) = (b"'fortran_order': False", b"'fortran_order': True ");
+    let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+    let mut fortran = bytes.clone();
+    fortran[at..at + to.len()].copy_from_slice(to);
+    assert!(bad(&fortran).contains("Fortran"));
+}

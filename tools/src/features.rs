@@ -42,6 +42,46 @@ pub enum FeatureError {
 
 type Result<T> = std::result::Result<T, FeatureError>;
 
+/// How cached features are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    /// `<f4`: exact.
+    F32,
+    /// `<f2`: half the disk and page cache, IEEE round-to-nearest (relative
+    /// error ≤ 2⁻¹¹; values above 65504 become infinite, which VGG's ReLU
+    /// features at the usual scales do not reach).
+    F16,
+}
+
+impl Dtype {
+    /// The `.npy` descriptor.
+    pub fn descr(self) -> &'static str {
+        match self {
+            Dtype::F32 => "<f4",
+            Dtype::F16 => "<f2",
+        }
+    }
+
+    fn encode(self, values: &[f32], out: &mut Vec<u8>) {
+        out.clear();
+        match self {
+            Dtype::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+            Dtype::F16 => out.extend(values.iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())),
+        }
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Dtype::F32),
+            "f16" => Ok(Dtype::F16),
+            _ => Err(format!("{s:?}: expected f32 or f16")),
+        }
+    }
+}
+
 /// Rows `[start, end)` of shard `index` of `count` over `n` rows.
 pub fn shard_rows(n: usize, index: usize, count: usize) -> (usize, usize) {
     (index * n / count, (index + 1) * n / count)
@@ -69,6 +109,7 @@ pub fn extract_shard(
     out: &Path,
     split: &str,
     (index, count): (usize, usize),
+    dtype: Dtype,
     progress: &mut dyn FnMut(usize),
 ) -> Result<bool> {
     if count == 0 || index >= count || count > data.len().max(1) {
@@ -82,12 +123,17 @@ pub fn extract_shard(
     let path = shard_path(out, split, index, count);
     let dim = vgg.feature_dim();
     if path.exists() {
-        let m = MappedNpy::open(&path)?;
-        let shape = m.view::<f32>()?.shape().to_vec();
-        if shape != [end - start, dim] {
+        let header = MappedNpy::open(&path)?.header()?;
+        if header.shape != [end - start, dim] || header.descr != dtype.descr() {
             return Err(FeatureError::Existing {
                 path,
-                reason: format!("shape {shape:?}, expected [{}, {dim}] (delete it to recompute)", end - start),
+                reason: format!(
+                    "{} {:?}, expected {} [{}, {dim}] (delete it to recompute)",
+                    header.descr,
+                    header.shape,
+                    dtype.descr(),
+                    end - start
+                ),
             });
         }
         progress(end - start);
@@ -97,12 +143,13 @@ pub fn extract_shard(
     let images = data.images();
     let mut failure = None;
     let published = publish_atomic(&path, |w| {
-        write_npy_header(w, "<f4", &[end - start, dim])?;
+        write_npy_header(w, dtype.descr(), &[end - start, dim])?;
+        let mut bytes = Vec::new();
         for b0 in (start..end).step_by(BATCH) {
             let b1 = (b0 + BATCH).min(end);
             match vgg.features(images.slice(s![b0..b1, .., .., ..])) {
                 Ok(f) => {
-                    let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    dtype.encode(f.as_slice().expect("fresh array"), &mut bytes);
                     w.write_all(&bytes)?;
                     progress(b1 - b0);
                 }
@@ -140,26 +187,25 @@ pub fn merge(
     }
     let maps = paths.iter().map(MappedNpy::open).collect::<std::result::Result<Vec<_>, _>>()?;
     let mut rows = 0;
-    let mut dim = None;
+    let mut first: Option<(String, usize)> = None;
     for m in &maps {
-        let v = m.view::<f32>()?;
-        if v.ndim() != 2 || dim.is_some_and(|d| d != v.shape()[1]) {
+        let h = m.header()?;
+        let ok = h.shape.len() == 2 && first.as_ref().is_none_or(|(d, c)| *d == h.descr && *c == h.shape[1]);
+        if !ok {
             return Err(FeatureError::Existing {
                 path: m.path().to_path_buf(),
-                reason: format!("shape {:?}", v.shape()),
+                reason: format!("{} {:?}", h.descr, h.shape),
             });
         }
-        dim = Some(v.shape()[1]);
-        rows += v.shape()[0];
+        first.get_or_insert((h.descr.clone(), h.shape[1]));
+        rows += h.shape[0];
     }
-    let dim = dim.unwrap_or(0);
+    let (descr, dim) = first.unwrap_or_else(|| ("<f4".into(), 0));
     let merged = out.join(format!("{split}_features.npy"));
     publish_atomic(&merged, |w| {
-        write_npy_header(w, "<f4", &[rows, dim])?;
+        write_npy_header(w, &descr, &[rows, dim])?;
         for m in &maps {
-            let v = m.view::<f32>().map_err(std::io::Error::other)?;
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            w.write_all(&bytes)?;
+            w.write_all(m.data_bytes().map_err(std::io::Error::other)?)?;
         }
         Ok(())
     })?;

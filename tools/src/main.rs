@@ -122,6 +122,9 @@ struct ExtractArgs {
     /// Number of shards when --shard is not given (all missing ones are computed).
     #[arg(long, default_value_t = 10)]
     shards: usize,
+    /// Storage type of the cache: f32, or f16 (half the size, ≤ 2⁻¹¹ relative rounding).
+    #[arg(long, default_value = "f32")]
+    dtype: lml_tools::features::Dtype,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -421,7 +424,7 @@ fn extract_features(args: &ExtractArgs) -> Result<()> {
     pb.set_message(args.split.clone());
     let mut computed = 0;
     for &i in &todo {
-        if extract_shard(&vgg, &data, &args.out, &args.split, (i, count), &mut |n| pb.inc(n as u64))? {
+        if extract_shard(&vgg, &data, &args.out, &args.split, (i, count), args.dtype, &mut |n| pb.inc(n as u64))? {
             computed += 1;
         }
     }
@@ -432,7 +435,7 @@ fn extract_features(args: &ExtractArgs) -> Result<()> {
         "split": args.split,
         "images": data.len(),
         "dim": vgg.feature_dim(),
-        "dtype": "<f4",
+        "dtype": args.dtype.descr(),
         "cut": args.cut,
         "input_size": args.input_size,
         "preset": vgg.preset(),

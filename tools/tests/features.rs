@@ -10,7 +10,7 @@ use lml_kernel::trainer::{CachedFeatures, FeatureSource};
 use lml_kernel::vgg::{random_weights, MODEL};
 use lml_kernel::weights::WeightStore;
 use lml_kernel::{Cut, Preset, Vgg19};
-use lml_tools::features::{extract_shard, merge, shard_path, BATCH};
+use lml_tools::features::{extract_shard, merge, shard_path, Dtype, BATCH};
 
 fn setup(dir: &Path) -> (ImageDataset, Vgg19) {
     let (x, y) = lml_tools::synth::images(45, 10, 32, 3);
@@ -35,20 +35,20 @@ fn resumed_extraction_equals_uninterrupted_bit_for_bit() {
     // Uninterrupted: all three shards, then merge.
     let whole = tmp.path().join("whole");
     for i in 0..3 {
-        assert!(extract_shard(&vgg, &data, &whole, "train", (i, 3), &mut |_| {}).unwrap());
+        assert!(extract_shard(&vgg, &data, &whole, "train", (i, 3), Dtype::F32, &mut |_| {}).unwrap());
     }
     let merged = merge(&whole, "train", 3, &labels, &note).unwrap().unwrap();
 
     // Interrupted: shards 0 and 2 (e.g. two workers), a stale temp file of
     // shard 1 left by a crash, nothing merged yet; then the run is repeated.
     let resumed = tmp.path().join("resumed");
-    extract_shard(&vgg, &data, &resumed, "train", (0, 3), &mut |_| {}).unwrap();
-    extract_shard(&vgg, &data, &resumed, "train", (2, 3), &mut |_| {}).unwrap();
+    extract_shard(&vgg, &data, &resumed, "train", (0, 3), Dtype::F32, &mut |_| {}).unwrap();
+    extract_shard(&vgg, &data, &resumed, "train", (2, 3), Dtype::F32, &mut |_| {}).unwrap();
     fs::write(resumed.join(".train.shard-0001-of-0003.npy.tmp-1-0"), b"partial").unwrap();
     assert!(merge(&resumed, "train", 3, &labels, &note).unwrap().is_none(), "cannot merge with a shard missing");
     let mut computed = vec![];
     for i in 0..3 {
-        computed.push(extract_shard(&vgg, &data, &resumed, "train", (i, 3), &mut |_| {}).unwrap());
+        computed.push(extract_shard(&vgg, &data, &resumed, "train", (i, 3), Dtype::F32, &mut |_| {}).unwrap());
     }
     assert_eq!(computed, [false, true, false], "only the missing shard is recomputed");
     let merged2 = merge(&resumed, "train", 3, &labels, &note).unwrap().unwrap();
@@ -58,9 +58,9 @@ fn resumed_extraction_equals_uninterrupted_bit_for_bit() {
     // A shard of the wrong shape is refused, not silently reused.
     lml_kernel::npy::write_npy_atomic(shard_path(&resumed, "train", 1, 3), &ndarray::Array2::<f32>::zeros((2, 2)))
         .unwrap();
-    let err = extract_shard(&vgg, &data, &resumed, "train", (1, 3), &mut |_| {}).unwrap_err();
+    let err = extract_shard(&vgg, &data, &resumed, "train", (1, 3), Dtype::F32, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("delete it to recompute"), "{err}");
-    assert!(extract_shard(&vgg, &data, &resumed, "train", (3, 3), &mut |_| {}).is_err());
+    assert!(extract_shard(&vgg, &data, &resumed, "train", (3, 3), Dtype::F32, &mut |_| {}).is_err());
 }
 
 #[test]
@@ -68,7 +68,7 @@ fn cached_features_equal_features_computed_directly() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, vgg) = setup(tmp.path());
     let out = tmp.path().join("cache");
-    extract_shard(&vgg, &data, &out, "train", (0, 1), &mut |_| {}).unwrap();
+    extract_shard(&vgg, &data, &out, "train", (0, 1), Dtype::F32, &mut |_| {}).unwrap();
     merge(&out, "train", 1, &tmp.path().join("train_y.npy"), &serde_json::json!({})).unwrap().unwrap();
     let cache = CachedFeatures::open(out.join("train_features.npy"), out.join("train_y.npy")).unwrap();
     assert_eq!((cache.len(), cache.feature_dim()), (45, 512));
@@ -116,4 +116,33 @@ fn cli_synth_prepare_extract() {
     let bad = Command::new(env!("CARGO_BIN_EXE_lml")).args([&base[..], &["--shard", "2/2"]].concat()).output().unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("need 0 <= i < n"));
+}
+
+#[test]
+fn f16_cache_is_the_f32_cache_rounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, vgg) = setup(tmp.path());
+    let labels = tmp.path().join("train_y.npy");
+    let (a, b) = (tmp.path().join("f32"), tmp.path().join("f16"));
+    for (dir, dtype) in [(&a, Dtype::F32), (&b, Dtype::F16)] {
+        for i in 0..2 {
+            extract_shard(&vgg, &data, dir, "train", (i, 2), dtype, &mut |_| {}).unwrap();
+        }
+        merge(dir, "train", 2, &labels, &serde_json::json!({})).unwrap().unwrap();
+    }
+    let full = CachedFeatures::open(a.join("train_features.npy"), a.join("train_y.npy")).unwrap();
+    let half = CachedFeatures::open(b.join("train_features.npy"), b.join("train_y.npy")).unwrap();
+    assert!(half.is_f16() && !full.is_f16());
+    let data_len = |p: &Path| lml_kernel::npy::MappedNpy::open(p).unwrap().data_bytes().unwrap().len();
+    assert_eq!(2 * data_len(&b.join("train_features.npy")), data_len(&a.join("train_features.npy")));
+    let idx: Vec<usize> = (0..45).collect();
+    let (x32, y32) = full.batch(&idx).unwrap();
+    let (x16, y16) = half.batch(&idx).unwrap();
+    assert_eq!(y32, y16);
+    for (&h, &f) in x16.iter().zip(x32.iter()) {
+        assert_eq!(h, half::f16::from_f32(f).to_f32());
+    }
+    // An f32 shard is not silently reused for an f16 run.
+    let err = extract_shard(&vgg, &data, &a, "train", (0, 2), Dtype::F16, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("<f4") && err.to_string().contains("<f2"), "{err}");
 }
