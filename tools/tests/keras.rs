@@ -56,7 +56,12 @@ fn keras_round_trip_and_errors() {
     write_keras_h5(&tmp.path().join("partial.h5"), &partial).unwrap();
     let err = convert_keras_h5(&tmp.path().join("partial.h5"), &tmp.path().join("w3")).unwrap_err();
     assert!(err.to_string().contains("block5_conv4"), "{err}");
-    assert!(!tmp.path().join("w2").exists() && !tmp.path().join("w3").exists());
+    // A truncated download.
+    let bytes = std::fs::read(&h5).unwrap();
+    std::fs::write(tmp.path().join("cut.h5"), &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let err = convert_keras_h5(&tmp.path().join("cut.h5"), &tmp.path().join("w4")).unwrap_err();
+    assert!(err.to_string().contains("cut.h5"), "{err}");
+    assert!(!tmp.path().join("w2").exists() && !tmp.path().join("w3").exists() && !tmp.path().join("w4").exists());
 }
 
 fn h5py_available() -> bool {
