@@ -465,28 +465,35 @@ pub const CLASS_NAMES: [&str; 10] =
 /// # Errors
 /// I/O errors writing `path` (published atomically).
 pub fn write_binary_archive(path: &Path, per_batch: usize, seed: u64) -> std::io::Result<()> {
-    let members: Vec<&str> = TRAIN_MEMBERS.iter().copied().chain([TEST_MEMBER]).collect();
+    let members = TRAIN_MEMBERS.iter().copied().chain([TEST_MEMBER]).enumerate();
+    let batches = members.map(|(i, m)| (m.to_string(), binary_records(per_batch, seed + i as u64)));
+    let meta = (META_MEMBER.to_string(), (CLASS_NAMES.join("\n") + "\n\n").into_bytes());
+    write_tar_gz(path, ARCHIVE_DIR, std::iter::once(meta).chain(batches))
+}
+
+/// Writes `members` (name, bytes) under `dir/` into a `.tar.gz` at `path`,
+/// built under a temporary name, fsynced and renamed into place.
+fn write_tar_gz(path: &Path, dir: &str, members: impl Iterator<Item = (String, Vec<u8>)>) -> std::io::Result<()> {
     let tmp = path.with_extension("partial");
-    {
+    let result = (|| {
         let file = File::create(&tmp)?;
         let gz = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::fast());
         let mut tar = tar::Builder::new(gz);
-        let mut add = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
+        for (name, bytes) in members {
             let mut header = tar::Header::new_gnu();
             header.set_size(bytes.len() as u64);
             header.set_mode(0o644);
             header.set_cksum();
-            tar.append_data(&mut header, format!("{ARCHIVE_DIR}/{name}"), bytes)
-        };
-        add(META_MEMBER, (CLASS_NAMES.join("\n") + "\n\n").as_bytes())?;
-        for (i, member) in members.iter().enumerate() {
-            add(member, &binary_records(per_batch, seed + i as u64))?;
+            tar.append_data(&mut header, format!("{dir}/{name}"), &bytes[..])?;
         }
-        let gz = tar.into_inner()?;
-        let file = gz.finish()?.into_inner().map_err(|e| e.into_error())?;
+        let file = tar.into_inner()?.finish()?.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)
+    result
 }
 
 /// Writes a format-exact `cifar-10-python.tar.gz`: the same generated images as
@@ -496,33 +503,17 @@ pub fn write_binary_archive(path: &Path, per_batch: usize, seed: u64) -> std::io
 /// # Errors
 /// I/O errors writing `path`.
 pub fn write_python_archive(path: &Path, per_batch: usize, seed: u64) -> std::io::Result<()> {
-    let members: Vec<&str> = TRAIN_MEMBERS.iter().copied().chain([TEST_MEMBER]).collect();
-    let tmp = path.with_extension("partial");
-    {
-        let file = File::create(&tmp)?;
-        let gz = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::fast());
-        let mut tar = tar::Builder::new(gz);
-        let mut add = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(bytes.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            tar.append_data(&mut header, format!("{PYTHON_DIR}/{name}"), bytes)
-        };
-        add(PYTHON_META, &crate::pickle::write_meta(&CLASS_NAMES, per_batch))?;
-        for (i, member) in members.iter().enumerate() {
-            let records = binary_records(per_batch, seed + i as u64);
-            let labels: Vec<u8> = records.chunks_exact(RECORD).map(|r| r[0]).collect();
-            let data: Vec<u8> = records.chunks_exact(RECORD).flat_map(|r| r[1..].iter().copied()).collect();
-            let names: Vec<String> = (0..per_batch).map(|j| format!("synthetic_{i}_{j}.png")).collect();
-            let label = format!("{} batch {} of 5", if i < 5 { "training" } else { "testing" }, i + 1);
-            add(&Format::Python.member(member), &crate::pickle::write_batch(&label, &labels, &data, &names))?;
-        }
-        let gz = tar.into_inner()?;
-        let file = gz.finish()?.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    let members = TRAIN_MEMBERS.iter().copied().chain([TEST_MEMBER]).enumerate();
+    let batches = members.map(|(i, member)| {
+        let records = binary_records(per_batch, seed + i as u64);
+        let labels: Vec<u8> = records.chunks_exact(RECORD).map(|r| r[0]).collect();
+        let data: Vec<u8> = records.chunks_exact(RECORD).flat_map(|r| r[1..].iter().copied()).collect();
+        let names: Vec<String> = (0..per_batch).map(|j| format!("synthetic_{i}_{j}.png")).collect();
+        let label = format!("{} batch {} of 5", if i < 5 { "training" } else { "testing" }, i + 1);
+        (Format::Python.member(member), crate::pickle::write_batch(&label, &labels, &data, &names))
+    });
+    let meta = (PYTHON_META.to_string(), crate::pickle::write_meta(&CLASS_NAMES, per_batch));
+    write_tar_gz(path, PYTHON_DIR, std::iter::once(meta).chain(batches))
 }
 
 /// `n` generated records in the binary format (label, R plane, G plane, B plane).
