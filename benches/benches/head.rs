@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lml_kernel::optim::Sgd;
-use lml_kernel::trainer::{Head, HeadVelocity, InMemoryFeatures, Trainer};
+use lml_kernel::trainer::{FeatureSource, Head, HeadVelocity, InMemoryFeatures, Trainer};
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 
@@ -33,21 +33,25 @@ fn head_step(c: &mut Criterion) {
     g.finish();
 }
 
-fn cached_epoch(c: &mut Criterion) {
-    let (features, labels) = features(50_000);
-    let source = InMemoryFeatures { features, labels };
+/// One epoch of head training over `source` (50,000 examples, batch 256).
+fn epoch_bench(c: &mut Criterion, name: &str, source: &dyn FeatureSource) {
     let mut g = c.benchmark_group("head_epoch_cached");
     g.sample_size(10);
-    g.throughput(Throughput::Elements(50_000));
+    g.throughput(Throughput::Elements(source.len() as u64));
     let mut t = Trainer::new(10, 4096, Sgd::default(), 256, 1).unwrap();
     let mut epoch = 0;
-    g.bench_function("50000x4096_batch256", |b| {
+    g.bench_function(name, |b| {
         b.iter(|| {
             epoch += 1;
-            t.epoch(&source, epoch, |_, _| {}).unwrap()
+            t.epoch(source, epoch, |_, _| {}).unwrap()
         })
     });
     g.finish();
+}
+
+fn cached_epoch(c: &mut Criterion) {
+    let (features, labels) = features(50_000);
+    epoch_bench(c, "50000x4096_batch256", &InMemoryFeatures { features, labels });
 }
 
 /// The same epoch over a 50,000 × 4096 f32 cache memory-mapped from disk, as
@@ -62,18 +66,7 @@ fn mmap_epoch(c: &mut Criterion) {
         lml_kernel::npy::write_npy_atomic(&fy, &ndarray::Array1::from_iter(y)).unwrap();
     }
     let source = lml_kernel::trainer::CachedFeatures::open(&fx, &fy).unwrap();
-    let mut g = c.benchmark_group("head_epoch_cached");
-    g.sample_size(10);
-    g.throughput(Throughput::Elements(50_000));
-    let mut t = Trainer::new(10, 4096, Sgd::default(), 256, 1).unwrap();
-    let mut epoch = 0;
-    g.bench_function("mmap_50000x4096_batch256", |b| {
-        b.iter(|| {
-            epoch += 1;
-            t.epoch(&source, epoch, |_, _| {}).unwrap()
-        })
-    });
-    g.finish();
+    epoch_bench(c, "mmap_50000x4096_batch256", &source);
 }
 
 criterion_group!(benches, head_step, cached_epoch, mmap_epoch);

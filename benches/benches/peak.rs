@@ -44,5 +44,25 @@ fn stream(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, fma_peak, stream);
+/// First touch of freshly allocated memory against rewriting it: the cost
+/// that made `Vgg19` keep its activation buffers. 103 MB is one batch-8
+/// conv1 output at 224×224 (glibc maps allocations this large fresh each time).
+fn first_touch(c: &mut Criterion) {
+    let n = 8 * 64 * 224 * 224;
+    let mut g = c.benchmark_group("peak");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes((n * 4) as u64));
+    g.bench_function("fresh_alloc_write_103MB", |b| {
+        b.iter(|| {
+            let mut v = vec![0.0f32; n];
+            v.iter_mut().for_each(|x| *x = 1.0);
+            std::hint::black_box(v)
+        })
+    });
+    let mut v = vec![0.0f32; n];
+    g.bench_function("rewrite_103MB", |b| b.iter(|| std::hint::black_box(&mut v).iter_mut().for_each(|x| *x = 2.0)));
+    g.finish();
+}
+
+criterion_group!(benches, fma_peak, stream, first_touch);
 criterion_main!(benches);

