@@ -1,0 +1,443 @@
+//! The blocking work inside the roles: a worker's slice (with deadline-driven
+//! continuation), the reduction tree, and the update. No I/O beyond the job
+//! folder, no async.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lml_kernel::trainer::{Evaluation, FeatureSource, Head, HeadGradient, HeadVelocity, HEAD_BIAS, HEAD_WEIGHT};
+use ndarray::{ArrayD, ArrayViewD, Ix1, Ix2};
+use serde_json::{json, Value};
+
+use crate::error::{ProtocolError, Result};
+use crate::layout::{present, publish_bundle, read_bundle, Bundle, JobDir};
+use crate::progress::Score;
+use crate::services::{Clock, Probe};
+use crate::spec::{JobConfig, SyncMode};
+
+/// Momentum buffer tensor names in parameter bundles.
+pub const VELOCITY_WEIGHT: &str = "velocity.head.weight";
+/// See [`VELOCITY_WEIGHT`].
+pub const VELOCITY_BIAS: &str = "velocity.head.bias";
+
+/// Parameters and momentum: the state a round starts from (a checkpoint).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    pub head: Head,
+    pub velocity: HeadVelocity,
+}
+
+impl Params {
+    /// A fresh head with zero momentum.
+    pub fn init(classes: usize, features: usize, seed: u64) -> Self {
+        let head = Head::new(classes, features, seed);
+        let velocity = HeadVelocity::zeros_like(&head);
+        Params { head, velocity }
+    }
+
+    fn tensors(&self) -> [(&'static str, ArrayViewD<'_, f32>); 4] {
+        [
+            (HEAD_WEIGHT, self.head.weight.view().into_dyn()),
+            (HEAD_BIAS, self.head.bias.view().into_dyn()),
+            (VELOCITY_WEIGHT, self.velocity.weight.view().into_dyn()),
+            (VELOCITY_BIAS, self.velocity.bias.view().into_dyn()),
+        ]
+    }
+
+    /// Publishes the parameters as a bundle at `path` with `meta`; `true` if this call did.
+    ///
+    /// # Errors
+    /// As [`publish_bundle`].
+    pub fn publish(&self, path: &Path, meta: &Value) -> Result<bool> {
+        publish_bundle(path, &self.tensors(), meta)
+    }
+
+    /// Reads a parameter bundle.
+    ///
+    /// # Errors
+    /// [`ProtocolError::BadJob`] naming the bundle if a tensor is missing or mis-shaped.
+    pub fn read(path: &Path) -> Result<(Self, Bundle)> {
+        let b = read_bundle(path)?;
+        let head = Head::from_arrays(b.tensor(path, HEAD_WEIGHT)?.view(), b.tensor(path, HEAD_BIAS)?.view())
+            .map_err(|e| ProtocolError::job(path, e.to_string()))?;
+        let velocity = HeadVelocity {
+            weight: as2(path, VELOCITY_WEIGHT, b.tensor(path, VELOCITY_WEIGHT)?, head.weight.dim())?,
+            bias: as1(path, VELOCITY_BIAS, b.tensor(path, VELOCITY_BIAS)?, head.bias.len())?,
+        };
+        Ok((Params { head, velocity }, b))
+    }
+}
+
+fn as2(path: &Path, name: &str, t: &ArrayD<f32>, dim: (usize, usize)) -> Result<ndarray::Array2<f32>> {
+    let a = t.clone().into_dimensionality::<Ix2>().ok().filter(|a| a.dim() == dim);
+    a.ok_or_else(|| ProtocolError::job(path, format!("{name} has shape {:?}, expected {:?}", t.shape(), dim)))
+}
+
+fn as1(path: &Path, name: &str, t: &ArrayD<f32>, len: usize) -> Result<ndarray::Array1<f32>> {
+    let a = t.clone().into_dimensionality::<Ix1>().ok().filter(|a| a.len() == len);
+    a.ok_or_else(|| ProtocolError::job(path, format!("{name} has shape {:?}, expected [{len}]", t.shape())))
+}
+
+/// A worker's running state inside one round.
+enum Local {
+    /// Gradient sum: the summed gradient so far.
+    Sum(HeadGradient),
+    /// Model averaging: the local model, its momentum and the loss so far.
+    Model { params: Params, stats: Evaluation },
+}
+
+impl Local {
+    fn stats(&self) -> Evaluation {
+        match self {
+            Local::Sum(g) => Evaluation { loss_sum: g.loss_sum, correct: g.correct, count: g.count },
+            Local::Model { stats, .. } => *stats,
+        }
+    }
+
+    /// Runs one unit (a micro-batch of a gradient sum, or one local SGD step).
+    fn step(&mut self, base: &Head, source: &dyn FeatureSource, indices: &[usize], cfg: &JobConfig) -> Result<()> {
+        let (x, y) = source.batch(indices)?;
+        match self {
+            Local::Sum(acc) => acc.add(&base.gradient(x.view(), &y)?)?,
+            Local::Model { params, stats } => {
+                let g = params.head.gradient(x.view(), &y)?;
+                params.head.apply(&g, &cfg.spec.sgd(), &mut params.velocity)?;
+                stats.loss_sum += g.loss_sum;
+                stats.correct += g.correct;
+                stats.count += g.count;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tensors of a continuation save (the state as is).
+    fn partial_tensors(&self) -> Vec<(&'static str, ArrayViewD<'_, f32>)> {
+        match self {
+            Local::Sum(g) => g.tensors().to_vec(),
+            Local::Model { params, .. } => params.tensors().to_vec(),
+        }
+    }
+
+    /// Tensors of the worker's published result: the gradient sum, or the
+    /// model and momentum weighted by the examples seen (so sums of results
+    /// divided by the summed count are the weighted average).
+    fn result_tensors(&self) -> BTreeMap<String, ArrayD<f32>> {
+        let mut out = BTreeMap::new();
+        match self {
+            Local::Sum(g) => {
+                for (n, t) in g.tensors() {
+                    out.insert(n.to_string(), t.to_owned());
+                }
+            }
+            Local::Model { params, stats } => {
+                let c = stats.count as f32;
+                for (n, t) in params.tensors() {
+                    out.insert(n.to_string(), t.mapv(|v| v * c));
+                }
+            }
+        }
+        out
+    }
+
+    fn restore(cfg: &JobConfig, base: &Params, path: &Path, b: &Bundle) -> Result<Self> {
+        let stats = Evaluation {
+            loss_sum: b.meta_f64(path, "loss_sum")?,
+            correct: b.meta_u64(path, "correct")? as usize,
+            count: b.meta_u64(path, "count")? as usize,
+        };
+        let dims = (base.head.weight.dim(), base.head.bias.len());
+        Ok(match cfg.spec.sync {
+            SyncMode::GradientSum => Local::Sum(HeadGradient {
+                weight: as2(path, HEAD_WEIGHT, b.tensor(path, HEAD_WEIGHT)?, dims.0)?,
+                bias: as1(path, HEAD_BIAS, b.tensor(path, HEAD_BIAS)?, dims.1)?,
+                loss_sum: stats.loss_sum,
+                correct: stats.correct,
+                count: stats.count,
+            }),
+            SyncMode::ModelAverage => Local::Model {
+                params: Params {
+                    head: Head {
+                        weight: as2(path, HEAD_WEIGHT, b.tensor(path, HEAD_WEIGHT)?, dims.0)?,
+                        bias: as1(path, HEAD_BIAS, b.tensor(path, HEAD_BIAS)?, dims.1)?,
+                    },
+                    velocity: HeadVelocity {
+                        weight: as2(path, VELOCITY_WEIGHT, b.tensor(path, VELOCITY_WEIGHT)?, dims.0)?,
+                        bias: as1(path, VELOCITY_BIAS, b.tensor(path, VELOCITY_BIAS)?, dims.1)?,
+                    },
+                },
+                stats,
+            },
+        })
+    }
+}
+
+/// A worker's finished result for a round, not yet published.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerResult {
+    pub tensors: BTreeMap<String, ArrayD<f32>>,
+    pub meta: Value,
+    pub examples: usize,
+    pub compute_ms: u64,
+    pub continuations: u64,
+}
+
+impl WorkerResult {
+    /// Publishes the result as worker `w`'s leaf of round `k`'s tree; `true` if this call did.
+    ///
+    /// # Errors
+    /// As [`publish_bundle`].
+    pub fn publish(&self, jd: &JobDir, k: u64, w: usize) -> Result<bool> {
+        let views: Vec<(&str, ArrayViewD<'_, f32>)> =
+            self.tensors.iter().map(|(n, t)| (n.as_str(), t.view())).collect();
+        publish_bundle(&jd.sum(k, w, w + 1), &views, &self.meta)
+    }
+}
+
+/// How a worker invocation's slice work ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SliceEnd {
+    /// The slice is done; the caller records and publishes the result.
+    Done(WorkerResult),
+    /// State saved as continuation `seq`; the caller must invoke the continuation.
+    Continue { seq: u64 },
+    /// Another invocation of the same worker published the next save first; it carries on.
+    Yielded,
+}
+
+/// The highest continuation save of worker `w` in round `k`.
+fn latest_partial(jd: &JobDir, k: u64, w: usize) -> Result<Option<u64>> {
+    let dir = jd.round(k);
+    let prefix = format!("w{w:04}-part-");
+    let entries = std::fs::read_dir(&dir).map_err(|e| ProtocolError::io(&dir, e))?;
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)).and_then(|s| s.parse().ok()))
+        .max())
+}
+
+/// Worker `w`'s work in round `k`: resumes from its latest continuation save,
+/// runs units (micro-batches, or local steps) until done or until the next
+/// unit might not finish `safety_ms` before `deadline_ms`, and returns the
+/// result or publishes a continuation save. At least one
+/// unit runs per call, so a job always moves forward.
+///
+/// # Errors
+/// Kernel errors from the data; [`ProtocolError::BadJob`] for malformed bundles; I/O errors.
+#[allow(clippy::too_many_arguments)]
+pub fn run_slice(
+    jd: &JobDir,
+    cfg: &JobConfig,
+    k: u64,
+    w: usize,
+    source: &dyn FeatureSource,
+    clock: &dyn Clock,
+    deadline_ms: u64,
+    probe: &dyn Probe,
+) -> Result<SliceEnd> {
+    let (base, _) = Params::read(&jd.params(k))?;
+    let indices = cfg.worker_slice(k, w);
+    let unit = match cfg.spec.sync {
+        SyncMode::GradientSum => cfg.spec.micro_batch,
+        SyncMode::ModelAverage => cfg.spec.batch,
+    };
+    let units: Vec<&[usize]> = indices.chunks(unit).collect();
+    let (mut state, mut cursor, mut compute_ms, seq) = match latest_partial(jd, k, w)? {
+        Some(seq) => {
+            let path = jd.partial(k, w, seq);
+            let b = read_bundle(&path)?;
+            let cursor = b.meta_u64(&path, "cursor")? as usize;
+            if cursor > units.len() {
+                return Err(ProtocolError::job(&path, format!("cursor {cursor} beyond {} units", units.len())));
+            }
+            (Local::restore(cfg, &base, &path, &b)?, cursor, b.meta_u64(&path, "compute_ms")?, seq)
+        }
+        None => {
+            let fresh = match cfg.spec.sync {
+                SyncMode::GradientSum => Local::Sum(HeadGradient::zeros(cfg.classes, cfg.feature_dim)),
+                SyncMode::ModelAverage => Local::Model { params: base.clone(), stats: Evaluation::default() },
+            };
+            (fresh, 0, 0, 0)
+        }
+    };
+    let first = cursor;
+    let mut slowest = 0u64;
+    while cursor < units.len() {
+        let now = clock.now_ms();
+        if cursor > first && now + slowest + cfg.spec.safety_ms > deadline_ms {
+            let stats = state.stats();
+            let meta = json!({
+                "cursor": cursor, "loss_sum": stats.loss_sum, "correct": stats.correct,
+                "count": stats.count, "compute_ms": compute_ms, "seq": seq + 1,
+            });
+            if !publish_bundle(&jd.partial(k, w, seq + 1), &state.partial_tensors(), &meta)? {
+                return Ok(SliceEnd::Yielded);
+            }
+            probe.at("worker.saved", k)?;
+            return Ok(SliceEnd::Continue { seq: seq + 1 });
+        }
+        state.step(&base.head, source, units[cursor], cfg)?;
+        let took = clock.now_ms().saturating_sub(now);
+        slowest = slowest.max(took);
+        compute_ms += took;
+        cursor += 1;
+    }
+    let stats = state.stats();
+    let meta = json!({
+        "lo": w, "hi": w + 1, "loss_sum": stats.loss_sum, "correct": stats.correct,
+        "count": stats.count, "compute_ms": compute_ms, "continuations": seq,
+    });
+    Ok(SliceEnd::Done(WorkerResult {
+        tensors: state.result_tensors(),
+        meta,
+        examples: stats.count,
+        compute_ms,
+        continuations: seq,
+    }))
+}
+
+/// Moves worker `w`'s result up the reduction tree of round `k`.
+///
+/// The tree over `n` workers has node `sum-LO-HI` for every aligned
+/// power-of-two range of workers (clipped at `n`); a parent is the sum of
+/// its two children, always left + right, so the root's bits do not depend
+/// on who merged what when. After publishing a node, a worker looks for its
+/// sibling: if the sibling is there it merges and climbs, otherwise it stops
+/// and the sibling's owner, who publishes later and looks after, merges
+/// instead. Both may merge in a tie; the parent is then published once and
+/// the other copy dropped. Every worker does at most `log2 n` merges of one
+/// model-sized sum, and the combine reads one root: flat in `n`.
+///
+/// Returns whether the root (`sum-0-n`) is published.
+///
+/// # Errors
+/// I/O and malformed-bundle errors.
+pub fn reduce_up(jd: &JobDir, k: u64, w: usize, n: usize, probe: &dyn Probe) -> Result<bool> {
+    let (mut lo, mut hi) = (w, w + 1);
+    let mut size = 1usize;
+    while (lo, hi) != (0, n) {
+        size *= 2;
+        let plo = w / size * size;
+        let phi = (plo + size).min(n);
+        if (plo, phi) == (lo, hi) {
+            continue;
+        }
+        let mid = plo + size / 2;
+        let parent = jd.sum(k, plo, phi);
+        if !present(&parent) {
+            let sibling = if lo == plo { jd.sum(k, mid, phi) } else { jd.sum(k, plo, mid) };
+            if !present(&sibling) {
+                return Ok(false);
+            }
+            merge(&jd.sum(k, plo, mid), &jd.sum(k, mid, phi), &parent)?;
+            probe.at("reduce.merged", k)?;
+        }
+        (lo, hi) = (plo, phi);
+    }
+    Ok(true)
+}
+
+/// Publishes `left + right` at `parent` (tensors summed, counts added).
+fn merge(left: &Path, right: &Path, parent: &Path) -> Result<bool> {
+    let (a, b) = (read_bundle(left)?, read_bundle(right)?);
+    if a.tensors.keys().ne(b.tensors.keys()) {
+        return Err(ProtocolError::job(
+            parent,
+            format!("{} and {} hold different tensors", left.display(), right.display()),
+        ));
+    }
+    let mut sum = a.tensors.clone();
+    for (name, t) in sum.iter_mut() {
+        let other = &b.tensors[name];
+        if t.shape() != other.shape() {
+            return Err(ProtocolError::job(
+                right,
+                format!("{name} has shape {:?}, its sibling {:?}", other.shape(), t.shape()),
+            ));
+        }
+        *t += other;
+    }
+    let add_u = |f: &str| -> Result<u64> { Ok(a.meta_u64(left, f)? + b.meta_u64(right, f)?) };
+    let meta = json!({
+        "lo": a.meta_u64(left, "lo")?, "hi": b.meta_u64(right, "hi")?,
+        "loss_sum": a.meta_f64(left, "loss_sum")? + b.meta_f64(right, "loss_sum")?,
+        "correct": add_u("correct")?, "count": add_u("count")?,
+        "compute_ms": add_u("compute_ms")?, "continuations": add_u("continuations")?,
+    });
+    let views: Vec<(&str, ArrayViewD<'_, f32>)> = sum.iter().map(|(n, t)| (n.as_str(), t.view())).collect();
+    publish_bundle(parent, &views, &meta)
+}
+
+/// The reduced result of a round: what combine reads.
+pub struct Reduced {
+    pub bundle: Bundle,
+    pub stats: Evaluation,
+    pub compute_ms: u64,
+}
+
+/// Reads the root of round `k`'s tree.
+///
+/// # Errors
+/// [`ProtocolError::BadJob`] if it is missing or malformed.
+pub fn read_root(jd: &JobDir, cfg: &JobConfig, k: u64) -> Result<Reduced> {
+    let path = jd.sum(k, 0, cfg.workers);
+    let bundle = read_bundle(&path)?;
+    let stats = Evaluation {
+        loss_sum: bundle.meta_f64(&path, "loss_sum")?,
+        correct: bundle.meta_u64(&path, "correct")? as usize,
+        count: bundle.meta_u64(&path, "count")? as usize,
+    };
+    if stats.count == 0 {
+        return Err(ProtocolError::job(&path, "the round's reduced result covers no example"));
+    }
+    let compute_ms = bundle.meta_u64(&path, "compute_ms")?;
+    Ok(Reduced { bundle, stats, compute_ms })
+}
+
+/// The next parameters from round `k`'s start and its reduced result.
+///
+/// # Errors
+/// [`ProtocolError::BadJob`] on mis-shaped tensors; kernel errors from the update.
+pub fn apply(cfg: &JobConfig, base: &Params, reduced: &Reduced, root: &Path) -> Result<Params> {
+    let b = &reduced.bundle;
+    let dims = (base.head.weight.dim(), base.head.bias.len());
+    match cfg.spec.sync {
+        SyncMode::GradientSum => {
+            let grad = HeadGradient {
+                weight: as2(root, HEAD_WEIGHT, b.tensor(root, HEAD_WEIGHT)?, dims.0)?,
+                bias: as1(root, HEAD_BIAS, b.tensor(root, HEAD_BIAS)?, dims.1)?,
+                loss_sum: reduced.stats.loss_sum,
+                correct: reduced.stats.correct,
+                count: reduced.stats.count,
+            };
+            let mut next = base.clone();
+            next.head.apply(&grad, &cfg.spec.sgd(), &mut next.velocity)?;
+            Ok(next)
+        }
+        SyncMode::ModelAverage => {
+            let inv = 1.0 / reduced.stats.count as f32;
+            let avg2 = |n: &str, d| as2(root, n, b.tensor(root, n)?, d).map(|a| a.mapv(|v| v * inv));
+            let avg1 = |n: &str, d| as1(root, n, b.tensor(root, n)?, d).map(|a| a.mapv(|v| v * inv));
+            Ok(Params {
+                head: Head { weight: avg2(HEAD_WEIGHT, dims.0)?, bias: avg1(HEAD_BIAS, dims.1)? },
+                velocity: HeadVelocity { weight: avg2(VELOCITY_WEIGHT, dims.0)?, bias: avg1(VELOCITY_BIAS, dims.1)? },
+            })
+        }
+    }
+}
+
+/// Loss and accuracy of `head` over all of `source`.
+///
+/// # Errors
+/// Kernel errors from the data.
+pub fn evaluate(head: &Head, source: &dyn FeatureSource) -> Result<Score> {
+    let idx: Vec<usize> = (0..source.len()).collect();
+    let mut total = Evaluation::default();
+    for chunk in idx.chunks(256) {
+        let (x, y) = source.batch(chunk)?;
+        let e = head.evaluate(x.view(), &y)?;
+        total.loss_sum += e.loss_sum;
+        total.correct += e.correct;
+        total.count += e.count;
+    }
+    Ok(Score { loss: total.loss(), accuracy: total.accuracy(), examples: total.count })
+}

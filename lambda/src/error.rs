@@ -1,0 +1,92 @@
+//! The protocol's one error type, and which errors a retry can cure.
+
+use std::path::PathBuf;
+
+use lml_kernel::KernelError;
+
+/// Everything that can go wrong in a protocol role.
+///
+/// Every variant names what was wrong (the event field, the job file, the
+/// path) so that a message in a log is actionable. [`ProtocolError::is_retryable`]
+/// tells a runtime whether running the same event again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// An event was malformed: unknown field, wrong type, value out of range.
+    #[error("bad event: {field}: {reason}")]
+    BadEvent { field: String, reason: String },
+
+    /// A job specification was invalid.
+    #[error("bad job spec: {field}: {reason}")]
+    BadSpec { field: String, reason: String },
+
+    /// A job folder is missing something it must hold, or holds something malformed.
+    #[error("bad job folder {}: {reason}", path.display())]
+    BadJob { path: PathBuf, reason: String },
+
+    /// A start event for a job id that already exists with a different spec.
+    #[error("job {job:?} already exists with a different spec ({}); pick another job id", path.display())]
+    JobExists { job: String, path: PathBuf },
+
+    /// A file operation failed (usually transient on shared storage).
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The kernel rejected data or parameters (shapes, `.npy` files, labels).
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+
+    /// Invoking a function failed.
+    #[error("invoke failed: {0}")]
+    Invoke(String),
+
+    /// The progress store failed.
+    #[error("progress store: {0}")]
+    Progress(String),
+
+    /// A fault injected by a test runtime at a named point.
+    #[error("injected crash at {0}")]
+    Crashed(&'static str),
+}
+
+/// Shorthand for results with [`ProtocolError`].
+pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;
+
+impl ProtocolError {
+    /// Whether running the same event again can succeed: transient I/O,
+    /// invoke and store failures and crashes can; a bad event, spec or job
+    /// folder cannot, so a runtime should not spend retries on them.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProtocolError::Io { .. }
+            | ProtocolError::Invoke(_)
+            | ProtocolError::Progress(_)
+            | ProtocolError::Crashed(_) => true,
+            ProtocolError::Kernel(KernelError::Io { .. }) => true,
+            ProtocolError::BadEvent { .. }
+            | ProtocolError::BadSpec { .. }
+            | ProtocolError::BadJob { .. }
+            | ProtocolError::JobExists { .. }
+            | ProtocolError::Kernel(_) => false,
+        }
+    }
+
+    pub(crate) fn event(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ProtocolError::BadEvent { field: field.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn spec(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ProtocolError::BadSpec { field: field.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn job(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        ProtocolError::BadJob { path: path.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ProtocolError::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,309 @@
+//! Invocation events: the seed's three shapes, extended, parsed strictly.
+//!
+//! See the crate docs for the schema. Parsing never touches storage: an event
+//! that fails here has written nothing.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{ProtocolError, Result};
+
+/// Most workers a job may have: AWS Lambda's default concurrency quota per
+/// region, and far beyond where a shared-directory reduction is sensible.
+pub const MAX_WORKERS: usize = 1000;
+
+/// The job id used when an event names none (the seed's events have no job id).
+pub const DEFAULT_JOB: &str = "default";
+
+/// A validated job id: 1 to 64 of `[A-Za-z0-9._-]`, not starting with `.`,
+/// so it is always a single path component inside the storage root.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(String);
+
+impl JobId {
+    /// Validates `id`.
+    ///
+    /// # Errors
+    /// [`ProtocolError::BadEvent`] on field `job` naming the offending character or length.
+    pub fn new(id: &str) -> Result<Self> {
+        let bad = |reason: String| ProtocolError::event("job", format!("{id:?}: {reason}"));
+        if id.is_empty() || id.len() > 64 {
+            return Err(bad(format!("must be 1 to 64 characters, got {}", id.len())));
+        }
+        if id.starts_with('.') {
+            return Err(bad("must not start with '.' (no hidden or parent paths)".into()));
+        }
+        if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+            return Err(bad(format!("character {c:?} is not allowed (only A-Z a-z 0-9 . _ -)")));
+        }
+        Ok(JobId(id.to_string()))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which round an event is about: given as a round number, as the seed's
+/// `epochsdone` (meaning the first round of that epoch), or both (which must agree).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundRef {
+    pub round: Option<u64>,
+    pub epochsdone: Option<u64>,
+}
+
+impl RoundRef {
+    /// An explicit round.
+    pub fn round(round: u64) -> Self {
+        RoundRef { round: Some(round), epochsdone: None }
+    }
+
+    /// The round number, given the job's rounds per epoch.
+    ///
+    /// # Errors
+    /// [`ProtocolError::BadEvent`] if `round` and `epochsdone` disagree.
+    pub fn resolve(&self, rounds_per_epoch: u64) -> Result<u64> {
+        match (self.round, self.epochsdone) {
+            (Some(r), Some(e)) if r / rounds_per_epoch != e => Err(ProtocolError::event(
+                "epochsdone",
+                format!(
+                    "{e} disagrees with round {r} ({rounds_per_epoch} rounds per epoch: epoch {})",
+                    r / rounds_per_epoch
+                ),
+            )),
+            (Some(r), _) => Ok(r),
+            (None, Some(e)) => e
+                .checked_mul(rounds_per_epoch)
+                .ok_or_else(|| ProtocolError::event("epochsdone", format!("{e} is absurdly large"))),
+            (None, None) => Ok(0),
+        }
+    }
+}
+
+/// `{"start": true, "workers": N, ...}`: create a job and invoke its first round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StartEvent {
+    pub job: JobId,
+    pub workers: usize,
+    /// Job spec fields overriding the defaults (see [`crate::spec::JobSpec`]).
+    pub spec: Option<Value>,
+}
+
+/// `{"workerno": i, "workers": N, "epochsdone": e, ...}`: compute worker `i`'s part of a round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerEvent {
+    pub job: JobId,
+    pub workers: usize,
+    pub workerno: usize,
+    pub round: RoundRef,
+    /// How many times this worker has continued itself in this round (0 for the first invocation).
+    pub continuation: u64,
+}
+
+/// `{"combine": true, "workers": N, "epochsdone": e, ...}`: apply a round's reduced result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CombineEvent {
+    pub job: JobId,
+    pub workers: usize,
+    pub round: RoundRef,
+}
+
+/// Every event the function serves.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Start(StartEvent),
+    Worker(WorkerEvent),
+    Combine(CombineEvent),
+    /// `{"resume": true, "job": id}`: restart a job whose invocations died, from its last checkpoint.
+    Resume {
+        job: JobId,
+    },
+    /// `{"stop": true, "job": id}`: ask a job to stop after the round in progress.
+    Stop {
+        job: JobId,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    start: Option<bool>,
+    combine: Option<bool>,
+    resume: Option<bool>,
+    stop: Option<bool>,
+    workerno: Option<u64>,
+    workers: Option<u64>,
+    epochsdone: Option<u64>,
+    round: Option<u64>,
+    continuation: Option<u64>,
+    job: Option<String>,
+    spec: Option<Value>,
+}
+
+impl Event {
+    /// Parses and validates an event payload.
+    ///
+    /// # Errors
+    /// [`ProtocolError::BadEvent`] naming the field: unknown fields, wrong
+    /// types, no or several kinds, `workerno >= workers`, zero or more than
+    /// [`MAX_WORKERS`] workers, a bad job id, fields that do not belong to the kind.
+    pub fn parse(payload: &Value) -> Result<Event> {
+        if !payload.is_object() {
+            return Err(ProtocolError::event("event", format!("expected a JSON object, got {payload}")));
+        }
+        let raw: RawEvent =
+            serde_json::from_value(payload.clone()).map_err(|e| ProtocolError::event("event", e.to_string()))?;
+        for (name, v) in [("start", raw.start), ("combine", raw.combine), ("resume", raw.resume), ("stop", raw.stop)] {
+            if v == Some(false) {
+                return Err(ProtocolError::event(name, "must be true when present"));
+            }
+        }
+        let kinds: Vec<&str> = [
+            ("start", raw.start.is_some()),
+            ("combine", raw.combine.is_some()),
+            ("resume", raw.resume.is_some()),
+            ("stop", raw.stop.is_some()),
+            ("workerno", raw.workerno.is_some()),
+        ]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(k, _)| *k)
+        .collect();
+        let kind = match kinds.as_slice() {
+            [k] => *k,
+            [] => {
+                return Err(ProtocolError::event(
+                    "event",
+                    "names no kind: expected one of start, workerno, combine, resume, stop",
+                ))
+            }
+            many => return Err(ProtocolError::event("event", format!("names several kinds: {}", many.join(", ")))),
+        };
+        let job = JobId::new(raw.job.as_deref().unwrap_or(DEFAULT_JOB))?;
+        let workers = || -> Result<usize> {
+            let w =
+                raw.workers.ok_or_else(|| ProtocolError::event("workers", format!("required by a {kind} event")))?;
+            if w == 0 || w > MAX_WORKERS as u64 {
+                return Err(ProtocolError::event("workers", format!("{w} is outside 1..={MAX_WORKERS}")));
+            }
+            Ok(w as usize)
+        };
+        let only = |allowed: &[&str]| -> Result<()> {
+            let present = [
+                ("workers", raw.workers.is_some()),
+                ("epochsdone", raw.epochsdone.is_some()),
+                ("round", raw.round.is_some()),
+                ("continuation", raw.continuation.is_some()),
+                ("spec", raw.spec.is_some()),
+            ];
+            match present.iter().find(|(n, on)| *on && !allowed.contains(n)) {
+                Some((n, _)) => Err(ProtocolError::event(*n, format!("does not belong in a {kind} event"))),
+                None => Ok(()),
+            }
+        };
+        let round = RoundRef { round: raw.round, epochsdone: raw.epochsdone };
+        match kind {
+            "start" => {
+                only(&["workers", "spec"])?;
+                if let Some(spec) = &raw.spec {
+                    if !spec.is_object() {
+                        return Err(ProtocolError::event("spec", "must be a JSON object"));
+                    }
+                }
+                Ok(Event::Start(StartEvent { job, workers: workers()?, spec: raw.spec }))
+            }
+            "workerno" => {
+                only(&["workers", "epochsdone", "round", "continuation"])?;
+                let workers = workers()?;
+                let workerno = raw.workerno.expect("kind");
+                if workerno >= workers as u64 {
+                    return Err(ProtocolError::event("workerno", format!("{workerno} must be < workers ({workers})")));
+                }
+                Ok(Event::Worker(WorkerEvent {
+                    job,
+                    workers,
+                    workerno: workerno as usize,
+                    round,
+                    continuation: raw.continuation.unwrap_or(0),
+                }))
+            }
+            "combine" => {
+                only(&["workers", "epochsdone", "round"])?;
+                Ok(Event::Combine(CombineEvent { job, workers: workers()?, round }))
+            }
+            "resume" => {
+                only(&[])?;
+                Ok(Event::Resume { job })
+            }
+            _ => {
+                only(&[])?;
+                Ok(Event::Stop { job })
+            }
+        }
+    }
+
+    /// The JSON payload of this event, in the seed's shape with the extensions.
+    /// [`parse`](Self::parse) of the result gives back an equal event.
+    pub fn to_json(&self) -> Value {
+        let mut v = match self {
+            Event::Start(e) => {
+                let mut v = json!({"start": true, "workers": e.workers, "job": e.job.as_str()});
+                if let Some(spec) = &e.spec {
+                    v["spec"] = spec.clone();
+                }
+                v
+            }
+            Event::Worker(e) => json!({
+                "workerno": e.workerno, "workers": e.workers, "job": e.job.as_str(),
+                "continuation": e.continuation,
+            }),
+            Event::Combine(e) => json!({"combine": true, "workers": e.workers, "job": e.job.as_str()}),
+            Event::Resume { job } => json!({"resume": true, "job": job.as_str()}),
+            Event::Stop { job } => json!({"stop": true, "job": job.as_str()}),
+        };
+        if let Event::Worker(WorkerEvent { round, .. }) | Event::Combine(CombineEvent { round, .. }) = self {
+            if let Some(r) = round.round {
+                v["round"] = json!(r);
+            }
+            if let Some(e) = round.epochsdone {
+                v["epochsdone"] = json!(e);
+            }
+        }
+        v
+    }
+
+    /// The job the event is about.
+    pub fn job(&self) -> &JobId {
+        match self {
+            Event::Start(e) => &e.job,
+            Event::Worker(e) => &e.job,
+            Event::Combine(e) => &e.job,
+            Event::Resume { job } | Event::Stop { job } => job,
+        }
+    }
+
+    /// A short human-readable name for logs, e.g. `worker 3/4 round 12 (cont 1)`.
+    pub fn describe(&self) -> String {
+        let r = |r: &RoundRef| match (r.round, r.epochsdone) {
+            (Some(k), _) => format!("round {k}"),
+            (None, Some(e)) => format!("epoch {e}"),
+            (None, None) => "round 0".into(),
+        };
+        match self {
+            Event::Start(e) => format!("{}: start {} workers", e.job, e.workers),
+            Event::Worker(e) => {
+                format!("{}: worker {}/{} {} (cont {})", e.job, e.workerno, e.workers, r(&e.round), e.continuation)
+            }
+            Event::Combine(e) => format!("{}: combine {}", e.job, r(&e.round)),
+            Event::Resume { job } => format!("{job}: resume"),
+            Event::Stop { job } => format!("{job}: stop"),
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The job folder on shared storage, and the three ways anything is written to it.
+//!
+//! * **Bundles** (parameters, partial and reduced results): a directory of
+//!   `.npy` tensors plus `meta.json`, written into a temp directory, every
+//!   file fsynced, then renamed into place. A rename onto an existing
+//!   bundle fails, so a bundle is published at most once and never changes;
+//!   the loser of a race learns the bundle was already there.
+//! * **Claims and markers**: a small file created with `link(2)`, which fails
+//!   if the name exists: an atomic create that also tells who got there first.
+//! * **Small replaceable records** (`config.json` is written once; progress
+//!   records may be replaced whole): temp file, fsync, rename.
+//!
+//! Existence checks go through a directory listing rather than `stat`: on
+//! NFS (EFS) opening a directory revalidates it, while a cached negative
+//! lookup could hide a sibling's fresh file.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use lml_kernel::npy::{publish_atomic, write_npy_atomic, MappedNpy};
+use ndarray::{ArrayD, ArrayViewD};
+use serde_json::Value;
+
+use crate::error::{ProtocolError, Result};
+use crate::event::JobId;
+use crate::spec::JobConfig;
+
+/// Paths of one job under the storage root: `<root>/jobs/<job>/`.
+///
+/// ```text
+/// config.json                      the resolved job (written once, by start)
+/// params/000012/                   parameters + momentum after 12 rounds (the checkpoint)
+/// rounds/000012/
+///     fanout                       marker: round 12's workers were invoked
+///     w0003-part-0002/             worker 3's continuation state, 2nd save
+///     sum-000000-000001/           worker 0's result; sum-LO-HI reduces workers LO..HI
+///     trigger                      claim: who invokes the combine (owner inside)
+///     combine-invoked              marker: the combine event was sent
+///     combine.lock                 fs2 lock held while the round is applied
+/// progress/                        the local progress store's records
+/// STOP                             a stop request
+/// final.json                       written once when the job ends
+/// ```
+#[derive(Clone, Debug)]
+pub struct JobDir {
+    pub job: JobId,
+    pub dir: PathBuf,
+}
+
+/// `rounds/{k:06}` and `params/{k:06}` width.
+fn round_name(k: u64) -> String {
+    format!("{k:06}")
+}
+
+impl JobDir {
+    /// The folder of `job` under `root`.
+    pub fn new(root: &Path, job: &JobId) -> Self {
+        JobDir { job: job.clone(), dir: root.join("jobs").join(job.as_str()) }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    pub fn params_dir(&self) -> PathBuf {
+        self.dir.join("params")
+    }
+    pub fn params(&self, k: u64) -> PathBuf {
+        self.params_dir().join(round_name(k))
+    }
+    pub fn rounds_dir(&self) -> PathBuf {
+        self.dir.join("rounds")
+    }
+    pub fn round(&self, k: u64) -> PathBuf {
+        self.rounds_dir().join(round_name(k))
+    }
+    /// The sum of workers `lo..hi`'s results in round `k`.
+    pub fn sum(&self, k: u64, lo: usize, hi: usize) -> PathBuf {
+        self.round(k).join(format!("sum-{lo:06}-{hi:06}"))
+    }
+    /// Worker `w`'s `seq`-th continuation save in round `k`.
+    pub fn partial(&self, k: u64, w: usize, seq: u64) -> PathBuf {
+        self.round(k).join(format!("w{w:04}-part-{seq:04}"))
+    }
+    pub fn fanout(&self, k: u64) -> PathBuf {
+        self.round(k).join("fanout")
+    }
+    pub fn trigger(&self, k: u64) -> PathBuf {
+        self.round(k).join("trigger")
+    }
+    pub fn combine_invoked(&self, k: u64) -> PathBuf {
+        self.round(k).join("combine-invoked")
+    }
+    pub fn combine_lock(&self, k: u64) -> PathBuf {
+        self.round(k).join("combine.lock")
+    }
+    pub fn progress(&self) -> PathBuf {
+        self.dir.join("progress")
+    }
+    pub fn stop(&self) -> PathBuf {
+        self.dir.join("STOP")
+    }
+    pub fn final_json(&self) -> PathBuf {
+        self.dir.join("final.json")
+    }
+
+    /// Whether the job folder exists.
+    pub fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+
+    /// Reads and checks `config.json`.
+    ///
+    /// # Errors
+    /// [`ProtocolError::BadJob`] naming the file if the job does not exist or
+    /// the config is unreadable, malformed, of another format or job.
+    pub fn read_config(&self) -> Result<JobConfig> {
+        let path = self.config();
+        if !self.exists() {
+            return Err(ProtocolError::job(&self.dir, format!("no such job {:?}", self.job.as_str())));
+        }
+        let text = fs::read_to_string(&path).map_err(|e| ProtocolError::job(&path, format!("cannot read: {e}")))?;
+        let cfg: JobConfig =
+            serde_json::from_str(&text).map_err(|e| ProtocolError::job(&path, format!("malformed: {e}")))?;
+        if cfg.format != crate::spec::CONFIG_FORMAT {
+            return Err(ProtocolError::job(
+                &path,
+                format!("format {:?}, expected {:?}", cfg.format, crate::spec::CONFIG_FORMAT),
+            ));
+        }
+        if cfg.job != self.job.as_str() {
+            return Err(ProtocolError::job(&path, format!("belongs to job {:?}", cfg.job)));
+        }
+        if cfg.workers == 0 || cfg.rounds_per_epoch == 0 {
+            return Err(ProtocolError::job(&path, "workers and rounds_per_epoch must be positive"));
+        }
+        cfg.spec.validate().map_err(|e| ProtocolError::job(&path, e.to_string()))?;
+        Ok(cfg)
+    }
+
+    /// Rounds whose parameters are published, ascending.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Io`] if `params/` cannot be listed.
+    pub fn param_rounds(&self) -> Result<Vec<u64>> {
+        let dir = self.params_dir();
+        let mut rounds: Vec<u64> = fs::read_dir(&dir)
+            .map_err(|e| ProtocolError::io(&dir, e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect();
+        rounds.sort_unstable();
+        Ok(rounds)
+    }
+}
+
+/// Whether `path` exists, decided by listing its parent (see the module docs).
+pub fn present(path: &Path) -> bool {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return false };
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok()).any(|e| e.file_name() == name),
+        Err(_) => false,
+    }
+}
+
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A temp name beside `path`: `.NAME.tmp-PID-N`.
+pub(crate) fn temp_beside(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", unique_suffix()))
+}
+
+/// A published bundle read back: tensors by name, and the metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bundle {
+    pub tensors: BTreeMap<String, ArrayD<f32>>,
+    pub meta: Value,
+}
+
+impl Bundle {
+    /// Tensor `name`.
+    ///
+    /// # Errors
+    /// [`ProtocolError::BadJob`] naming the bundle if it has no such tensor.
+    pub fn tensor(&self, path: &Path, name: &str) -> Result<&ArrayD<f32>> {
+        self.tensors.get(name).ok_or_else(|| ProtocolError::job(path, format!("bundle has no tensor {name}")))
+    }
+
+    /// Metadata field `name` as a `u64`.
+    ///
+    /// # Errors
+    /// [`ProtocolError::BadJob`] if it is absent or not an unsigned integer.
+    pub fn meta_u64(&self, path: &Path, name: &str) -> Result<u64> {
+        self.meta[name].as_u64().ok_or_else(|| ProtocolError::job(path, format!("meta.json has no integer {name}")))
+    }
+
+    /// Metadata field `name` as an `f64`.
+    ///
+    /// # Errors
+    /// [`ProtocolError::BadJob`] if it is absent or not a number.
+    pub fn meta_f64(&self, path: &Path, name: &str) -> Result<f64> {
+        self.meta[name].as_f64().ok_or_else(|| ProtocolError::job(path, format!("meta.json has no number {name}")))
+    }
+}
+
+/// Publishes a bundle at `path` (a directory): every tensor as `NAME.npy` and
+/// `meta` as `meta.json`, all fsynced, then one rename. Returns `true` if this
+/// call published it, `false` if a bundle was already there (which is kept;
+/// every bundle is a deterministic function of its inputs, so the two agree).
+/// The parent directory must exist: a missing round folder is an error, never
+/// silently recreated.
+///
+/// # Errors
+/// [`ProtocolError::Io`] naming the path; the temp directory is removed.
+pub fn publish_bundle(path: &Path, tensors: &[(&str, ArrayViewD<'_, f32>)], meta: &Value) -> Result<bool> {
+    if present(path) {
+        return Ok(false);
+    }
+    let tmp = temp_beside(path);
+    let result = (|| -> Result<bool> {
+        fs::create_dir(&tmp).map_err(|e| ProtocolError::io(&tmp, e))?;
+        for (name, t) in tensors {
+            write_npy_atomic(tmp.join(format!("{name}.npy")), t)?;
+        }
+        let text = serde_json::to_vec_pretty(meta).expect("JSON values serialise");
+        publish_atomic(&tmp.join("meta.json"), |w| w.write_all(&text))?;
+        fs::File::open(&tmp).and_then(|d| d.sync_all()).map_err(|e| ProtocolError::io(&tmp, e))?;
+        match fs::rename(&tmp, path) {
+            Ok(()) => {
+                sync_parent(path);
+                Ok(true)
+            }
+            Err(e) if path.is_dir() => {
+                // Lost a race: rename onto a non-empty directory fails (ENOTEMPTY/EEXIST).
+                let _ = e;
+                Ok(false)
+            }
+            Err(e) => Err(ProtocolError::io(path, e)),
+        }
+    })();
+    if tmp.exists() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Reads a published bundle.
+///
+/// # Errors
+/// [`ProtocolError::BadJob`] naming the bundle if it is missing or its
+/// `meta.json` is malformed; kernel errors naming the `.npy` that is bad.
+pub fn read_bundle(path: &Path) -> Result<Bundle> {
+    let entries = fs::read_dir(path).map_err(|e| ProtocolError::job(path, format!("cannot read bundle: {e}")))?;
+    let mut tensors = BTreeMap::new();
+    let mut meta = None;
+    for entry in entries {
+        let entry = entry.map_err(|e| ProtocolError::io(path, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "meta.json" {
+            let text = fs::read(entry.path()).map_err(|e| ProtocolError::io(entry.path(), e))?;
+            meta = Some(
+                serde_json::from_slice::<Value>(&text)
+                    .map_err(|e| ProtocolError::job(entry.path(), format!("malformed: {e}")))?,
+            );
+        } else if let Some(tensor) = name.strip_suffix(".npy") {
+            let mapped = MappedNpy::open(entry.path())?;
+            tensors.insert(tensor.to_string(), mapped.view::<f32>()?.to_owned());
+        }
+    }
+    let meta = meta.ok_or_else(|| ProtocolError::job(path, "bundle has no meta.json"))?;
+    Ok(Bundle { tensors, meta })
+}
+
+/// Who holds a claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This call created it.
+    Won,
+    /// It already existed, created by `owner`.
+    Held(String),
+}
+
+impl Claim {
+    /// Whether `me` holds the claim (won it now, or had won it before).
+    pub fn is_mine(&self, me: &str) -> bool {
+        match self {
+            Claim::Won => true,
+            Claim::Held(owner) => owner == me,
+        }
+    }
+}
+
+/// Atomically creates `path` holding `owner`, unless it exists: `link(2)` of
+/// a fsynced temp file fails with `EEXIST` when another caller got there first.
+///
+/// # Errors
+/// [`ProtocolError::Io`] naming the path.
+pub fn claim(path: &Path, owner: &str) -> Result<Claim> {
+    let tmp = temp_beside(path);
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(owner.as_bytes())?;
+        f.sync_all()?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => {
+                sync_parent(path);
+                Ok(Claim::Won)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Claim::Held(fs::read_to_string(path)?)),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    result.map_err(|e| ProtocolError::io(path, e))
+}
+
+/// Writes a small file whole by temp + fsync + rename (replacing any old one).
+///
+/// # Errors
+/// [`ProtocolError::Io`] / kernel I/O error naming the path.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| ProtocolError::job(path, e.to_string()))?;
+    publish_atomic(path, |w| w.write_all(&text))?;
+    Ok(())
+}
+
+fn sync_parent(path: &Path) {
+    if let Some(d) = path.parent().and_then(|p| fs::File::open(p).ok()) {
+        let _ = d.sync_all();
+    }
+}

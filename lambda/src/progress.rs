@@ -1,0 +1,219 @@
+//! Progress records: what a user watches, and the second guard of the combine trigger.
+//!
+//! The records are those a DynamoDB table keyed by `(job, record)` holds:
+//! one job record, one record per round (loss, accuracy, timings) and per
+//! worker completion, a set of finished workers per round (DynamoDB `ADD` to
+//! a string set: idempotent under retries, unlike a numeric counter), and
+//! claims (a conditional put with `attribute_not_exists`). [`LocalProgress`]
+//! keeps them as files in the job folder; the AWS store keeps them in DynamoDB.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ProtocolError, Result};
+use crate::event::JobId;
+use crate::layout::{self, Claim, JobDir};
+
+/// Where a job stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Running,
+    Finished,
+    Stopped,
+}
+
+/// Loss and accuracy over a set of examples.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub examples: usize,
+}
+
+/// The job's record (key `job`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job: String,
+    pub status: JobStatus,
+    pub workers: usize,
+    pub examples: usize,
+    pub rounds_per_epoch: u64,
+    pub total_rounds: u64,
+    pub started_ms: u64,
+    /// Rounds applied when the job ended.
+    #[serde(default)]
+    pub rounds_done: Option<u64>,
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    /// Why it ended: `rounds`, `target loss`, `stop request`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The last held-out evaluation, if any.
+    #[serde(default)]
+    pub eval: Option<Score>,
+}
+
+/// One applied round (key `round#NNNNNN`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u64,
+    pub epoch: u64,
+    /// Training loss and accuracy of the round's examples, before the update.
+    pub train: Score,
+    /// Held-out score of the parameters after the update, when evaluated.
+    pub eval: Option<Score>,
+    /// Sum of the workers' compute time (ms).
+    pub worker_ms: u64,
+    /// Time the combine took to read the reduced result, update and publish (ms).
+    pub combine_ms: u64,
+    /// Time from this round's parameters being published to the next's (ms).
+    pub round_ms: u64,
+    pub finished_ms: u64,
+}
+
+/// One worker's completed part of a round (key `worker#NNNNNN#WWWW`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub round: u64,
+    pub workerno: usize,
+    pub examples: usize,
+    pub compute_ms: u64,
+    /// Invocations the worker needed beyond the first (continuations).
+    pub continuations: u64,
+    pub finished_ms: u64,
+}
+
+/// Everything a store holds about one job.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    pub job: Option<JobRecord>,
+    pub rounds: BTreeMap<u64, RoundRecord>,
+    pub workers: BTreeMap<(u64, usize), WorkerRecord>,
+    /// Finished workers per round.
+    pub done: BTreeMap<u64, BTreeSet<usize>>,
+}
+
+/// The progress store: DynamoDB on AWS, files in the job folder locally.
+pub trait ProgressStore: Send + Sync + 'static {
+    /// Writes (or replaces) the job record.
+    fn put_job(&self, job: &JobId, record: &JobRecord) -> impl Future<Output = Result<()>> + Send;
+    /// Writes a round record unless one exists; `true` if this call wrote it.
+    fn put_round(&self, job: &JobId, record: &RoundRecord) -> impl Future<Output = Result<bool>> + Send;
+    /// Writes a worker record unless one exists; `true` if this call wrote it.
+    fn put_worker(&self, job: &JobId, record: &WorkerRecord) -> impl Future<Output = Result<bool>> + Send;
+    /// Adds `worker` to round `round`'s set of finished workers; returns the set's size.
+    fn add_done(&self, job: &JobId, round: u64, worker: usize) -> impl Future<Output = Result<usize>> + Send;
+    /// Creates claim `key` for `owner` unless it exists (a conditional put).
+    fn claim(&self, job: &JobId, key: &str, owner: &str) -> impl Future<Output = Result<Claim>> + Send;
+    /// Everything recorded for `job`.
+    fn load(&self, job: &JobId) -> impl Future<Output = Result<Progress>> + Send;
+}
+
+/// Progress as files in `<root>/jobs/<job>/progress/`.
+#[derive(Clone, Debug)]
+pub struct LocalProgress {
+    root: PathBuf,
+}
+
+impl LocalProgress {
+    /// A store for jobs under the storage root `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalProgress { root: root.into() }
+    }
+
+    fn dir(&self, job: &JobId) -> Result<PathBuf> {
+        let jd = JobDir::new(&self.root, job);
+        let dir = jd.progress();
+        if !jd.exists() {
+            return Err(ProtocolError::job(&jd.dir, "no such job"));
+        }
+        fs::create_dir_all(&dir).map_err(|e| ProtocolError::io(&dir, e))?;
+        Ok(dir)
+    }
+
+    fn put_if_absent(path: &Path, value: &impl Serialize) -> Result<bool> {
+        let text = serde_json::to_string_pretty(value).map_err(|e| ProtocolError::Progress(e.to_string()))?;
+        Ok(layout::claim(path, &text)? == Claim::Won)
+    }
+}
+
+fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = fs::read(path).map_err(|e| ProtocolError::io(path, e))?;
+    serde_json::from_slice(&text).map_err(|e| ProtocolError::job(path, format!("malformed record: {e}")))
+}
+
+impl ProgressStore for LocalProgress {
+    async fn put_job(&self, job: &JobId, record: &JobRecord) -> Result<()> {
+        let dir = self.dir(job)?;
+        layout::write_json(&dir.join("job.json"), record)
+    }
+
+    async fn put_round(&self, job: &JobId, record: &RoundRecord) -> Result<bool> {
+        let dir = self.dir(job)?;
+        Self::put_if_absent(&dir.join(format!("round-{:06}.json", record.round)), record)
+    }
+
+    async fn put_worker(&self, job: &JobId, record: &WorkerRecord) -> Result<bool> {
+        let dir = self.dir(job)?;
+        Self::put_if_absent(&dir.join(format!("worker-{:06}-{:04}.json", record.round, record.workerno)), record)
+    }
+
+    async fn add_done(&self, job: &JobId, round: u64, worker: usize) -> Result<usize> {
+        use fs2::FileExt;
+        let dir = self.dir(job)?;
+        let path = dir.join(format!("done-{round:06}.json"));
+        let lock_path = dir.join(format!("done-{round:06}.lock"));
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| ProtocolError::io(&lock_path, e))?;
+        // Read-modify-replace under an exclusive lock: the local analogue of
+        // DynamoDB's atomic `ADD` to a set.
+        FileExt::lock_exclusive(&lock).map_err(|e| ProtocolError::io(&lock_path, e))?;
+        let result = (|| {
+            let mut set: BTreeSet<usize> = if path.exists() { read(&path)? } else { BTreeSet::new() };
+            if set.insert(worker) {
+                layout::write_json(&path, &set)?;
+            }
+            Ok(set.len())
+        })();
+        let _ = FileExt::unlock(&lock);
+        result
+    }
+
+    async fn claim(&self, job: &JobId, key: &str, owner: &str) -> Result<Claim> {
+        let dir = self.dir(job)?;
+        let safe: String = key.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        layout::claim(&dir.join(format!("claim-{safe}")), owner)
+    }
+
+    async fn load(&self, job: &JobId) -> Result<Progress> {
+        let dir = self.dir(job)?;
+        let mut p = Progress::default();
+        for entry in fs::read_dir(&dir).map_err(|e| ProtocolError::io(&dir, e))? {
+            let entry = entry.map_err(|e| ProtocolError::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name == "job.json" {
+                p.job = Some(read(&path)?);
+            } else if name.starts_with("round-") && name.ends_with(".json") {
+                let r: RoundRecord = read(&path)?;
+                p.rounds.insert(r.round, r);
+            } else if name.starts_with("worker-") && name.ends_with(".json") {
+                let w: WorkerRecord = read(&path)?;
+                p.workers.insert((w.round, w.workerno), w);
+            } else if let Some(k) = name.strip_prefix("done-").and_then(|n| n.strip_suffix(".json")) {
+                let k: u64 = k.parse().map_err(|_| ProtocolError::job(&path, "bad round number"))?;
+                p.done.insert(k, read(&path)?);
+            }
+        }
+        Ok(p)
+    }
+}

@@ -1,0 +1,455 @@
+//! The roles: start, worker, combine, resume and stop, as async functions
+//! over [`Services`]. [`handle`] is the one entry point a runtime calls.
+
+use serde_json::{json, Value};
+
+use crate::compute::{self, Params, SliceEnd};
+use crate::error::{ProtocolError, Result};
+use crate::event::{CombineEvent, Event, JobId, RoundRef, StartEvent, WorkerEvent};
+use crate::layout::{claim, present, read_bundle, temp_beside, JobDir};
+use crate::progress::{JobRecord, JobStatus, ProgressStore, RoundRecord, Score, WorkerRecord};
+use crate::services::{Clock, Invocation, Invoker, Services};
+use crate::spec::{JobConfig, JobSpec};
+
+/// What an invocation did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// A job was created and its first round invoked (`duplicate`: it already existed, same spec).
+    Started { job: JobId, duplicate: bool },
+    /// A worker's result is in; `combine`: this invocation sent the round's combine.
+    WorkerDone { round: u64, workerno: usize, combine: bool },
+    /// A worker saved its state and invoked its continuation.
+    Continued { round: u64, workerno: usize, continuation: u64 },
+    /// A round was applied (by this or an earlier delivery); `finished`: the job ended.
+    Combined { round: u64, finished: bool },
+    /// A stalled job was restarted at `round` by invoking `what` (`workers` or `combine`).
+    Resumed { round: u64, what: &'static str },
+    /// A stop request was recorded.
+    StopRequested,
+    /// Nothing to do (a late duplicate, a finished job): why.
+    Skipped(String),
+}
+
+/// Runs whatever `payload` asks for.
+///
+/// # Errors
+/// [`ProtocolError::BadEvent`] before anything is written if the payload is
+/// malformed; the roles' errors otherwise. [`ProtocolError::is_retryable`]
+/// says whether delivering the event again can help.
+pub async fn handle<I: Invoker, P: ProgressStore, C: Clock>(
+    svc: &Services<I, P, C>,
+    payload: &Value,
+    inv: &Invocation,
+) -> Result<Outcome> {
+    match Event::parse(payload)? {
+        Event::Start(e) => start(svc, e).await,
+        Event::Worker(e) => worker(svc, e, inv).await,
+        Event::Combine(e) => combine(svc, e).await,
+        Event::Resume { job } => resume(svc, &job).await,
+        Event::Stop { job } => {
+            let jd = JobDir::new(&svc.root, &job);
+            jd.read_config()?;
+            claim(&jd.stop(), "stop request")?;
+            Ok(Outcome::StopRequested)
+        }
+    }
+}
+
+/// Runs blocking work (compute, file reads) without stalling the async
+/// runtime's other tasks where the runtime allows it.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+async fn start<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, ev: StartEvent) -> Result<Outcome> {
+    let spec = match &ev.spec {
+        Some(v) => JobSpec::from_json(v)?,
+        None => JobSpec::default(),
+    };
+    spec.validate()?;
+    // Resolve everything from the data before anything is written.
+    let source = svc.source(&spec.data)?;
+    let labels = lml_kernel::dataset::read_labels(&svc.root.join(&spec.data.labels))?;
+    let max_label = labels.iter().copied().max().unwrap_or(0) as usize;
+    let classes = spec.classes.unwrap_or(max_label + 1);
+    if max_label >= classes {
+        return Err(ProtocolError::spec("classes", format!("{classes}, but the data has label {max_label}")));
+    }
+    if let Some(eval) = &spec.eval {
+        let e = svc.source(eval)?;
+        if e.feature_dim() != source.feature_dim() {
+            return Err(ProtocolError::spec(
+                "eval",
+                format!("{} features per example, training data has {}", e.feature_dim(), source.feature_dim()),
+            ));
+        }
+    }
+    let cfg = JobConfig::resolve(&ev.job, ev.workers, spec, source.len(), source.feature_dim(), classes)?;
+    let jd = JobDir::new(&svc.root, &ev.job);
+    if !jd.exists() {
+        create_job(svc, &jd, &cfg)?;
+    }
+    let existing = jd.read_config()?;
+    if existing != cfg {
+        return Err(ProtocolError::JobExists { job: ev.job.to_string(), path: jd.dir.clone() });
+    }
+    let duplicate = svc.progress.load(&ev.job).await?.job.is_some();
+    if !duplicate {
+        let record = JobRecord {
+            job: ev.job.to_string(),
+            status: JobStatus::Running,
+            workers: cfg.workers,
+            examples: cfg.examples,
+            rounds_per_epoch: cfg.rounds_per_epoch,
+            total_rounds: cfg.total_rounds,
+            started_ms: svc.clock.now_ms(),
+            rounds_done: None,
+            finished_ms: None,
+            reason: None,
+            eval: None,
+        };
+        svc.progress.put_job(&ev.job, &record).await?;
+    }
+    svc.probe.at("start.created", 0)?;
+    fanout(svc, &jd, &cfg, 0, false).await?;
+    Ok(Outcome::Started { job: ev.job, duplicate })
+}
+
+/// Creates the job folder whole: staged under a temp name, renamed into place.
+fn create_job<I, P, C: Clock>(svc: &Services<I, P, C>, jd: &JobDir, cfg: &JobConfig) -> Result<()> {
+    let jobs = jd.dir.parent().expect("jobs/<id>");
+    std::fs::create_dir_all(jobs).map_err(|e| ProtocolError::io(jobs, e))?;
+    let staging = temp_beside(&jd.dir);
+    let staged = JobDir { job: jd.job.clone(), dir: staging.clone() };
+    let result = (|| -> Result<()> {
+        for d in [staged.params_dir(), staged.round(0), staged.progress()] {
+            std::fs::create_dir_all(&d).map_err(|e| ProtocolError::io(&d, e))?;
+        }
+        crate::layout::write_json(&staged.config(), cfg)?;
+        let params = Params::init(cfg.classes, cfg.feature_dim, cfg.spec.seed);
+        params.publish(&staged.params(0), &json!({"round": 0, "published_ms": svc.clock.now_ms()}))?;
+        match std::fs::rename(&staging, &jd.dir) {
+            Ok(()) => Ok(()),
+            Err(_) if jd.exists() => Ok(()), // a concurrent start won; its config is compared next
+            Err(e) => Err(ProtocolError::io(&jd.dir, e)),
+        }
+    })();
+    if staging.exists() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// Invokes the `workers` of round `k` unless a `fanout` marker says it was
+/// done (`force` ignores the marker: resume).
+async fn fanout<I: Invoker, P: ProgressStore, C: Clock>(
+    svc: &Services<I, P, C>,
+    jd: &JobDir,
+    cfg: &JobConfig,
+    k: u64,
+    force: bool,
+) -> Result<()> {
+    let dir = jd.round(k);
+    std::fs::create_dir_all(&dir).map_err(|e| ProtocolError::io(&dir, e))?;
+    if !force && present(&jd.fanout(k)) {
+        return Ok(());
+    }
+    for w in 0..cfg.workers {
+        if w == cfg.workers / 2 {
+            svc.probe.at("fanout.half", k)?;
+        }
+        svc.invoker.invoke(&worker_event(cfg, &jd.job, k, w, 0)).await?;
+    }
+    claim(&jd.fanout(k), "fanout")?;
+    Ok(())
+}
+
+fn worker_event(cfg: &JobConfig, job: &JobId, k: u64, w: usize, continuation: u64) -> Event {
+    Event::Worker(WorkerEvent {
+        job: job.clone(),
+        workers: cfg.workers,
+        workerno: w,
+        round: RoundRef { round: Some(k), epochsdone: Some(cfg.epoch_of(k)) },
+        continuation,
+    })
+}
+
+/// Reads the job's config and checks the event's worker count and round against it.
+fn event_round(jd: &JobDir, workers: usize, round: &RoundRef) -> Result<(JobConfig, u64)> {
+    let cfg = jd.read_config()?;
+    if workers != cfg.workers {
+        return Err(ProtocolError::event("workers", format!("{workers}, but job {} has {}", jd.job, cfg.workers)));
+    }
+    let k = round.resolve(cfg.rounds_per_epoch)?;
+    if k >= cfg.total_rounds {
+        return Err(ProtocolError::event("round", format!("{k} is beyond the job's {} rounds", cfg.total_rounds)));
+    }
+    Ok((cfg, k))
+}
+
+async fn worker<I: Invoker, P: ProgressStore, C: Clock>(
+    svc: &Services<I, P, C>,
+    ev: WorkerEvent,
+    inv: &Invocation,
+) -> Result<Outcome> {
+    let jd = JobDir::new(&svc.root, &ev.job);
+    let (cfg, k) = event_round(&jd, ev.workers, &ev.round)?;
+    let w = ev.workerno;
+    if present(&jd.params(k + 1)) || present(&jd.final_json()) {
+        return Ok(Outcome::Skipped(format!("round {k} is already applied")));
+    }
+    if !present(&jd.params(k)) {
+        return Err(ProtocolError::job(jd.params(k), format!("no parameters for round {k}")));
+    }
+    svc.probe.at("worker.begin", k)?;
+    if !present(&jd.sum(k, w, w + 1)) {
+        let deadline = inv.effective_deadline(svc.clock.now_ms(), cfg.spec.time_limit_ms);
+        let source = svc.source(&cfg.spec.data)?;
+        let pool = svc.pool()?;
+        let end = blocking(|| {
+            pool.install(|| compute::run_slice(&jd, &cfg, k, w, &*source, &svc.clock, deadline, &*svc.probe))
+        })?;
+        match end {
+            SliceEnd::Continue { seq } => {
+                svc.invoker.invoke(&worker_event(&cfg, &jd.job, k, w, seq)).await?;
+                return Ok(Outcome::Continued { round: k, workerno: w, continuation: seq });
+            }
+            SliceEnd::Yielded => return Ok(Outcome::Skipped(format!("worker {w} round {k}: another copy carries on"))),
+            SliceEnd::Done(result) => {
+                // Recorded before the result is visible: once it is, the
+                // round may be applied and a retry of this event would stop early.
+                let record = WorkerRecord {
+                    round: k,
+                    workerno: w,
+                    examples: result.examples,
+                    compute_ms: result.compute_ms,
+                    continuations: result.continuations,
+                    finished_ms: svc.clock.now_ms(),
+                };
+                svc.progress.put_worker(&jd.job, &record).await?;
+                svc.progress.add_done(&jd.job, k, w).await?;
+                svc.probe.at("worker.recorded", k)?;
+                blocking(|| result.publish(&jd, k, w))?;
+                svc.probe.at("worker.published", k)?;
+            }
+        }
+    }
+    let root = blocking(|| compute::reduce_up(&jd, k, w, cfg.workers, &*svc.probe))?;
+    if !root {
+        return Ok(Outcome::WorkerDone { round: k, workerno: w, combine: false });
+    }
+    // Exactly one combine per round: the atomic create of `trigger` decides,
+    // the progress store's conditional put is a second guard. The owner
+    // names this worker, so a retry of this very event (after a crash
+    // between claiming and invoking) still sends the combine.
+    let me = format!("worker {w} round {k}");
+    if !claim(&jd.trigger(k), &me)?.is_mine(&me) {
+        return Ok(Outcome::WorkerDone { round: k, workerno: w, combine: false });
+    }
+    svc.probe.at("trigger.claimed", k)?;
+    if present(&jd.combine_invoked(k)) {
+        return Ok(Outcome::WorkerDone { round: k, workerno: w, combine: false });
+    }
+    if !svc.progress.claim(&jd.job, &format!("combine#{k}"), &me).await?.is_mine(&me) {
+        return Ok(Outcome::WorkerDone { round: k, workerno: w, combine: false });
+    }
+    let event = Event::Combine(CombineEvent {
+        job: jd.job.clone(),
+        workers: cfg.workers,
+        round: RoundRef { round: Some(k), epochsdone: Some(cfg.epoch_of(k)) },
+    });
+    svc.invoker.invoke(&event).await?;
+    claim(&jd.combine_invoked(k), &me)?;
+    Ok(Outcome::WorkerDone { round: k, workerno: w, combine: true })
+}
+
+async fn combine<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, ev: CombineEvent) -> Result<Outcome> {
+    let jd = JobDir::new(&svc.root, &ev.job);
+    let (cfg, k) = event_round(&jd, ev.workers, &ev.round)?;
+    if present(&jd.final_json()) {
+        return Ok(Outcome::Skipped("the job has ended".into()));
+    }
+    if !present(&jd.params(k + 1)) {
+        let root = jd.sum(k, 0, cfg.workers);
+        if !present(&root) {
+            return Err(ProtocolError::job(root, format!("round {k} has not been reduced: no combine yet")));
+        }
+        blocking(|| apply_once(svc, &jd, &cfg, k))?;
+    }
+    let finished = after_apply(svc, &jd, &cfg, k).await?;
+    if !finished {
+        fanout(svc, &jd, &cfg, k + 1, false).await?;
+    }
+    Ok(Outcome::Combined { round: k, finished })
+}
+
+/// Applies round `k` under the round's lock, unless its result is already
+/// published: concurrent deliveries of one combine apply it once.
+fn apply_once<I: Invoker, P: ProgressStore, C: Clock>(
+    svc: &Services<I, P, C>,
+    jd: &JobDir,
+    cfg: &JobConfig,
+    k: u64,
+) -> Result<()> {
+    use fs2::FileExt;
+    let lock_path = jd.combine_lock(k);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| ProtocolError::io(&lock_path, e))?;
+    FileExt::lock_exclusive(&lock).map_err(|e| ProtocolError::io(&lock_path, e))?;
+    let result = (|| -> Result<()> {
+        if present(&jd.params(k + 1)) {
+            return Ok(());
+        }
+        svc.probe.at("combine.begin", k)?;
+        let t0 = svc.clock.now_ms();
+        let (base, base_bundle) = Params::read(&jd.params(k))?;
+        let root = jd.sum(k, 0, cfg.workers);
+        let reduced = compute::read_root(jd, cfg, k)?;
+        let next = svc.pool()?.install(|| compute::apply(cfg, &base, &reduced, &root))?;
+        let combine_ms = svc.clock.now_ms().saturating_sub(t0);
+        let eval = match (&cfg.spec.eval, cfg.evaluates_after(k)) {
+            (Some(spec), true) => {
+                let source = svc.source(spec)?;
+                Some(svc.pool()?.install(|| compute::evaluate(&next.head, &*source))?)
+            }
+            _ => None,
+        };
+        let now = svc.clock.now_ms();
+        let started = base_bundle.meta["published_ms"].as_u64().unwrap_or(now);
+        let record = RoundRecord {
+            round: k,
+            epoch: cfg.epoch_of(k),
+            train: Score {
+                loss: reduced.stats.loss(),
+                accuracy: reduced.stats.accuracy(),
+                examples: reduced.stats.count,
+            },
+            eval,
+            worker_ms: reduced.compute_ms,
+            combine_ms,
+            round_ms: now.saturating_sub(started),
+            finished_ms: now,
+        };
+        let meta = json!({"round": k + 1, "published_ms": now, "record": record});
+        if next.publish(&jd.params(k + 1), &meta)? {
+            svc.probe.at("combine.applied", k)?;
+        }
+        Ok(())
+    })();
+    let _ = FileExt::unlock(&lock);
+    result
+}
+
+/// After round `k` is applied: records it, prunes what no one needs any
+/// more, and ends the job if it is due to end. Idempotent. Returns whether
+/// the job has ended (else the caller invokes round `k + 1`).
+async fn after_apply<I: Invoker, P: ProgressStore, C: Clock>(
+    svc: &Services<I, P, C>,
+    jd: &JobDir,
+    cfg: &JobConfig,
+    k: u64,
+) -> Result<bool> {
+    let next = jd.params(k + 1);
+    let meta = read_bundle(&next)?.meta;
+    let record: RoundRecord = serde_json::from_value(meta["record"].clone())
+        .map_err(|e| ProtocolError::job(&next, format!("meta.json has no round record: {e}")))?;
+    svc.progress.put_round(&jd.job, &record).await?;
+    svc.probe.at("combine.recorded", k)?;
+    // Round k-1's work files and (unless it is an epoch checkpoint) its start
+    // parameters: every delivery for round k-1 now sees params k and stops.
+    if k >= 1 {
+        let _ = std::fs::remove_dir_all(jd.round(k - 1));
+        if !(k - 1).is_multiple_of(cfg.rounds_per_epoch) {
+            let _ = std::fs::remove_dir_all(jd.params(k - 1));
+        }
+    }
+    let loss = record.eval.map_or(record.train.loss, |e| e.loss);
+    let reason = if k + 1 >= cfg.total_rounds {
+        Some("rounds")
+    } else if cfg.spec.target_loss.is_some_and(|t| loss <= t) {
+        Some("target loss")
+    } else if present(&jd.stop()) {
+        Some("stop request")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => {
+            finish(svc, jd, cfg, k + 1, reason).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Ends the job after `rounds` applied rounds: `final.json` once, then the job record.
+async fn finish<I: Invoker, P: ProgressStore, C: Clock>(
+    svc: &Services<I, P, C>,
+    jd: &JobDir,
+    cfg: &JobConfig,
+    rounds: u64,
+    reason: &str,
+) -> Result<()> {
+    let progress = svc.progress.load(&jd.job).await?;
+    let eval = progress.rounds.values().rev().find_map(|r| r.eval);
+    let summary = json!({"rounds": rounds, "reason": reason, "finished_ms": svc.clock.now_ms(), "eval": eval});
+    claim(&jd.final_json(), &serde_json::to_string_pretty(&summary).expect("serialisable"))?;
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(jd.final_json()).map_err(|e| ProtocolError::io(jd.final_json(), e))?,
+    )
+    .map_err(|e| ProtocolError::job(jd.final_json(), e.to_string()))?;
+    let mut record = progress.job.unwrap_or(JobRecord {
+        job: jd.job.to_string(),
+        status: JobStatus::Running,
+        workers: cfg.workers,
+        examples: cfg.examples,
+        rounds_per_epoch: cfg.rounds_per_epoch,
+        total_rounds: cfg.total_rounds,
+        started_ms: 0,
+        rounds_done: None,
+        finished_ms: None,
+        reason: None,
+        eval: None,
+    });
+    let reason = summary["reason"].as_str().unwrap_or(reason).to_string();
+    record.status = if reason == "stop request" { JobStatus::Stopped } else { JobStatus::Finished };
+    record.rounds_done = summary["rounds"].as_u64();
+    record.finished_ms = summary["finished_ms"].as_u64();
+    record.eval = serde_json::from_value(summary["eval"].clone()).ok().flatten();
+    record.reason = Some(reason);
+    svc.progress.put_job(&jd.job, &record).await
+}
+
+/// Restarts a job whose invocations all died, from its newest parameters:
+/// records and decides the round that produced them, then invokes that
+/// round's combine if its reduction is complete, or all its workers (which
+/// pick up their own saved results and continuation state).
+async fn resume<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, job: &JobId) -> Result<Outcome> {
+    let jd = JobDir::new(&svc.root, job);
+    let cfg = jd.read_config()?;
+    if present(&jd.final_json()) {
+        return Ok(Outcome::Skipped("the job has ended".into()));
+    }
+    let k = *jd.param_rounds()?.last().ok_or_else(|| ProtocolError::job(jd.params_dir(), "no parameters at all"))?;
+    if k >= 1 && after_apply(svc, &jd, &cfg, k - 1).await? {
+        return Ok(Outcome::Skipped("the job has ended".into()));
+    }
+    if present(&jd.sum(k, 0, cfg.workers)) {
+        let event = Event::Combine(CombineEvent {
+            job: job.clone(),
+            workers: cfg.workers,
+            round: RoundRef { round: Some(k), epochsdone: Some(cfg.epoch_of(k)) },
+        });
+        svc.invoker.invoke(&event).await?;
+        return Ok(Outcome::Resumed { round: k, what: "combine" });
+    }
+    fanout(svc, &jd, &cfg, k, true).await?;
+    Ok(Outcome::Resumed { round: k, what: "workers" })
+}

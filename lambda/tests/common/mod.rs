@@ -1,0 +1,89 @@
+//! Shared fixtures: learnable data written as `.npy` under a storage root,
+//! and running a job to its end on the local runtime.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use lml_kernel::npy::write_npy_atomic;
+use lml_lambda::compute::Params;
+use lml_lambda::event::{Event, JobId, StartEvent};
+use lml_lambda::layout::JobDir;
+use lml_lambda::services::Clock;
+use lml_lambda::{LocalConfig, LocalRuntime};
+use ndarray::{Array1, Array2};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// `n` examples of `dim` features in `classes` Gaussian clusters (unit
+/// noise around class means of norm ~3): learnable, not trivially.
+pub fn blobs(n: usize, dim: usize, classes: usize, seed: u64) -> (Array2<f32>, Array1<u32>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let means =
+        Array2::from_shape_fn((classes, dim), |_| rng.random_range(-1.0f32..1.0) * 3.0 / (dim as f32).sqrt() * 1.7);
+    let mut x = Array2::<f32>::zeros((n, dim));
+    let mut y = Array1::<u32>::zeros(n);
+    for i in 0..n {
+        let c = rng.random_range(0..classes);
+        y[i] = c as u32;
+        for j in 0..dim {
+            // Sum of uniforms: roughly Gaussian, unit-ish variance.
+            let noise: f32 = (0..3).map(|_| rng.random_range(-1.0f32..1.0)).sum::<f32>() / 3.0f32.sqrt() * 0.6;
+            x[[i, j]] = means[[c, j]] + noise;
+        }
+    }
+    (x, y)
+}
+
+/// Writes `features/{name}_features.npy` and `features/{name}_y.npy` under `root`.
+pub fn write_features(root: &Path, name: &str, x: &Array2<f32>, y: &Array1<u32>) {
+    std::fs::create_dir_all(root.join("features")).unwrap();
+    write_npy_atomic(root.join(format!("features/{name}_features.npy")), x).unwrap();
+    write_npy_atomic(root.join(format!("features/{name}_y.npy")), y).unwrap();
+}
+
+/// The spec JSON for cached features `name` under `features/`, merged with `extra`.
+pub fn spec(name: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut s = serde_json::json!({
+        "data": {"features": format!("features/{name}_features.npy"), "labels": format!("features/{name}_y.npy")},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        s[k] = v.clone();
+    }
+    s
+}
+
+pub fn start_event(job: &str, workers: usize, spec: serde_json::Value) -> Event {
+    Event::Start(StartEvent { job: JobId::new(job).unwrap(), workers, spec: Some(spec) })
+}
+
+/// The parameters of the job's last published round, and that round.
+pub fn final_params(root: &Path, job: &str) -> (u64, Params) {
+    let jd = JobDir::new(root, &JobId::new(job).unwrap());
+    let k = *jd.param_rounds().unwrap().last().unwrap();
+    (k, Params::read(&jd.params(k)).unwrap().0)
+}
+
+/// Starts `job` and waits for the runtime to go idle; panics on dead letters.
+pub async fn run_job<C: Clock>(rt: &LocalRuntime<C>, job: &str, workers: usize, spec: serde_json::Value) {
+    rt.invoke(&start_event(job, workers, spec)).await.unwrap();
+    rt.idle().await;
+    let dead = rt.dead_letters();
+    assert!(dead.is_empty(), "dead letters: {dead:?}");
+}
+
+/// A temp storage root, on tmpfs where there is one: the protocol fsyncs
+/// every publication, which is right on EFS but makes hundreds of trials
+/// slow on a VM disk while testing nothing more.
+pub fn temp_root() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+pub fn local_config() -> LocalConfig {
+    LocalConfig { memory_mb: 1769, ..LocalConfig::default() }
+}

@@ -1,0 +1,188 @@
+//! The protocol computes what single-process SGD computes.
+
+mod common;
+
+use common::*;
+use lml_kernel::approx::{assert_close, Approximation};
+use lml_kernel::optim::Sgd;
+use lml_kernel::trainer::{InMemoryFeatures, Trainer};
+use lml_lambda::event::JobId;
+use lml_lambda::progress::{JobStatus, LocalProgress, ProgressStore};
+use lml_lambda::services::{SystemClock, TickClock};
+use lml_lambda::LocalRuntime;
+use serde_json::json;
+
+const SGD: Sgd = Sgd { lr: 0.05, momentum: 0.9, weight_decay: 1e-3 };
+
+fn hyper(batch: usize, epochs: u64) -> serde_json::Value {
+    json!({"batch": batch, "micro_batch": 3, "epochs": epochs, "lr": SGD.lr, "momentum": SGD.momentum,
+           "weight_decay": SGD.weight_decay, "seed": 7})
+}
+
+/// N-worker gradient-sum rounds are large-batch SGD steps: same examples per
+/// step (the round's), same update, only the summation order differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gradient_sum_equals_large_batch_sgd() {
+    let (x, y) = blobs(61, 12, 3, 1);
+    for workers in [1, 2, 3, 5] {
+        let dir = temp_root();
+        write_features(dir.path(), "train", &x, &y);
+        let rt = LocalRuntime::start(dir.path(), SystemClock, local_config());
+        run_job(&rt, "gs", workers, spec("train", hyper(4, 2))).await;
+
+        let mut t = Trainer::new(3, 12, SGD, workers * 4, 7).unwrap();
+        let data = InMemoryFeatures { features: x.clone(), labels: y.to_vec() };
+        let steps = 2 * 61usize.div_ceil(workers * 4) as u64;
+        for e in 0..2 {
+            t.epoch(&data, e, |_, _| {}).unwrap();
+        }
+        let (k, p) = final_params(dir.path(), "gs");
+        assert_eq!(k, steps, "{workers} workers: rounds");
+        let what = format!("{workers} workers: weight");
+        assert_close(&what, p.head.weight.view(), t.head.weight.mapv(f64::from).view(), Approximation::Close);
+        assert_close("bias", p.head.bias.view(), t.head.bias.mapv(f64::from).view(), Approximation::Close);
+        assert_close(
+            "momentum",
+            p.velocity.weight.view(),
+            t.velocity.weight.mapv(f64::from).view(),
+            Approximation::Close,
+        );
+
+        let progress = LocalProgress::new(dir.path()).load(&JobId::new("gs").unwrap()).await.unwrap();
+        assert_eq!(progress.rounds.len() as u64, steps);
+        assert_eq!(progress.job.as_ref().unwrap().status, JobStatus::Finished);
+        for (k, done) in &progress.done {
+            assert_eq!(done.len(), workers, "round {k}: finished workers");
+        }
+        let seen: usize = progress.rounds.values().filter(|r| r.epoch == 0).map(|r| r.train.examples).sum();
+        assert_eq!(seen, 61, "an epoch covers every example once");
+    }
+}
+
+/// Model averaging with one worker is plain SGD with the worker's batch;
+/// with several it is the example-weighted mean of independent local runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_averaging_matches_a_direct_computation() {
+    let (x, y) = blobs(40, 6, 3, 2);
+    let data = InMemoryFeatures { features: x.clone(), labels: y.to_vec() };
+    for workers in [1usize, 3] {
+        let dir = temp_root();
+        write_features(dir.path(), "train", &x, &y);
+        let rt = LocalRuntime::start(dir.path(), SystemClock, local_config());
+        let mut h = hyper(3, 1);
+        h["sync"] = json!("model-average");
+        h["local_steps"] = json!(2);
+        h["micro_batch"] = json!(1);
+        run_job(&rt, "ma", workers, spec("train", h)).await;
+        let jd = lml_lambda::layout::JobDir::new(dir.path(), &JobId::new("ma").unwrap());
+        let cfg = jd.read_config().unwrap();
+
+        // Direct: every round, each worker runs its steps from the shared
+        // start; the next start is the example-weighted mean (f64) of the
+        // local models and momentum buffers.
+        let mut global = lml_lambda::compute::Params::init(3, 6, 7);
+        for k in 0..cfg.total_rounds {
+            let mut sum: Vec<ndarray::ArrayD<f64>> = Vec::new();
+            let mut count = 0usize;
+            for w in 0..workers {
+                let slice = cfg.worker_slice(k, w);
+                let mut local = global.clone();
+                for batch in slice.chunks(3) {
+                    let (bx, by) = lml_kernel::trainer::FeatureSource::batch(&data, batch).unwrap();
+                    let g = local.head.gradient(bx.view(), &by).unwrap();
+                    local.head.apply(&g, &SGD, &mut local.velocity).unwrap();
+                }
+                let parts = [
+                    local.head.weight.view().into_dyn(),
+                    local.head.bias.view().into_dyn(),
+                    local.velocity.weight.view().into_dyn(),
+                    local.velocity.bias.view().into_dyn(),
+                ];
+                let weighted: Vec<_> = parts.iter().map(|t| t.mapv(|v| f64::from(v) * slice.len() as f64)).collect();
+                if sum.is_empty() {
+                    sum = weighted;
+                } else {
+                    sum.iter_mut().zip(weighted).for_each(|(s, w)| *s += &w);
+                }
+                count += slice.len();
+            }
+            let mean = |i: usize| sum[i].mapv(|v| (v / count as f64) as f32);
+            global.head.weight = mean(0).into_dimensionality().unwrap();
+            global.head.bias = mean(1).into_dimensionality().unwrap();
+            global.velocity.weight = mean(2).into_dimensionality().unwrap();
+            global.velocity.bias = mean(3).into_dimensionality().unwrap();
+        }
+        let (k, p) = final_params(dir.path(), "ma");
+        assert_eq!(k, cfg.total_rounds);
+        let f = |a: &ndarray::Array2<f32>| a.mapv(f64::from);
+        let what = format!("{workers} workers: weight");
+        assert_close(&what, p.head.weight.view(), f(&global.head.weight).view(), Approximation::Close);
+        assert_close("momentum", p.velocity.weight.view(), f(&global.velocity.weight).view(), Approximation::Close);
+    }
+}
+
+/// A job on generated learnable data reaches a stated held-out accuracy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_on_learnable_data() {
+    let dir = temp_root();
+    let (x, y) = blobs(1200, 32, 5, 3);
+    write_features(
+        dir.path(),
+        "train",
+        &x.slice(ndarray::s![..1000, ..]).to_owned(),
+        &y.slice(ndarray::s![..1000]).to_owned(),
+    );
+    write_features(
+        dir.path(),
+        "test",
+        &x.slice(ndarray::s![1000.., ..]).to_owned(),
+        &y.slice(ndarray::s![1000..]).to_owned(),
+    );
+    let rt = LocalRuntime::start(dir.path(), SystemClock, local_config());
+    let mut s = spec("train", json!({"batch": 25, "micro_batch": 25, "epochs": 5, "lr": 0.1, "momentum": 0.9}));
+    s["eval"] = json!({"features": "features/test_features.npy", "labels": "features/test_y.npy"});
+    run_job(&rt, "conv", 4, s).await;
+    let p = LocalProgress::new(dir.path()).load(&JobId::new("conv").unwrap()).await.unwrap();
+    let job = p.job.unwrap();
+    let eval = job.eval.expect("evaluated at the end");
+    assert_eq!(eval.examples, 200);
+    assert!(eval.accuracy >= 0.9, "held-out accuracy {} after 5 epochs", eval.accuracy);
+    let evals = p.rounds.values().filter(|r| r.eval.is_some()).count();
+    assert_eq!(evals, 5, "evaluated at every epoch end");
+    let first = p.rounds.values().next().unwrap().train.loss;
+    assert!(job.eval.unwrap().loss < first / 2.0, "loss fell from {first}");
+}
+
+/// A short time limit makes workers continue themselves; the result is the
+/// same bits as without continuations, and the records count them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuations_change_nothing() {
+    let (x, y) = blobs(48, 8, 3, 4);
+    let mut results = Vec::new();
+    for limit in [None, Some(40u64)] {
+        let dir = temp_root();
+        write_features(dir.path(), "train", &x, &y);
+        let mut cfg = local_config();
+        cfg.enforce_time_limit = false;
+        let mut h = hyper(12, 2);
+        h["micro_batch"] = json!(2);
+        if let Some(l) = limit {
+            // Virtual clock: every reading is 10 ms later; 40 ms budget with
+            // 10 ms safety leaves room for about one micro-batch per invocation.
+            cfg.time_limit_ms = l;
+            h["time_limit_ms"] = json!(l);
+            h["safety_ms"] = json!(10);
+        }
+        let rt = LocalRuntime::start(dir.path(), TickClock::new(1_000_000, 10), cfg);
+        run_job(&rt, "cont", 2, spec("train", h)).await;
+        let p = LocalProgress::new(dir.path()).load(&JobId::new("cont").unwrap()).await.unwrap();
+        let continuations: u64 = p.workers.values().map(|w| w.continuations).sum();
+        if limit.is_some() {
+            assert!(continuations >= 8, "only {continuations} continuations");
+        } else {
+            assert_eq!(continuations, 0);
+        }
+        results.push(final_params(dir.path(), "cont"));
+    }
+    assert_eq!(results[0], results[1], "continuations changed the result");
+}
