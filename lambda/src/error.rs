@@ -58,14 +58,19 @@ pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;
 impl ProtocolError {
     /// Whether running the same event again can succeed: transient I/O,
     /// invoke and store failures and crashes can; a bad event, spec or job
-    /// folder cannot, so a runtime should not spend retries on them.
+    /// folder, or a missing data file cannot, so a runtime should not spend
+    /// retries on them. (Job-folder I/O stays retryable: on shared storage a
+    /// concurrent role may have just moved what this one looked for.)
     pub fn is_retryable(&self) -> bool {
         match self {
             ProtocolError::Io { .. }
             | ProtocolError::Invoke(_)
             | ProtocolError::Progress(_)
             | ProtocolError::Crashed(_) => true,
-            ProtocolError::Kernel(KernelError::Io { .. }) => true,
+            // A data or weight file that is missing or unreadable stays so.
+            ProtocolError::Kernel(KernelError::Io { source, .. }) => {
+                !matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied)
+            }
             ProtocolError::BadEvent { .. }
             | ProtocolError::BadSpec { .. }
             | ProtocolError::BadJob { .. }

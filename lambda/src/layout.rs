@@ -142,11 +142,11 @@ impl JobDir {
     /// Rounds whose parameters are published, ascending.
     ///
     /// # Errors
-    /// [`ProtocolError::Io`] if `params/` cannot be listed.
+    /// [`ProtocolError::BadJob`] if `params/` cannot be listed.
     pub fn param_rounds(&self) -> Result<Vec<u64>> {
         let dir = self.params_dir();
         let mut rounds: Vec<u64> = fs::read_dir(&dir)
-            .map_err(|e| ProtocolError::io(&dir, e))?
+            .map_err(|e| ProtocolError::job(&dir, format!("cannot list the parameters: {e}")))?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
             .collect();

@@ -23,6 +23,12 @@ pub trait Invoker: Send + Sync + 'static {
     fn invoke(&self, event: &Event) -> impl Future<Output = Result<()>> + Send;
 }
 
+impl<T: Invoker> Invoker for Arc<T> {
+    fn invoke(&self, event: &Event) -> impl Future<Output = Result<()>> + Send {
+        (**self).invoke(event)
+    }
+}
+
 /// Wall time in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> u64;

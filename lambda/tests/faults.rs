@@ -118,3 +118,39 @@ async fn hundreds_of_fault_trials_end_with_the_fault_free_parameters() {
     assert!(gave_up > 0, "no invocation ever exhausted its retries, so resume was never needed");
     eprintln!("{TRIALS} trials: {crashes} crashes, {gave_up} dead letters (then resumed), {continued} continuations");
 }
+
+/// A job whose invocations all die part-way (no retries, frequent crashes)
+/// is restarted by a resume event in a fresh runtime, from its checkpoint,
+/// and ends with the parameters of an undisturbed run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_job_resumes_from_its_last_checkpoint() {
+    let t = Trial {
+        workers: 3,
+        spec: spec("train", json!({"batch": 2, "epochs": 2, "lr": 0.05, "seed": 4, "time_limit_ms": 900000})),
+    };
+    let (clean, _) = run(&t, None).await;
+    let expected = final_params(clean.path(), "trial");
+
+    let dir = temp_root();
+    let (x, y) = blobs(30, 5, 3, 9);
+    write_features(dir.path(), "train", &x, &y);
+    let dying = LocalConfig {
+        retries: 0,
+        faults: FaultPlan { seed: 3, crash: 0.15, ..FaultPlan::default() },
+        ..local_config()
+    };
+    let rt = LocalRuntime::start(dir.path(), TickClock::new(0, 1), dying);
+    rt.invoke_payload(start_event("trial", 3, t.spec.clone()).to_json()).unwrap();
+    rt.idle().await;
+    let jd = JobDir::new(dir.path(), &JobId::new("trial").unwrap());
+    assert!(jd.exists() && !jd.final_json().exists(), "the job should have died part-way");
+    assert!(!rt.dead_letters().is_empty());
+    let died_at = *jd.param_rounds().unwrap().last().unwrap();
+
+    let rt = LocalRuntime::start(dir.path(), TickClock::new(0, 1), local_config());
+    let out = rt.call(&json!({"resume": true, "job": "trial"})).await.unwrap();
+    assert!(matches!(out, lml_lambda::Outcome::Resumed { round, .. } if round == died_at), "{out:?}");
+    rt.idle().await;
+    assert!(jd.final_json().exists(), "resumed job did not finish");
+    assert_eq!(final_params(dir.path(), "trial"), expected);
+}

@@ -87,3 +87,51 @@ pub fn temp_root() -> tempfile::TempDir {
 pub fn local_config() -> LocalConfig {
     LocalConfig { memory_mb: 1769, ..LocalConfig::default() }
 }
+
+/// An invoker that only records events: roles run one at a time, by hand.
+#[derive(Default)]
+pub struct Recorder(pub std::sync::Mutex<Vec<Event>>);
+
+impl lml_lambda::services::Invoker for Recorder {
+    async fn invoke(&self, event: &Event) -> lml_lambda::Result<()> {
+        self.0.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+pub type Manual = lml_lambda::services::Services<
+    std::sync::Arc<Recorder>,
+    lml_lambda::progress::LocalProgress,
+    lml_lambda::services::SystemClock,
+>;
+
+/// Services over `root` whose invocations are recorded, not run.
+pub fn manual(root: &Path) -> (Manual, std::sync::Arc<Recorder>) {
+    let rec = std::sync::Arc::new(Recorder::default());
+    let svc = lml_lambda::services::Services::new(
+        root,
+        rec.clone(),
+        lml_lambda::progress::LocalProgress::new(root),
+        lml_lambda::services::SystemClock,
+        1,
+    );
+    (svc, rec)
+}
+
+/// Every file under `root` with its bytes: to show that nothing changed.
+pub fn snapshot(root: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    fn walk(dir: &Path, out: &mut std::collections::BTreeMap<std::path::PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.insert(p.clone(), Vec::new());
+                walk(&p, out);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, &mut out);
+    out
+}
