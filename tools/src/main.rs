@@ -1,6 +1,7 @@
 //! `lml`: command-line tools for the serverless VGG19 trainer.
 
 mod profile;
+mod train;
 
 use lml_tools::synth;
 
@@ -28,6 +29,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a softmax head with N parallel workers on the local runtime
+    /// (the start / worker / combine protocol, as on AWS Lambda), with a
+    /// live progress display. Generates a learnable dataset if given no data.
+    Train(Box<train::TrainArgs>),
+    /// Print a job's progress and final accuracy.
+    Status(train::StatusArgs),
+    /// Ask a running job to stop after the round in progress.
+    Stop(train::StopArgs),
     /// Kernel demo: generate images (and random VGG19 weights unless given),
     /// extract frozen features, train the softmax head, report test accuracy.
     Demo(DemoArgs),
@@ -290,6 +299,9 @@ struct DemoArgs {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Train(args) => train::train(&args),
+        Command::Status(args) => train::status(&args),
+        Command::Stop(args) => train::stop(&args),
         Command::Demo(args) => {
             let threads = args.threads.unwrap_or_else(default_threads);
             let pool = lml_kernel::parallel::thread_pool(threads)?;
