@@ -29,6 +29,27 @@ impl<T: Invoker> Invoker for Arc<T> {
     }
 }
 
+/// An invoker that only records what it is asked to send: for tests,
+/// benchmarks, and driving roles one at a time by hand.
+#[derive(Debug, Default)]
+pub struct RecordingInvoker {
+    events: Mutex<Vec<Event>>,
+}
+
+impl RecordingInvoker {
+    /// The events sent so far, in order.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().expect("not poisoned").clone()
+    }
+}
+
+impl Invoker for RecordingInvoker {
+    async fn invoke(&self, event: &Event) -> Result<()> {
+        self.events.lock().expect("not poisoned").push(event.clone());
+        Ok(())
+    }
+}
+
 /// Wall time in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> u64;

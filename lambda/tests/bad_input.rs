@@ -80,7 +80,7 @@ async fn bad_events_are_rejected_and_write_nothing() {
         let err = expect_error(&svc, payload.clone(), needle).await;
         assert!(!err.is_retryable(), "{payload}: a bad event must not be retried ({err})");
     }
-    assert!(rec.0.lock().unwrap().is_empty(), "nothing was invoked");
+    assert!(rec.events().is_empty(), "nothing was invoked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +91,7 @@ async fn events_that_contradict_the_job_are_rejected() {
         json!({"start": true, "workers": 2, "job": "j", "spec": spec("train", json!({"batch": 3, "epochs": 2}))});
     let out = handle(&svc, &start, &Invocation::default()).await.unwrap();
     assert_eq!(out, Outcome::Started { job: JobId::new("j").unwrap(), duplicate: false });
-    assert_eq!(rec.0.lock().unwrap().len(), 2, "two workers invoked");
+    assert_eq!(rec.events().len(), 2, "two workers invoked");
     // rounds_per_epoch = ceil(20 / 6) = 4, total 8.
     expect_error(&svc, json!({"workerno": 0, "workers": 3, "job": "j"}), "workers: 3, but job j has 2").await;
     expect_error(&svc, json!({"workerno": 0, "workers": 2, "job": "j", "round": 8}), "beyond the job's 8 rounds").await;
@@ -105,7 +105,7 @@ async fn events_that_contradict_the_job_are_rejected() {
     let before = snapshot(dir.path());
     let out = handle(&svc, &start, &Invocation::default()).await.unwrap();
     assert_eq!(out, Outcome::Started { job: JobId::new("j").unwrap(), duplicate: true });
-    assert_eq!(rec.0.lock().unwrap().len(), 2, "a duplicate start invokes no one again");
+    assert_eq!(rec.events().len(), 2, "a duplicate start invokes no one again");
     assert!(snapshot(dir.path()) == before);
     // The seed's epochsdone addresses the first round of an epoch.
     let e = Event::parse(&json!({"workerno": 1, "workers": 2, "job": "j", "epochsdone": 1})).unwrap();

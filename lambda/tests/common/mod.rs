@@ -88,26 +88,15 @@ pub fn local_config() -> LocalConfig {
     LocalConfig { memory_mb: 1769, ..LocalConfig::default() }
 }
 
-/// An invoker that only records events: roles run one at a time, by hand.
-#[derive(Default)]
-pub struct Recorder(pub std::sync::Mutex<Vec<Event>>);
-
-impl lml_lambda::services::Invoker for Recorder {
-    async fn invoke(&self, event: &Event) -> lml_lambda::Result<()> {
-        self.0.lock().unwrap().push(event.clone());
-        Ok(())
-    }
-}
-
 pub type Manual = lml_lambda::services::Services<
-    std::sync::Arc<Recorder>,
+    std::sync::Arc<lml_lambda::services::RecordingInvoker>,
     lml_lambda::progress::LocalProgress,
     lml_lambda::services::SystemClock,
 >;
 
 /// Services over `root` whose invocations are recorded, not run.
-pub fn manual(root: &Path) -> (Manual, std::sync::Arc<Recorder>) {
-    let rec = std::sync::Arc::new(Recorder::default());
+pub fn manual(root: &Path) -> (Manual, std::sync::Arc<lml_lambda::services::RecordingInvoker>) {
+    let rec = std::sync::Arc::new(lml_lambda::services::RecordingInvoker::default());
     let svc = lml_lambda::services::Services::new(
         root,
         rec.clone(),
