@@ -12,27 +12,26 @@ use lml_kernel::{reference, Cut, KernelError, Preset, Vgg19};
 use ndarray::{Array2, Array4, ArrayD, Ix1, Ix2, Ix4};
 use rand::{Rng, SeedableRng};
 
-/// One random fc7 weight directory shared by the tests of this file (574 MB
-/// of f32 is generated once; the files are memory-mapped by each test).
-fn weights_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let w = random_weights(7, Cut::Fc7);
-        WeightStore::write(
-            tmp.path().join("w"),
-            MODEL,
-            Preset::Torchvision,
-            w.iter().map(|(n, a)| (n.clone(), a.view())),
-        )
-        .unwrap();
-        tmp
-    })
-    .path()
-}
-
+/// One random fc7 weight directory shared by the tests of this file: 574 MB
+/// of f32, generated once under the target directory and reused by every
+/// test process and later runs (nextest runs each test in its own process,
+/// so a per-process temp dir would be written, and leaked, once per test).
 fn dir() -> std::path::PathBuf {
-    weights_dir().join("w")
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vgg19-random-weights-seed7-fc7");
+        if !dir.join(lml_kernel::weights::MANIFEST).exists() {
+            let w = random_weights(7, Cut::Fc7);
+            let written =
+                WeightStore::write(&dir, MODEL, Preset::Torchvision, w.iter().map(|(n, a)| (n.clone(), a.view())));
+            // Another test process may have published it meanwhile.
+            if let Err(e) = written {
+                assert!(dir.join(lml_kernel::weights::MANIFEST).exists(), "writing test weights: {e}");
+            }
+        }
+        dir
+    })
+    .clone()
 }
 
 fn input(n: usize, s: usize, seed: u64) -> Array4<f32> {

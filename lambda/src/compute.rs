@@ -204,15 +204,15 @@ pub enum SliceEnd {
     Yielded,
 }
 
-/// The highest continuation save of worker `w` in round `k`.
-fn latest_partial(jd: &JobDir, k: u64, w: usize) -> Result<Option<u64>> {
-    let dir = jd.round(k);
-    let prefix = format!("w{w:04}-part-");
-    let entries = std::fs::read_dir(&dir).map_err(|e| ProtocolError::io(&dir, e))?;
-    Ok(entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)).and_then(|s| s.parse().ok()))
-        .max())
+/// The highest continuation save of worker `w` in round `k`. Saves are
+/// numbered 1, 2, … and published in order, so probing names upward finds
+/// the last one without trusting a directory listing (see [`present`]).
+fn latest_partial(jd: &JobDir, k: u64, w: usize) -> Option<u64> {
+    let mut seq = 0;
+    while present(&jd.partial(k, w, seq + 1)) {
+        seq += 1;
+    }
+    (seq > 0).then_some(seq)
 }
 
 /// Worker `w`'s work in round `k`: resumes from its latest continuation save,
@@ -241,7 +241,7 @@ pub fn run_slice(
         SyncMode::ModelAverage => cfg.spec.batch,
     };
     let units: Vec<&[usize]> = indices.chunks(unit).collect();
-    let (mut state, mut cursor, mut compute_ms, seq) = match latest_partial(jd, k, w)? {
+    let (mut state, mut cursor, mut compute_ms, seq) = match latest_partial(jd, k, w) {
         Some(seq) => {
             let path = jd.partial(k, w, seq);
             let b = read_bundle(&path)?;
@@ -425,12 +425,12 @@ pub fn apply(cfg: &JobConfig, base: &Params, reduced: &Reduced, root: &Path) -> 
     }
 }
 
-/// Loss and accuracy of `head` over all of `source`.
+/// Loss and accuracy of `head` over the first `limit` examples of `source` (all if `None`).
 ///
 /// # Errors
 /// Kernel errors from the data.
-pub fn evaluate(head: &Head, source: &dyn FeatureSource) -> Result<Score> {
-    let idx: Vec<usize> = (0..source.len()).collect();
+pub fn evaluate(head: &Head, source: &dyn FeatureSource, limit: Option<usize>) -> Result<Score> {
+    let idx: Vec<usize> = (0..source.len().min(limit.unwrap_or(usize::MAX))).collect();
     let mut total = Evaluation::default();
     for chunk in idx.chunks(256) {
         let (x, y) = source.batch(chunk)?;

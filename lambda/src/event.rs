@@ -307,3 +307,40 @@ impl Event {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let job = JobId::new("j-1.a_b").unwrap();
+        let events = [
+            Event::Start(StartEvent { job: job.clone(), workers: 3, spec: Some(json!({"batch": 4})) }),
+            Event::Start(StartEvent { job: job.clone(), workers: 1, spec: None }),
+            Event::Worker(WorkerEvent {
+                job: job.clone(),
+                workers: 4,
+                workerno: 3,
+                round: RoundRef { round: Some(12), epochsdone: Some(6) },
+                continuation: 2,
+            }),
+            Event::Combine(CombineEvent { job: job.clone(), workers: 4, round: RoundRef::round(7) }),
+            Event::Resume { job: job.clone() },
+            Event::Stop { job },
+        ];
+        for e in events {
+            assert_eq!(Event::parse(&e.to_json()).unwrap(), e, "{}", e.to_json());
+        }
+    }
+
+    #[test]
+    fn the_seeds_events_parse_as_written() {
+        let start = Event::parse(&json!({"start": true, "workers": 16})).unwrap();
+        assert_eq!(start, Event::Start(StartEvent { job: JobId::new(DEFAULT_JOB).unwrap(), workers: 16, spec: None }));
+        let Event::Combine(c) = Event::parse(&json!({"combine": true, "workers": 16, "epochsdone": 6})).unwrap() else {
+            panic!("not a combine")
+        };
+        assert_eq!(c.round.resolve(10).unwrap(), 60);
+    }
+}

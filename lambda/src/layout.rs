@@ -10,9 +10,9 @@
 //! * **Small replaceable records** (`config.json` is written once; progress
 //!   records may be replaced whole): temp file, fsync, rename.
 //!
-//! Existence checks go through a directory listing rather than `stat`: on
-//! NFS (EFS) opening a directory revalidates it, while a cached negative
-//! lookup could hide a sibling's fresh file.
+//! Existence checks ([`present`]) use `stat` and, when it says no, a
+//! directory listing too: on NFS (EFS) opening a directory revalidates it,
+//! while a cached negative lookup could hide a sibling's fresh file.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -139,6 +139,14 @@ impl JobDir {
         Ok(cfg)
     }
 
+    /// The newest published parameters' round (0 if none can be found).
+    ///
+    /// # Errors
+    /// As [`param_rounds`](Self::param_rounds).
+    pub fn latest_params(&self) -> Result<u64> {
+        Ok(self.param_rounds()?.last().copied().unwrap_or(0))
+    }
+
     /// Rounds whose parameters are published, ascending.
     ///
     /// # Errors
@@ -151,12 +159,29 @@ impl JobDir {
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
             .collect();
         rounds.sort_unstable();
+        // A listing can miss a name created meanwhile (see `present`): probe past the newest.
+        if let Some(&last) = rounds.last() {
+            let mut k = last;
+            while present(&self.params(k + 1)) {
+                k += 1;
+                rounds.push(k);
+            }
+        }
         Ok(rounds)
     }
 }
 
-/// Whether `path` exists, decided by listing its parent (see the module docs).
+/// Whether `path` exists: a `stat`, and if that says no, a listing of the
+/// parent as well (see the module docs). Each alone can miss a name that
+/// exists: on NFS a cached negative lookup can hide a file another client
+/// just published, and a directory listing taken while other names in the
+/// same directory are created, renamed or removed can skip entries (seen on
+/// this machine's tmpfs: a worker listed `params/` while the combine pruned
+/// an old round and missed the newest parameters). Both would have to miss.
 pub fn present(path: &Path) -> bool {
+    if path.symlink_metadata().is_ok() {
+        return true;
+    }
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return false };
     match fs::read_dir(dir) {
         Ok(entries) => entries.filter_map(|e| e.ok()).any(|e| e.file_name() == name),

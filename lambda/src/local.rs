@@ -91,6 +91,7 @@ struct Shared {
     idle: Notify,
     rng: Mutex<ChaCha8Rng>,
     dead: Mutex<Vec<DeadLetter>>,
+    failures: Mutex<Vec<DeadLetter>>,
     invocations: AtomicU64,
 }
 
@@ -175,6 +176,15 @@ pub struct LocalRuntime<C: Clock> {
     invoker: LocalInvoker,
     shared: Arc<Shared>,
     probe: Arc<CrashProbe>,
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+impl<C: Clock> Drop for LocalRuntime<C> {
+    /// Stops dispatching (deliveries still queued are dropped, as when a
+    /// process dies); invocations already running finish on their own.
+    fn drop(&mut self) {
+        self.dispatcher.abort();
+    }
 }
 
 impl<C: Clock> LocalRuntime<C> {
@@ -188,6 +198,7 @@ impl<C: Clock> LocalRuntime<C> {
             idle: Notify::new(),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(config.faults.seed)),
             dead: Mutex::new(Vec::new()),
+            failures: Mutex::new(Vec::new()),
             invocations: AtomicU64::new(0),
         });
         let invoker = LocalInvoker { tx, shared: shared.clone(), plan: config.faults.clone() };
@@ -201,8 +212,8 @@ impl<C: Clock> LocalRuntime<C> {
         )
         .with_probe(probe.clone());
         let svc = Arc::new(svc);
-        tokio::spawn(dispatch(rx, svc.clone(), invoker.clone(), shared.clone(), config));
-        LocalRuntime { svc, invoker, shared, probe }
+        let dispatcher = tokio::spawn(dispatch(rx, svc.clone(), invoker.clone(), shared.clone(), config));
+        LocalRuntime { svc, invoker, shared, probe, dispatcher }
     }
 
     /// Sends `event` as a client would (asynchronously, at least once).
@@ -247,6 +258,11 @@ impl<C: Clock> LocalRuntime<C> {
     /// Deliveries that failed after their last retry.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.shared.dead.lock().expect("not poisoned").clone()
+    }
+
+    /// Every failed attempt, retried or not (injected crashes included).
+    pub fn failures(&self) -> Vec<DeadLetter> {
+        self.shared.failures.lock().expect("not poisoned").clone()
     }
 
     /// Invocations run so far (every attempt of every delivery).
@@ -305,6 +321,11 @@ async fn dispatch<C: Clock>(
                 }
             };
             if let Err((retryable, error)) = result {
+                shared
+                    .failures
+                    .lock()
+                    .expect("not poisoned")
+                    .push(DeadLetter { event: d.payload.clone(), error: error.clone() });
                 if retryable && d.attempt < config.retries {
                     // Lambda waits about a minute, then two; a short backoff keeps the order shuffled.
                     let _ = invoker.send(d.payload, d.attempt + 1, 1 + u64::from(d.attempt) * 5);

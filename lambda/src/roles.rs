@@ -163,8 +163,17 @@ async fn fanout<I: Invoker, P: ProgressStore, C: Clock>(
         }
         svc.invoker.invoke(&worker_event(cfg, &jd.job, k, w, 0)).await?;
     }
-    claim(&jd.fanout(k), "fanout")?;
+    claim_in_round(jd, k, &jd.fanout(k), "fanout")?;
     Ok(())
+}
+
+/// [`claim`] of a file in round `k`'s folder; `None` if the folder is gone:
+/// the round ran to its end and was pruned while this invocation was slow.
+fn claim_in_round(jd: &JobDir, k: u64, path: &std::path::Path, owner: &str) -> Result<Option<crate::layout::Claim>> {
+    match claim(path, owner) {
+        Err(_) if !jd.round(k).exists() => Ok(None),
+        r => r.map(Some),
+    }
 }
 
 fn worker_event(cfg: &JobConfig, job: &JobId, k: u64, w: usize, continuation: u64) -> Event {
@@ -198,7 +207,8 @@ async fn worker<I: Invoker, P: ProgressStore, C: Clock>(
     let jd = JobDir::new(&svc.root, &ev.job);
     let (cfg, k) = event_round(&jd, ev.workers, &ev.round)?;
     let w = ev.workerno;
-    if present(&jd.params(k + 1)) || present(&jd.final_json()) {
+    // A late delivery or retry for a round that is over (its files may be pruned).
+    if present(&jd.params(k + 1)) || present(&jd.final_json()) || jd.latest_params()? > k {
         return Ok(Outcome::Skipped(format!("round {k} is already applied")));
     }
     if !present(&jd.params(k)) {
@@ -246,7 +256,7 @@ async fn worker<I: Invoker, P: ProgressStore, C: Clock>(
     // names this worker, so a retry of this very event (after a crash
     // between claiming and invoking) still sends the combine.
     let me = format!("worker {w} round {k}");
-    if !claim(&jd.trigger(k), &me)?.is_mine(&me) {
+    if !claim_in_round(&jd, k, &jd.trigger(k), &me)?.is_some_and(|c| c.is_mine(&me)) {
         return Ok(Outcome::WorkerDone { round: k, workerno: w, combine: false });
     }
     svc.probe.at("trigger.claimed", k)?;
@@ -262,7 +272,7 @@ async fn worker<I: Invoker, P: ProgressStore, C: Clock>(
         round: RoundRef { round: Some(k), epochsdone: Some(cfg.epoch_of(k)) },
     });
     svc.invoker.invoke(&event).await?;
-    claim(&jd.combine_invoked(k), &me)?;
+    claim_in_round(&jd, k, &jd.combine_invoked(k), &me)?;
     Ok(Outcome::WorkerDone { round: k, workerno: w, combine: true })
 }
 
@@ -271,6 +281,11 @@ async fn combine<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>
     let (cfg, k) = event_round(&jd, ev.workers, &ev.round)?;
     if present(&jd.final_json()) {
         return Ok(Outcome::Skipped("the job has ended".into()));
+    }
+    // A late delivery or retry: round k+1 is applied too, so round k's
+    // record and fan-out are done and its files may be pruned.
+    if jd.latest_params()? > k + 1 {
+        return Ok(Outcome::Skipped(format!("round {k} and the next are already applied")));
     }
     if !present(&jd.params(k + 1)) {
         let root = jd.sum(k, 0, cfg.workers);
@@ -317,7 +332,7 @@ fn apply_once<I: Invoker, P: ProgressStore, C: Clock>(
         let eval = match (&cfg.spec.eval, cfg.evaluates_after(k)) {
             (Some(spec), true) => {
                 let source = svc.source(spec)?;
-                Some(svc.pool()?.install(|| compute::evaluate(&next.head, &*source))?)
+                Some(svc.pool()?.install(|| compute::evaluate(&next.head, &*source, cfg.spec.eval_examples))?)
             }
             _ => None,
         };

@@ -222,3 +222,28 @@ fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
     pools.insert(threads, p.clone());
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_buys_one_thread_per_1769_mb_up_to_six() {
+        let table = [(128, 1), (1769, 1), (1770, 2), (3538, 2), (5307, 3), (8192, 5), (10240, 6), (20000, 6)];
+        for (mb, threads) in table {
+            assert_eq!(lambda_threads(mb), threads, "{mb} MB");
+        }
+    }
+
+    #[test]
+    fn implausible_deadlines_fall_back_to_the_configured_limit() {
+        let now = 1_800_000_000_000;
+        let inv = |d| Invocation { request_id: String::new(), deadline_ms: d };
+        assert_eq!(inv(Some(now + 60_000)).effective_deadline(now, 5_000), now + 60_000);
+        assert_eq!(inv(None).effective_deadline(now, 5_000), now + 5_000);
+        // `cargo lambda watch` sends 600000 ms after the epoch: long past.
+        assert_eq!(inv(Some(600_000)).effective_deadline(now, 5_000), now + 5_000);
+        // More than 15 minutes (+ slack) away is not a Lambda deadline either.
+        assert_eq!(inv(Some(now + 3_600_000)).effective_deadline(now, 5_000), now + 5_000);
+    }
+}

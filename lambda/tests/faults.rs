@@ -83,7 +83,8 @@ async fn hundreds_of_fault_trials_end_with_the_fault_free_parameters() {
     for seed in 0..TRIALS {
         let t = trial(seed);
         let (clean_dir, clean_rt) = run(&t, None).await;
-        assert!(clean_rt.dead_letters().is_empty());
+        let dead = clean_rt.dead_letters();
+        assert!(dead.is_empty(), "trial {seed}: fault-free run failed: {dead:?}");
         let expected = final_params(clean_dir.path(), "trial");
 
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfa17);

@@ -87,6 +87,9 @@ pub struct TrainArgs {
     /// Feature cut for --images.
     #[arg(long, default_value = "fc7")]
     cut: Cut,
+    /// Evaluate on at most this many held-out examples (all by default).
+    #[arg(long)]
+    eval_examples: Option<usize>,
     /// Training images to generate when neither --features nor --images is given.
     #[arg(long, default_value_t = 2000)]
     generate: usize,
@@ -208,6 +211,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                     time_limit_ms: ((args.time_limit * 1000.0) as u64).min(lml_lambda::spec::LAMBDA_MAX_MS),
                     safety_ms: ((args.time_limit * 1000.0) as u64 / 10).min(5_000),
                     eval_every: 0,
+                    eval_examples: args.eval_examples,
                 };
                 let id = args.job.clone().unwrap_or_else(|| format!("train-{}", SystemClock.now_secs()));
                 let job = JobId::new(&id)?;
