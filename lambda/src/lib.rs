@@ -73,6 +73,8 @@
 //! directory), `link(2)` failing on an existing name, and advisory locks:
 //! local file systems and EFS (NFSv4.1) provide all three.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod compute;
 pub mod error;
 pub mod event;

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::error::{ProtocolError, Result};
 use crate::event::Event;
-use crate::progress::LocalProgress;
+use crate::progress::{LocalProgress, ProgressStore};
 use crate::roles::{handle, Outcome};
 use crate::services::{lambda_threads, Clock, Invocation, Invoker, Probe, Services};
 
@@ -171,15 +171,15 @@ impl Probe for CrashProbe {
 }
 
 /// The runtime: a dispatcher that runs queued events through [`handle`].
-pub struct LocalRuntime<C: Clock> {
-    svc: Arc<Services<LocalInvoker, LocalProgress, C>>,
+pub struct LocalRuntime<C: Clock, P: ProgressStore = LocalProgress> {
+    svc: Arc<Services<LocalInvoker, P, C>>,
     invoker: LocalInvoker,
     shared: Arc<Shared>,
     probe: Arc<CrashProbe>,
     dispatcher: tokio::task::JoinHandle<()>,
 }
 
-impl<C: Clock> Drop for LocalRuntime<C> {
+impl<C: Clock, P: ProgressStore> Drop for LocalRuntime<C, P> {
     /// Stops dispatching (deliveries still queued are dropped, as when a
     /// process dies); invocations already running finish on their own.
     fn drop(&mut self) {
@@ -187,10 +187,20 @@ impl<C: Clock> Drop for LocalRuntime<C> {
     }
 }
 
-impl<C: Clock> LocalRuntime<C> {
-    /// Starts a runtime over the storage root `root`. Must be called inside a
-    /// multi-threaded tokio runtime (the dispatcher is a task on it).
+impl<C: Clock> LocalRuntime<C, LocalProgress> {
+    /// Starts a runtime over the storage root `root`, with progress files in
+    /// the job folders. Must be called inside a multi-threaded tokio runtime
+    /// (the dispatcher is a task on it).
     pub fn start(root: impl Into<PathBuf>, clock: C, config: LocalConfig) -> Self {
+        let root = root.into();
+        let progress = LocalProgress::new(root.clone());
+        Self::start_with(root, clock, progress, config)
+    }
+}
+
+impl<C: Clock, P: ProgressStore> LocalRuntime<C, P> {
+    /// Starts a runtime over `root` with another progress store (e.g. DynamoDB).
+    pub fn start_with(root: impl Into<PathBuf>, clock: C, progress: P, config: LocalConfig) -> Self {
         let root = root.into();
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -203,14 +213,8 @@ impl<C: Clock> LocalRuntime<C> {
         });
         let invoker = LocalInvoker { tx, shared: shared.clone(), plan: config.faults.clone() };
         let probe = Arc::new(CrashProbe::new(config.faults.crash, config.faults.seed ^ 0x5eed));
-        let svc = Services::new(
-            root.clone(),
-            invoker.clone(),
-            LocalProgress::new(root),
-            clock,
-            lambda_threads(config.memory_mb),
-        )
-        .with_probe(probe.clone());
+        let svc = Services::new(root, invoker.clone(), progress, clock, lambda_threads(config.memory_mb))
+            .with_probe(probe.clone());
         let svc = Arc::new(svc);
         let dispatcher = tokio::spawn(dispatch(rx, svc.clone(), invoker.clone(), shared.clone(), config));
         LocalRuntime { svc, invoker, shared, probe, dispatcher }
@@ -281,14 +285,14 @@ impl<C: Clock> LocalRuntime<C> {
     }
 
     /// The services the handler runs with (root, progress store, clock).
-    pub fn services(&self) -> &Services<LocalInvoker, LocalProgress, C> {
+    pub fn services(&self) -> &Services<LocalInvoker, P, C> {
         &self.svc
     }
 }
 
-async fn dispatch<C: Clock>(
+async fn dispatch<C: Clock, P: ProgressStore>(
     mut rx: mpsc::UnboundedReceiver<Delivery>,
-    svc: Arc<Services<LocalInvoker, LocalProgress, C>>,
+    svc: Arc<Services<LocalInvoker, P, C>>,
     invoker: LocalInvoker,
     shared: Arc<Shared>,
     config: LocalConfig,

@@ -355,14 +355,32 @@ pub struct StatusArgs {
     /// Also list every round.
     #[arg(long)]
     rounds: bool,
+    /// Read the progress from this DynamoDB table (a job on AWS) instead of the job folder.
+    #[arg(long)]
+    table: Option<String>,
+    /// DynamoDB endpoint URL (an emulator); default: AWS's, from the environment's region.
+    #[arg(long, requires = "table")]
+    endpoint_url: Option<String>,
 }
 
 pub fn status(args: &StatusArgs) -> Result<()> {
     let job = JobId::new(&args.job)?;
-    let jd = JobDir::new(&args.root, &job);
-    jd.read_config().with_context(|| format!("job {job} under {}", args.root.display()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    let p = runtime.block_on(LocalProgress::new(&args.root).load(&job))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let p = match &args.table {
+        Some(table) => runtime.block_on(async {
+            let store = lml_lambda::aws::DynamoProgress::from_env(table, args.endpoint_url.as_deref()).await;
+            let p = store.load(&job).await.with_context(|| format!("reading job {job} from table {table}"))?;
+            if p.job.is_none() {
+                bail!("table {table} has no job {job}");
+            }
+            Ok(p)
+        })?,
+        None => {
+            let jd = JobDir::new(&args.root, &job);
+            jd.read_config().with_context(|| format!("job {job} under {}", args.root.display()))?;
+            runtime.block_on(LocalProgress::new(&args.root).load(&job))?
+        }
+    };
     if args.rounds {
         for r in p.rounds.values() {
             println!("{}", round_line(r));

@@ -64,7 +64,12 @@ pub fn final_params(root: &Path, job: &str) -> (u64, Params) {
 }
 
 /// Starts `job` and waits for the runtime to go idle; panics on dead letters.
-pub async fn run_job<C: Clock>(rt: &LocalRuntime<C>, job: &str, workers: usize, spec: serde_json::Value) {
+pub async fn run_job<C: Clock, P: lml_lambda::progress::ProgressStore>(
+    rt: &LocalRuntime<C, P>,
+    job: &str,
+    workers: usize,
+    spec: serde_json::Value,
+) {
     rt.invoke(&start_event(job, workers, spec)).await.unwrap();
     rt.idle().await;
     let dead = rt.dead_letters();
