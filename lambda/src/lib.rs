@@ -76,6 +76,7 @@
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod compute;
+pub mod cost;
 pub mod error;
 pub mod event;
 pub mod layout;

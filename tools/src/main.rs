@@ -1,5 +1,6 @@
 //! `lml`: command-line tools for the serverless VGG19 trainer.
 
+mod plan;
 mod profile;
 mod train;
 
@@ -33,6 +34,8 @@ enum Command {
     /// (the start / worker / combine protocol, as on AWS Lambda), with a
     /// live progress display. Generates a learnable dataset if given no data.
     Train(Box<train::TrainArgs>),
+    /// Estimate what a job would cost and take on AWS Lambda.
+    Plan(plan::PlanArgs),
     /// Print a job's progress and final accuracy.
     Status(train::StatusArgs),
     /// Ask a running job to stop after the round in progress.
@@ -301,6 +304,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::train(&args),
         Command::Status(args) => train::status(&args),
+        Command::Plan(args) => plan::plan(&args),
         Command::Stop(args) => train::stop(&args),
         Command::Demo(args) => {
             let threads = args.threads.unwrap_or_else(default_threads);

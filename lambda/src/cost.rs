@@ -1,0 +1,185 @@
+//! What a job costs on AWS: a small model of Lambda GB-seconds and requests,
+//! DynamoDB on-demand requests, EFS storage and elastic throughput, and the
+//! Lambda interface endpoint's hours.
+//!
+//! Prices are inputs ([`Prices`]); the defaults are AWS's published us-east-1
+//! list prices (2025). Check them before relying on an estimate.
+
+use serde::Serialize;
+
+/// Unit prices in US dollars.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Prices {
+    /// Lambda compute per GB-second, arm64.
+    pub gb_second_arm64: f64,
+    /// Lambda compute per GB-second, x86_64.
+    pub gb_second_x86_64: f64,
+    /// Lambda requests, per request.
+    pub request: f64,
+    /// DynamoDB on-demand write request unit.
+    pub dynamodb_write: f64,
+    /// DynamoDB on-demand read request unit.
+    pub dynamodb_read: f64,
+    /// EFS Standard storage per GB-month.
+    pub efs_gb_month: f64,
+    /// EFS elastic throughput, per GB read.
+    pub efs_read_gb: f64,
+    /// EFS elastic throughput, per GB written.
+    pub efs_write_gb: f64,
+    /// One interface VPC endpoint in one AZ, per hour.
+    pub endpoint_az_hour: f64,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Prices {
+            gb_second_arm64: 0.000_013_333_4,
+            gb_second_x86_64: 0.000_016_666_7,
+            request: 0.20 / 1e6,
+            dynamodb_write: 0.625 / 1e6,
+            dynamodb_read: 0.125 / 1e6,
+            efs_gb_month: 0.30,
+            efs_read_gb: 0.03,
+            efs_write_gb: 0.06,
+            endpoint_az_hour: 0.01,
+        }
+    }
+}
+
+/// A job to price.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobShape {
+    pub workers: usize,
+    pub memory_mb: u32,
+    pub arm64: bool,
+    /// Examples processed in total (epochs × training examples).
+    pub examples: u64,
+    /// Rounds (combines) in total.
+    pub rounds: u64,
+    /// Worker compute seconds per example at this memory size.
+    pub seconds_per_example: f64,
+    /// Seconds a worker invocation spends besides computing (start-up,
+    /// reading parameters, publishing, reducing), per round.
+    pub worker_overhead_s: f64,
+    /// Seconds one combine invocation takes.
+    pub combine_s: f64,
+    /// Invocation time limit (s): long slices are split into continuations.
+    pub time_limit_s: f64,
+    /// Bytes read from EFS per example (an image, or a cached feature row).
+    pub bytes_per_example: f64,
+    /// Bytes of trainable parameters (each round reads and writes a few copies).
+    pub parameter_bytes: f64,
+    /// GB kept on EFS (data, weights, features) and for how many days.
+    pub stored_gb: f64,
+    pub stored_days: f64,
+    /// AZs the Lambda interface endpoint spans.
+    pub endpoint_azs: u32,
+}
+
+/// The estimate, item by item.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Estimate {
+    /// Lambda GB-seconds billed.
+    pub gb_seconds: f64,
+    /// Lambda invocations (workers, continuations, combines, start).
+    pub requests: u64,
+    /// Wall-clock hours of the job (rounds run one after another).
+    pub hours: f64,
+    pub lambda_compute: f64,
+    pub lambda_requests: f64,
+    pub dynamodb: f64,
+    pub efs_storage: f64,
+    pub efs_throughput: f64,
+    pub endpoint: f64,
+    pub total: f64,
+}
+
+impl JobShape {
+    /// Prices the job.
+    pub fn estimate(&self, p: &Prices) -> Estimate {
+        let n = self.workers.max(1) as f64;
+        let per_round_examples = self.examples as f64 / self.rounds.max(1) as f64;
+        let worker_compute = per_round_examples / n * self.seconds_per_example;
+        // A worker slice longer than the usable time limit continues itself.
+        let usable = (self.time_limit_s * 0.9).max(1.0);
+        let invocations_per_worker = (worker_compute / usable).ceil().max(1.0);
+        let worker_s = worker_compute + self.worker_overhead_s * invocations_per_worker;
+        let rounds = self.rounds as f64;
+        let lambda_seconds = rounds * (n * worker_s + self.combine_s);
+        let gb_seconds = lambda_seconds * f64::from(self.memory_mb) / 1024.0;
+        let requests = (rounds * (n * invocations_per_worker + 1.0)) as u64 + 1;
+        let hours = rounds * (worker_s + self.combine_s) / 3600.0;
+        let gb_second = if self.arm64 { p.gb_second_arm64 } else { p.gb_second_x86_64 };
+        // Per round: a worker record and a finished-set add per worker (≤ 1 KB
+        // each: one write unit), a trigger claim, a round record; a few reads.
+        let writes = rounds * (2.0 * n + 2.0);
+        let reads = rounds * 2.0;
+        let gb = 1e9;
+        let read_gb = (self.examples as f64 * self.bytes_per_example + rounds * n * 3.0 * self.parameter_bytes) / gb;
+        let write_gb = rounds * (2.0 * n + 2.0) * self.parameter_bytes / gb;
+        let e = Estimate {
+            gb_seconds,
+            requests,
+            hours,
+            lambda_compute: gb_seconds * gb_second,
+            lambda_requests: requests as f64 * p.request,
+            dynamodb: writes * p.dynamodb_write + reads * p.dynamodb_read,
+            efs_storage: self.stored_gb * p.efs_gb_month * self.stored_days / 30.0,
+            efs_throughput: read_gb * p.efs_read_gb + write_gb * p.efs_write_gb,
+            endpoint: hours.max(1.0).ceil() * f64::from(self.endpoint_azs) * p.endpoint_az_hour,
+            total: 0.0,
+        };
+        let total = e.lambda_compute + e.lambda_requests + e.dynamodb + e.efs_storage + e.efs_throughput + e.endpoint;
+        Estimate { total, ..e }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> JobShape {
+        JobShape {
+            workers: 4,
+            memory_mb: 2048,
+            arm64: true,
+            examples: 4000,
+            rounds: 10,
+            seconds_per_example: 0.5,
+            worker_overhead_s: 0.0,
+            combine_s: 0.0,
+            time_limit_s: 900.0,
+            bytes_per_example: 0.0,
+            parameter_bytes: 0.0,
+            stored_gb: 0.0,
+            stored_days: 0.0,
+            endpoint_azs: 0,
+        }
+    }
+
+    /// Hand-computed: 4000 examples × 0.5 s = 2000 s of compute at 2 GB =
+    /// 4000 GB-s; 10 rounds × (4 workers + 1 combine) + 1 start = 51 requests;
+    /// each round's wall time is one worker's 100 examples × 0.5 s.
+    #[test]
+    fn compute_and_requests_by_hand() {
+        let e = shape().estimate(&Prices::default());
+        assert!((e.gb_seconds - 4000.0).abs() < 1e-9);
+        assert_eq!(e.requests, 51);
+        assert!((e.hours - 10.0 * 50.0 / 3600.0).abs() < 1e-12);
+        assert!((e.lambda_compute - 4000.0 * 0.000_013_333_4).abs() < 1e-12);
+        assert!((e.total - (e.lambda_compute + e.lambda_requests + e.dynamodb)).abs() < 1e-12);
+    }
+
+    /// Slices longer than the time limit continue themselves: more requests
+    /// and overhead, same compute.
+    #[test]
+    fn long_slices_pay_for_continuations() {
+        let long = JobShape { seconds_per_example: 30.0, worker_overhead_s: 1.0, ..shape() };
+        let e = long.estimate(&Prices::default());
+        // 100 examples × 30 s = 3000 s per worker per round: ceil(3000 / 810) = 4 invocations.
+        assert_eq!(e.requests, 10 * (4 * 4 + 1) + 1);
+        assert!((e.gb_seconds - 10.0 * 4.0 * (3000.0 + 4.0) * 2.0).abs() < 1e-6);
+        let x86 = JobShape { arm64: false, ..long }.estimate(&Prices::default());
+        assert!(x86.lambda_compute > e.lambda_compute * 1.24);
+    }
+}
