@@ -39,11 +39,15 @@ async fn main() -> Result<(), Error> {
         async move {
             let inv =
                 Invocation { request_id: event.context.request_id.clone(), deadline_ms: Some(event.context.deadline) };
+            // Time left at the start, as the runtime reported it (logged: emulators send odd deadlines).
+            let left = event.context.deadline as i64 - lml_lambda::services::Clock::now_ms(&SystemClock) as i64;
             let out = serve(&svc, &event.payload, &inv).await;
             match &out {
-                Ok(v) if v.get("error").is_some() => tracing::error!(event = %event.payload, result = %v, "rejected"),
-                Ok(v) => tracing::info!(event = %event.payload, result = %v, "done"),
-                Err(e) => tracing::warn!(event = %event.payload, error = %e, "failed; Lambda will retry"),
+                Ok(v) if v.get("error").is_some() => {
+                    tracing::error!(event = %event.payload, result = %v, deadline_in_ms = left, "rejected")
+                }
+                Ok(v) => tracing::info!(event = %event.payload, result = %v, deadline_in_ms = left, "done"),
+                Err(e) => tracing::warn!(event = %event.payload, error = %e, deadline_in_ms = left, "failed; Lambda will retry"),
             }
             out.map_err(Error::from)
         }
