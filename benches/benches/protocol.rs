@@ -78,6 +78,26 @@ fn prepared_round(svc: &Manual, rt: &tokio::runtime::Runtime, job: &str, n: usiz
     jd
 }
 
+/// `iters` fresh rounds of `n` workers, each prepared untimed, of which
+/// `timed` (given the round's folder) is what is measured.
+fn timed_rounds(
+    iters: u64,
+    svc: &Manual,
+    rt: &tokio::runtime::Runtime,
+    job: &mut u64,
+    n: usize,
+    mut timed: impl FnMut(&JobDir) -> Duration,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        *job += 1;
+        let jd = prepared_round(svc, rt, &format!("t{job}"), n);
+        total += timed(&jd);
+        let _ = std::fs::remove_dir_all(&jd.dir);
+    }
+    total
+}
+
 fn round_tail(c: &mut Criterion) {
     let root = scratch("tail");
     write_features(&root, 64 * 8);
@@ -90,45 +110,32 @@ fn round_tail(c: &mut Criterion) {
     for n in [2usize, 4, 8, 16, 32, 64] {
         g.bench_function(format!("tree/{n}"), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    job += 1;
-                    let jd = prepared_round(&svc, &rt, &format!("t{job}"), n);
+                timed_rounds(iters, &svc, &rt, &mut job, n, |jd| {
                     let cfg = jd.read_config().unwrap();
                     let t = Instant::now();
-                    assert!(compute::reduce_up(&jd, 0, n - 1, n, &lml_lambda::services::NoFaults).unwrap());
-                    let reduced = compute::read_root(&jd, &cfg, 0).unwrap();
+                    assert!(compute::reduce_up(jd, 0, n - 1, n, &lml_lambda::services::NoFaults).unwrap());
+                    let reduced = compute::read_root(jd, &cfg, 0).unwrap();
                     let (base, _) = Params::read(&jd.params(0)).unwrap();
                     let next = compute::apply(&cfg, &base, &reduced, &jd.dir).unwrap();
                     next.publish(&jd.params(1), &json!({"round": 1})).unwrap();
-                    total += t.elapsed();
-                    let _ = std::fs::remove_dir_all(&jd.dir);
-                }
-                total
+                    t.elapsed()
+                })
             })
         });
         g.bench_function(format!("combine_role/{n}"), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    job += 1;
-                    let jd = prepared_round(&svc, &rt, &format!("t{job}"), n);
-                    assert!(compute::reduce_up(&jd, 0, n - 1, n, &lml_lambda::services::NoFaults).unwrap());
+                timed_rounds(iters, &svc, &rt, &mut job, n, |jd| {
+                    assert!(compute::reduce_up(jd, 0, n - 1, n, &lml_lambda::services::NoFaults).unwrap());
                     let combine = json!({"combine": true, "workers": n, "job": jd.job.as_str(), "round": 0});
                     let t = Instant::now();
                     rt.block_on(handle(&svc, &combine, &Invocation::default())).unwrap();
-                    total += t.elapsed();
-                    let _ = std::fs::remove_dir_all(&jd.dir);
-                }
-                total
+                    t.elapsed()
+                })
             })
         });
         g.bench_function(format!("flat_sum/{n}"), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    job += 1;
-                    let jd = prepared_round(&svc, &rt, &format!("t{job}"), n);
+                timed_rounds(iters, &svc, &rt, &mut job, n, |jd| {
                     let cfg = jd.read_config().unwrap();
                     let t = Instant::now();
                     // The seed's combine: read every worker's gradient, sum, update, publish.
@@ -147,10 +154,8 @@ fn round_tail(c: &mut Criterion) {
                     };
                     let next = compute::apply(&cfg, &base, &reduced, &jd.dir).unwrap();
                     next.publish(&jd.params(1), &json!({"round": 1})).unwrap();
-                    total += t.elapsed();
-                    let _ = std::fs::remove_dir_all(&jd.dir);
-                }
-                total
+                    t.elapsed()
+                })
             })
         });
     }

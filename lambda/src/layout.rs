@@ -345,6 +345,26 @@ pub fn claim(path: &Path, owner: &str) -> Result<Claim> {
     result.map_err(|e| ProtocolError::io(path, e))
 }
 
+/// Runs `f` holding an exclusive `fs2` lock on `lock_path` (created if
+/// missing). The lock is released when `f` returns, and by the OS if the
+/// process dies, so a crashed holder never blocks the job.
+///
+/// # Errors
+/// [`ProtocolError::Io`] if the lock file cannot be opened or locked; `f`'s error.
+pub fn with_lock<T>(lock_path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use fs2::FileExt;
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .map_err(|e| ProtocolError::io(lock_path, e))?;
+    FileExt::lock_exclusive(&lock).map_err(|e| ProtocolError::io(lock_path, e))?;
+    let result = f();
+    let _ = FileExt::unlock(&lock);
+    result
+}
+
 /// Writes a small file whole by temp + fsync + rename (replacing any old one).
 ///
 /// # Errors

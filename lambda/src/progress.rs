@@ -164,28 +164,17 @@ impl ProgressStore for LocalProgress {
     }
 
     async fn add_done(&self, job: &JobId, round: u64, worker: usize) -> Result<usize> {
-        use fs2::FileExt;
         let dir = self.dir(job)?;
         let path = dir.join(format!("done-{round:06}.json"));
-        let lock_path = dir.join(format!("done-{round:06}.lock"));
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| ProtocolError::io(&lock_path, e))?;
         // Read-modify-replace under an exclusive lock: the local analogue of
         // DynamoDB's atomic `ADD` to a set.
-        FileExt::lock_exclusive(&lock).map_err(|e| ProtocolError::io(&lock_path, e))?;
-        let result = (|| {
+        layout::with_lock(&dir.join(format!("done-{round:06}.lock")), || {
             let mut set: BTreeSet<usize> = if path.exists() { read(&path)? } else { BTreeSet::new() };
             if set.insert(worker) {
                 layout::write_json(&path, &set)?;
             }
             Ok(set.len())
-        })();
-        let _ = FileExt::unlock(&lock);
-        result
+        })
     }
 
     async fn claim(&self, job: &JobId, key: &str, owner: &str) -> Result<Claim> {

@@ -309,16 +309,7 @@ fn apply_once<I: Invoker, P: ProgressStore, C: Clock>(
     cfg: &JobConfig,
     k: u64,
 ) -> Result<()> {
-    use fs2::FileExt;
-    let lock_path = jd.combine_lock(k);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| ProtocolError::io(&lock_path, e))?;
-    FileExt::lock_exclusive(&lock).map_err(|e| ProtocolError::io(&lock_path, e))?;
-    let result = (|| -> Result<()> {
+    crate::layout::with_lock(&jd.combine_lock(k), || {
         if present(&jd.params(k + 1)) {
             return Ok(());
         }
@@ -357,9 +348,7 @@ fn apply_once<I: Invoker, P: ProgressStore, C: Clock>(
             svc.probe.at("combine.applied", k)?;
         }
         Ok(())
-    })();
-    let _ = FileExt::unlock(&lock);
-    result
+    })
 }
 
 /// After round `k` is applied: records it, prunes what no one needs any

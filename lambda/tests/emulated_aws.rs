@@ -160,8 +160,13 @@ fn write_images(root: &std::path::Path) {
     use lml_kernel::weights::WeightStore;
     use lml_kernel::{Cut, Preset};
     let w = lml_kernel::vgg::random_weights(3, Cut::Pool5);
-    WeightStore::write(root.join("vgg"), lml_kernel::vgg::MODEL, Preset::Torchvision, w.iter().map(|(n, a)| (n.clone(), a.view())))
-        .unwrap();
+    WeightStore::write(
+        root.join("vgg"),
+        lml_kernel::vgg::MODEL,
+        Preset::Torchvision,
+        w.iter().map(|(n, a)| (n.clone(), a.view())),
+    )
+    .unwrap();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9);
     let images = ndarray::Array4::<u8>::from_shape_fn((24, 32, 32, 3), |_| rand::Rng::random(&mut rng));
     let labels = ndarray::Array1::<u32>::from_shape_fn(24, |i| (i % 3) as u32);
@@ -214,11 +219,10 @@ async fn a_job_runs_end_to_end_through_the_lambda_and_dynamodb_apis() {
     for e in &env {
         cmd.args(["--env-var", e]);
     }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `cargo lambda watch` ({e}): pip install cargo-lambda (.ci/run does)"));
+    let child =
+        cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| {
+            panic!("cannot run `cargo lambda watch` ({e}): pip install cargo-lambda (.ci/run does)")
+        });
     let _watch = Watch(child);
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
