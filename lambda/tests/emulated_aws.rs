@@ -155,25 +155,6 @@ impl Drop for Watch {
     }
 }
 
-/// 24 random 32×32 images in 3 classes and random VGG19 weights to pool5.
-fn write_images(root: &std::path::Path) {
-    use lml_kernel::weights::WeightStore;
-    use lml_kernel::{Cut, Preset};
-    let w = lml_kernel::vgg::random_weights(3, Cut::Pool5);
-    WeightStore::write(
-        root.join("vgg"),
-        lml_kernel::vgg::MODEL,
-        Preset::Torchvision,
-        w.iter().map(|(n, a)| (n.clone(), a.view())),
-    )
-    .unwrap();
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9);
-    let images = ndarray::Array4::<u8>::from_shape_fn((24, 32, 32, 3), |_| rand::Rng::random(&mut rng));
-    let labels = ndarray::Array1::<u32>::from_shape_fn(24, |i| (i % 3) as u32);
-    lml_kernel::npy::write_npy_atomic(root.join("images.npy"), &images).unwrap();
-    lml_kernel::npy::write_npy_atomic(root.join("labels.npy"), &labels).unwrap();
-}
-
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -184,7 +165,7 @@ async fn a_job_runs_end_to_end_through_the_lambda_and_dynamodb_apis() {
     let store = moto.store("lml-e2e");
     store.ensure_table().await.unwrap();
     let root = temp_root();
-    write_images(root.path());
+    write_images(root.path(), 24, 9);
 
     let port = free_port();
     let (fwd, stats) = forwarder(format!("127.0.0.1:{port}")).await;
@@ -278,7 +259,7 @@ async fn a_job_runs_end_to_end_through_the_lambda_and_dynamodb_apis() {
     assert!(accepted >= 1 + 4 * (3 + 1) + continuations, "{accepted} asynchronous invokes");
 
     let local = temp_root();
-    write_images(local.path());
+    write_images(local.path(), 24, 9);
     let rt = LocalRuntime::start(local.path(), SystemClock, local_config());
     run_job(&rt, "e2e", 3, s).await;
     assert_eq!(final_params(root.path(), "e2e"), final_params(local.path(), "e2e"), "AWS path ≠ local runtime");

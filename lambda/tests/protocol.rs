@@ -191,23 +191,10 @@ async fn continuations_change_nothing() {
 /// seed's way) train the same head as workers reading cached features.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_through_vgg19_match_cached_features() {
-    use lml_kernel::weights::WeightStore;
-    use lml_kernel::{Cut, Preset, Vgg19};
+    use lml_kernel::{Cut, Vgg19};
     let dir = temp_root();
     let root = dir.path();
-    let w = lml_kernel::vgg::random_weights(3, Cut::Pool5);
-    WeightStore::write(
-        root.join("vgg"),
-        lml_kernel::vgg::MODEL,
-        Preset::Torchvision,
-        w.iter().map(|(n, a)| (n.clone(), a.view())),
-    )
-    .unwrap();
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
-    let images = ndarray::Array4::<u8>::from_shape_fn((12, 32, 32, 3), |_| rand::Rng::random(&mut rng));
-    let labels = ndarray::Array1::<u32>::from_shape_fn(12, |i| (i % 3) as u32);
-    lml_kernel::npy::write_npy_atomic(root.join("images.npy"), &images).unwrap();
-    lml_kernel::npy::write_npy_atomic(root.join("labels.npy"), &labels).unwrap();
+    let (images, labels) = write_images(root, 12, 5);
     let vgg = Vgg19::open(root.join("vgg"), 32, Cut::Pool5).unwrap();
     let features = vgg.features(images.view()).unwrap();
     write_features(root, "cached", &features, &labels);

@@ -129,3 +129,24 @@ pub fn snapshot(root: &Path) -> std::collections::BTreeMap<std::path::PathBuf, V
     walk(root, &mut out);
     out
 }
+
+/// `n` random 32×32 images in 3 classes (`images.npy`, `labels.npy`) and
+/// random VGG19 weights to pool5 (`vgg/`) under `root`; returns the images and labels.
+pub fn write_images(root: &Path, n: usize, seed: u64) -> (ndarray::Array4<u8>, Array1<u32>) {
+    use lml_kernel::weights::WeightStore;
+    use lml_kernel::{Cut, Preset};
+    let w = lml_kernel::vgg::random_weights(3, Cut::Pool5);
+    WeightStore::write(
+        root.join("vgg"),
+        lml_kernel::vgg::MODEL,
+        Preset::Torchvision,
+        w.iter().map(|(n, a)| (n.clone(), a.view())),
+    )
+    .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let images = ndarray::Array4::<u8>::from_shape_fn((n, 32, 32, 3), |_| rng.random());
+    let labels = Array1::<u32>::from_shape_fn(n, |i| (i % 3) as u32);
+    write_npy_atomic(root.join("images.npy"), &images).unwrap();
+    write_npy_atomic(root.join("labels.npy"), &labels).unwrap();
+    (images, labels)
+}
