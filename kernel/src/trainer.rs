@@ -286,6 +286,30 @@ impl Head {
         Ok(Evaluation { loss_sum: ce.loss_sum, correct: ce.correct, count: ce.count })
     }
 
+    /// Loss and accuracy over the first `limit` examples of `source` (all if
+    /// `None`), read `chunk` examples at a time.
+    ///
+    /// # Errors
+    /// As [`FeatureSource::batch`] and [`evaluate`](Self::evaluate).
+    pub fn evaluate_source(
+        &self,
+        source: &dyn FeatureSource,
+        limit: Option<usize>,
+        chunk: usize,
+    ) -> Result<Evaluation> {
+        let n = source.len().min(limit.unwrap_or(usize::MAX));
+        let idx: Vec<usize> = (0..n).collect();
+        let mut total = Evaluation::default();
+        for part in idx.chunks(chunk.max(1)) {
+            let (x, y) = source.batch(part)?;
+            let e = self.evaluate(x.view(), &y)?;
+            total.loss_sum += e.loss_sum;
+            total.correct += e.correct;
+            total.count += e.count;
+        }
+        Ok(total)
+    }
+
     /// Applies one SGD update from a summed gradient.
     ///
     /// # Errors
@@ -433,15 +457,6 @@ impl Trainer {
     /// # Errors
     /// As [`FeatureSource::batch`].
     pub fn evaluate(&self, source: &dyn FeatureSource) -> Result<Evaluation> {
-        let idx: Vec<usize> = (0..source.len()).collect();
-        let mut total = Evaluation::default();
-        for chunk in idx.chunks(self.batch_size.max(256)) {
-            let (x, y) = source.batch(chunk)?;
-            let e = self.head.evaluate(x.view(), &y)?;
-            total.loss_sum += e.loss_sum;
-            total.correct += e.correct;
-            total.count += e.count;
-        }
-        Ok(total)
+        self.head.evaluate_source(source, None, self.batch_size.max(256))
     }
 }

@@ -430,14 +430,6 @@ pub fn apply(cfg: &JobConfig, base: &Params, reduced: &Reduced, root: &Path) -> 
 /// # Errors
 /// Kernel errors from the data.
 pub fn evaluate(head: &Head, source: &dyn FeatureSource, limit: Option<usize>) -> Result<Score> {
-    let idx: Vec<usize> = (0..source.len().min(limit.unwrap_or(usize::MAX))).collect();
-    let mut total = Evaluation::default();
-    for chunk in idx.chunks(256) {
-        let (x, y) = source.batch(chunk)?;
-        let e = head.evaluate(x.view(), &y)?;
-        total.loss_sum += e.loss_sum;
-        total.correct += e.correct;
-        total.count += e.count;
-    }
+    let total = head.evaluate_source(source, limit, 256)?;
     Ok(Score { loss: total.loss(), accuracy: total.accuracy(), examples: total.count })
 }

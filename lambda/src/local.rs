@@ -117,13 +117,12 @@ impl Invoker for LocalInvoker {
     async fn invoke(&self, event: &Event) -> Result<()> {
         // Events travel as JSON, as they do to Lambda.
         let payload = event.to_json();
-        let (copies, delays) = {
+        let delays: Vec<u64> = {
             let mut rng = self.shared.rng.lock().expect("not poisoned");
             let copies = if rng.random_bool(self.plan.duplicate.clamp(0.0, 1.0)) { 2 } else { 1 };
-            let delays: Vec<u64> = (0..copies).map(|_| rng.random_range(0..=self.plan.max_delay_ms)).collect();
-            (copies, delays)
+            (0..copies).map(|_| rng.random_range(0..=self.plan.max_delay_ms)).collect()
         };
-        for delay in delays.into_iter().take(copies) {
+        for delay in delays {
             self.send(payload.clone(), 0, delay)?;
         }
         Ok(())

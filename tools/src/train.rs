@@ -213,7 +213,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                     eval_every: 0,
                     eval_examples: args.eval_examples,
                 };
-                let id = args.job.clone().unwrap_or_else(|| format!("train-{}", SystemClock.now_secs()));
+                let id = args.job.clone().unwrap_or_else(|| format!("train-{}", lml_lambda::services::Clock::now_ms(&SystemClock) / 1000));
                 let job = JobId::new(&id)?;
                 let start = Event::Start(StartEvent { job: job.clone(), workers: args.workers, spec: Some(serde_json::to_value(&spec)?) });
                 // Synchronously, so a bad spec is reported here, not as a dead letter.
@@ -285,16 +285,6 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         print_summary(&p);
         Ok(())
     })
-}
-
-trait Secs {
-    fn now_secs(&self) -> u64;
-}
-
-impl Secs for SystemClock {
-    fn now_secs(&self) -> u64 {
-        lml_lambda::services::Clock::now_ms(self) / 1000
-    }
 }
 
 fn round_line(r: &RoundRecord) -> String {
