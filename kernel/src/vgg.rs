@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{KernelError, Result};
 use crate::gemm::{Microkernel, PackedA};
 use crate::geometry::Window2d;
-use crate::layers::conv2d::{conv2d_forward_into, pack_filters, ConvAlgorithm};
+use crate::layers::conv2d::{conv2d_forward_into, conv2d_padded, pack_filters, ConvAlgorithm};
+use crate::layers::padded::PaddedLayout;
 use crate::layers::{adaptive_avgpool2d_forward, dense_forward, maxpool2d_values_into};
 use crate::preprocess::{preprocess, Preset};
 use crate::weights::{NamedTensors, TensorSpec, WeightStore};
@@ -195,13 +196,38 @@ struct Workspace {
     pad: Vec<f32>,
 }
 
-/// `buf` grown to hold `shape` (never shrunk), viewed as that shape.
-fn grown(buf: &mut Vec<f32>, shape: [usize; 4]) -> ndarray::ArrayViewMut4<'_, f32> {
-    let len: usize = shape.iter().product();
+/// `buf` grown to hold `len` floats (never shrunk), its first `len`.
+fn grown(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
-    ndarray::ArrayViewMut4::from_shape(shape, &mut buf[..len]).expect("sized")
+    &mut buf[..len]
+}
+
+/// `buf` grown to hold `shape` in standard layout, viewed as that shape.
+fn plain(buf: &mut Vec<f32>, shape: [usize; 4]) -> ndarray::ArrayViewMut4<'_, f32> {
+    ndarray::ArrayViewMut4::from_shape(shape, grown(buf, shape.iter().product())).expect("sized")
+}
+
+/// Where the current activations are.
+#[derive(Clone, Copy, Debug)]
+enum Held {
+    /// In the caller's input array.
+    Input,
+    /// In a buffer, standard NCHW.
+    Plain([usize; 4]),
+    /// In a buffer, padded for the implicit convolution.
+    Padded(PaddedLayout),
+}
+
+impl Held {
+    fn view<'a>(&self, input: ArrayView4<'a, f32>, buf: &'a [f32]) -> ArrayView4<'a, f32> {
+        match *self {
+            Held::Input => input,
+            Held::Plain(shape) => ArrayView4::from_shape(shape, &buf[..shape.iter().product()]).expect("sized"),
+            Held::Padded(layout) => layout.view(buf),
+        }
+    }
 }
 
 /// The frozen VGG19 feature extractor over a [`WeightStore`].
@@ -338,40 +364,66 @@ impl Vgg19 {
             None => &mut local,
         };
         // Ping-pong between two buffers: `bufs[src]` holds the current
-        // activations (of `shape`), the layer writes `bufs[1 - src]`.
+        // activations as `held` says, the layer writes `bufs[1 - src]`.
+        // Convolutions that run the implicit algorithm (blocks 1–2 at 224)
+        // read and write padded layouts, so a block's convolutions pass
+        // their activations on without copies, and the pool before a block
+        // writes straight into its first convolution's padded input.
         let mut bufs = [std::mem::take(&mut ws.a), std::mem::take(&mut ws.b)];
         let mut src = 0;
-        let mut shape: Option<[usize; 4]> = None;
+        let mut held = Held::Input;
         let mut flat: Option<Array2<f32>> = None;
+        let layers = &VGG19[..self.cut.layers()];
         let result = (|| -> Result<()> {
-            for layer in &VGG19[..self.cut.layers()] {
+            for (i, layer) in layers.iter().enumerate() {
                 let (current, next) = match &mut bufs {
                     [a, b] if src == 0 => (&*a, b),
                     [a, b] => (&*b, a),
                 };
-                let x = match shape {
-                    None => input.view(),
-                    Some(sh) => {
-                        ArrayView4::from_shape(sh, &current[..sh.iter().product()]).expect("buffer holds shape")
-                    }
-                };
+                let x = held.view(input.view(), current);
                 let [_, c, h, w] = [n, x.shape()[1], x.shape()[2], x.shape()[3]];
                 match layer.kind {
                     LayerKind::Conv { out_channels, .. } => {
                         let (wt, b) = self.params::<Ix4>(layer.name)?;
-                        let out_shape = [n, out_channels, h, w];
-                        let out = grown(next, out_shape);
                         let p = packed.get(layer.name);
-                        let algo = ConvAlgorithm::choose(p.is_some(), (h, w), &Window2d::VGG_CONV);
-                        conv2d_forward_into(x, wt, p, b, &Window2d::VGG_CONV, true, algo, out, &mut ws.pad)?;
-                        observe(layer.name, ArrayView4::from_shape(out_shape, &next[..]).expect("sized").into_dyn());
-                        (shape, src) = (Some(out_shape), 1 - src);
+                        let window = &Window2d::VGG_CONV;
+                        let algo = ConvAlgorithm::choose(p.is_some(), (h, w), window);
+                        if let (ConvAlgorithm::Implicit, Some(p)) = (algo, p) {
+                            let lin = PaddedLayout::conv_input(n, c, h, w, window);
+                            let (input, lin) = match held {
+                                Held::Padded(l) if l == lin => (&current[..], l),
+                                _ => {
+                                    lin.fill(grown(&mut ws.pad, lin.len()), x)?;
+                                    (&ws.pad[..], lin)
+                                }
+                            };
+                            let lout = lin.conv_output(out_channels, window);
+                            conv2d_padded(input, &lin, p, b, window, true, grown(next, lout.len()), &lout)?;
+                            held = Held::Padded(lout);
+                        } else {
+                            let shape = [n, out_channels, h, w];
+                            let out = plain(next, shape);
+                            conv2d_forward_into(x, wt, p, b, window, true, algo, out, &mut ws.pad)?;
+                            held = Held::Plain(shape);
+                        }
                     }
                     LayerKind::MaxPool => {
-                        let out_shape = [n, c, h / 2, w / 2];
-                        maxpool2d_values_into(x, &Window2d::VGG_POOL, grown(next, out_shape))?;
-                        observe(layer.name, ArrayView4::from_shape(out_shape, &next[..]).expect("sized").into_dyn());
-                        (shape, src) = (Some(out_shape), 1 - src);
+                        let (oh, ow) = (h / 2, w / 2);
+                        // Pool into the next convolution's padded input when it runs implicitly.
+                        let implicit_next = matches!(layers.get(i + 1).map(|l| l.kind), Some(LayerKind::Conv { .. }))
+                            && ConvAlgorithm::choose(!packed.is_empty(), (oh, ow), &Window2d::VGG_CONV)
+                                == ConvAlgorithm::Implicit;
+                        if implicit_next {
+                            let l = PaddedLayout::conv_input(n, c, oh, ow, &Window2d::VGG_CONV);
+                            let buf = grown(next, l.len());
+                            maxpool2d_values_into(x, &Window2d::VGG_POOL, l.view_mut(buf))?;
+                            l.zero_frame(buf);
+                            held = Held::Padded(l);
+                        } else {
+                            let shape = [n, c, oh, ow];
+                            maxpool2d_values_into(x, &Window2d::VGG_POOL, plain(next, shape))?;
+                            held = Held::Plain(shape);
+                        }
                     }
                     LayerKind::Dense { .. } => {
                         let input2 = match flat.take() {
@@ -385,19 +437,23 @@ impl Vgg19 {
                         let y = dense_forward(input2.view(), wt, b, true)?;
                         observe(layer.name, y.view().into_dyn());
                         flat = Some(y);
+                        continue;
                     }
                 }
+                observe(layer.name, held.view(input.view(), next).into_dyn());
+                src = 1 - src;
             }
             Ok(())
         })();
-        let features = match (&result, flat, shape) {
-            (Err(_), _, _) => None,
-            (Ok(()), Some(f), _) => Some(f),
-            (Ok(()), None, Some(sh)) => {
-                let len: usize = sh.iter().product();
-                Some(Array2::from_shape_vec((n, len / n.max(1)), bufs[src][..len].to_vec()).expect("sized"))
+        let features = match (&result, flat) {
+            (Err(_), _) => None,
+            (Ok(()), Some(f)) => Some(f),
+            (Ok(()), None) => {
+                let x = held.view(input.view(), &bufs[src]);
+                let len = x.len();
+                let owned = x.as_standard_layout().into_owned();
+                Some(owned.into_shape_with_order((n, len / n.max(1))).expect("standard layout"))
             }
-            (Ok(()), None, None) => Some(Array2::zeros((n, 0))),
         };
         [ws.a, ws.b] = bufs;
         result?;

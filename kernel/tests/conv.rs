@@ -289,3 +289,84 @@ fn bad_shapes_are_typed_errors() {
     let gy = random((1, 4, 7, 8), 4);
     assert!(conv2d_backward(x.view(), w.view(), gy.view(), &Window2d::VGG_CONV).is_err());
 }
+
+/// Two "same" convolutions chained through padded layouts, as the VGG
+/// forward runs blocks 1–2: the first writes straight into the second's
+/// input (its non-output columns land on the frame as zeros), with no copy.
+/// Integer data: bit-exact against the reference, and every float outside
+/// the interiors zero (the buffers start as NaN).
+#[test]
+fn padded_chain_is_exact_and_keeps_the_frame_zero() {
+    use lml_kernel::layers::conv2d::conv2d_padded;
+    use lml_kernel::layers::PaddedLayout;
+    for kernel in kernels() {
+        for (n, c, h, w, o1, o2, window) in [
+            (2, 3, 9, 13, 8, 5, Window2d::VGG_CONV),
+            (1, 4, 40, 33, 16, 9, Window2d::VGG_CONV),
+            (3, 2, 6, 5, 3, 4, Window2d::square(5, 1, 2)),
+            (2, 5, 7, 8, 10, 3, Window2d { kernel: (3, 1), stride: (1, 1), pad: (1, 0) }),
+        ] {
+            let (kh, kw) = window.kernel;
+            let x = integers((n, c, h, w), 1);
+            let (w1, b1) = (integers((o1, c, kh, kw), 2), integers(o1, 3));
+            let (w2, b2) = (integers((o2, o1, kh, kw), 4), integers(o2, 5));
+            let l0 = PaddedLayout::conv_input(n, c, h, w, &window);
+            let l1 = l0.conv_output(o1, &window);
+            let l2 = l1.conv_output(o2, &window);
+            assert_eq!(l1, PaddedLayout::conv_input(n, o1, h, w, &window), "a same convolution keeps the layout");
+            let (mut b0, mut b1buf, mut b2buf) =
+                (vec![f32::NAN; l0.len()], vec![f32::NAN; l1.len()], vec![f32::NAN; l2.len()]);
+            l0.fill(&mut b0, x.view()).unwrap();
+            let p1 = pack_filters(w1.view(), kernel).unwrap();
+            let p2 = pack_filters(w2.view(), kernel).unwrap();
+            conv2d_padded(&b0, &l0, &p1, b1.view(), &window, true, &mut b1buf, &l1).unwrap();
+            conv2d_padded(&b1buf, &l1, &p2, b2.view(), &window, false, &mut b2buf, &l2).unwrap();
+            let r1 = reference::conv2d(x.view(), w1.view(), b1.view(), &window, true);
+            let r2 = reference::conv2d(r1.mapv(|v| v as f32).view(), w2.view(), b2.view(), &window, false);
+            let what = format!("{kernel:?} {n}×{c}×{h}×{w} {window:?}");
+            assert_close(&what, l1.view(&b1buf), r1.view(), Approximation::Exact);
+            assert_close(&what, l2.view(&b2buf), r2.view(), Approximation::Exact);
+            for (layout, buf) in [(&l1, &b1buf), (&l2, &b2buf)] {
+                let mut interior = vec![false; buf.len()];
+                let view_start = layout.view(buf).as_ptr() as usize;
+                for p in layout.view(buf).iter() {
+                    interior[layout.origin() + (p as *const f32 as usize - view_start) / 4] = true;
+                }
+                for (i, &v) in buf.iter().enumerate().filter(|&(i, _)| !interior[i]) {
+                    assert_eq!(v, 0.0, "{what}: float {i} outside the interior is {v}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn padded_layouts_that_do_not_fit_are_errors() {
+    use lml_kernel::layers::conv2d::conv2d_padded;
+    use lml_kernel::layers::PaddedLayout;
+    let Some(kernel) = Microkernel::detect() else { return };
+    let window = Window2d::VGG_CONV;
+    let (w, b) = (random((4, 3, 3, 3), 1), random(4, 2));
+    let p = pack_filters(w.view(), kernel).unwrap();
+    let lin = PaddedLayout::conv_input(2, 3, 8, 8, &window);
+    let lout = lin.conv_output(4, &window);
+    let input = vec![0.0; lin.len()];
+    let mut out = vec![0.0; lout.len()];
+    let run = |lin: &PaddedLayout, lout: &PaddedLayout, out: &mut Vec<f32>| {
+        out.resize(lout.len().max(out.len()), 0.0);
+        conv2d_padded(&input[..lin.len().min(input.len())], lin, &p, b.view(), &window, true, out, lout)
+    };
+    let cases = [
+        (PaddedLayout { top: (0, 0), ..lin }, lout, "does not fit"),
+        (lin, PaddedLayout { c: 5, ..lout }, "is not [2, 4, 8, 8]"),
+        (lin, PaddedLayout { wp: lout.wp + 1, ..lout }, "is not"),
+        (PaddedLayout { plane: 2 * lin.image() + 11, ..lin }, lout, "does not fit"),
+        (PaddedLayout { plane: lin.image(), ..lin }, lout, "plane too short"),
+    ];
+    for (li, lo, msg) in cases {
+        let err = run(&li, &lo, &mut out).unwrap_err();
+        assert!(err.to_string().contains(msg), "{err}");
+    }
+    let short = conv2d_padded(&input[..10], &lin, &p, b.view(), &window, true, &mut out, &lout).unwrap_err();
+    assert!(matches!(short, KernelError::Shape { .. }), "{short}");
+}

@@ -30,6 +30,29 @@ proptest! {
         }
     }
 
+    /// The values-only pool reads and writes strided views (the VGG forward
+    /// pools from one padded layout into another) with the same values.
+    #[test]
+    fn maxpool_values_into_strided_views(n in 1usize..3, c in 1usize..4, h in 2usize..12, w in 2usize..12,
+                                         k in 1usize..4, s in 1usize..4, seed in 0u64..100) {
+        let window = if k == 2 && s == 2 { Window2d::VGG_POOL } else { Window2d::square(k, s, 0) };
+        prop_assume!(window.validate(h, w).is_ok());
+        let x = random((n, c, h, w), seed);
+        let r = reference::maxpool2d(x.view(), &window);
+        let frame = Window2d::VGG_CONV;
+        let lin = PaddedLayout::conv_input(n, c, h, w, &frame);
+        let lout = PaddedLayout::conv_input(n, c, r.shape()[2], r.shape()[3], &frame);
+        let mut bin = vec![0.0; lin.len()];
+        lin.fill(&mut bin, x.view()).unwrap();
+        let mut bout = vec![f32::NAN; lout.len()];
+        maxpool2d_values_into(lin.view(&bin), &window, lout.view_mut(&mut bout)).unwrap();
+        assert_close("strided maxpool", lout.view(&bout), r.view(), Approximation::Exact);
+        // A transposed (column-major) destination too.
+        let mut t = Array4::<f32>::from_elem((r.shape()[3], r.shape()[2], c, n), f32::NAN);
+        maxpool2d_values_into(x.view(), &window, t.view_mut().reversed_axes()).unwrap();
+        assert_close("transposed maxpool", t.view().reversed_axes(), r.view(), Approximation::Exact);
+    }
+
     #[test]
     fn dense_matches_reference(n in 0usize..5, i in 1usize..70, o in 1usize..140, relu in any::<bool>(), seed in 0u64..100) {
         let x = random((n, i), seed);

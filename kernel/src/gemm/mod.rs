@@ -24,7 +24,10 @@ pub mod packed;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use packed::{gemm_gather, gemm_packed, Microkernel, PackedA, PanelRow, RowSink, Scratch};
+pub use packed::{
+    gemm_gather, gemm_gather_fused, gemm_packed, gemm_packed_fused, Epilogue, Microkernel, PackedA, PanelRow, RowSink,
+    Scratch, Segment,
+};
 
 /// `C ← α·A·B + β·C` on the calling thread.
 ///

@@ -10,6 +10,8 @@
 
 use core::arch::x86_64::*;
 
+use super::packed::TileStore;
+
 /// AVX-512F: 8 rows × 32 columns (16 zmm accumulators). 8 divides every
 /// VGG channel count (a 12-row kernel computes 72 rows for 64).
 pub const AVX512_MR: usize = 8;
@@ -27,17 +29,11 @@ pub const AVX2_NR: usize = 16;
 /// # Safety
 /// The CPU must support AVX-512F. `a` must point to `kb·8` readable floats,
 /// `offsets` to `kb` entries, `b + offsets[kk] .. + 32` must be readable for
-/// every `kk`, and `c` must point to 8 rows of 32 writable floats spaced `ldc` apart.
+/// every `kk`; `st.out` must point to 8 rows of 32 writable floats spaced
+/// `st.ld_out` apart, `st.prev` (if not null) to 8 such readable rows
+/// `st.ld_prev` apart, `st.bias` (if not null) to 8 readable floats.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn kernel_avx512(
-    kb: usize,
-    a: *const f32,
-    b: *const f32,
-    offsets: *const usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
+pub unsafe fn kernel_avx512(kb: usize, a: *const f32, b: *const f32, offsets: *const usize, st: &TileStore) {
     let mut c0 = [_mm512_setzero_ps(); AVX512_MR];
     let mut c1 = [_mm512_setzero_ps(); AVX512_MR];
     let mut a = a;
@@ -56,16 +52,35 @@ pub unsafe fn kernel_avx512(
         // SAFETY: advancing within (or one past the end of) the A panel.
         a = unsafe { a.add(AVX512_MR) };
     }
+    let zero = _mm512_setzero_ps();
+    let (k0, k1) = (st.keep as u16, (st.keep >> 16) as u16);
     for i in 0..AVX512_MR {
-        // SAFETY: row `i` of the C tile holds 32 writable floats.
+        let (mut v0, mut v1) = (c0[i], c1[i]);
+        // SAFETY: rows `i` of `prev` and `out` hold 32 floats and `bias` 8
+        // (caller's contract); null pointers are not dereferenced.
         unsafe {
-            let p = c.add(i * ldc);
-            if accumulate {
-                c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(p));
-                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(p.add(16)));
+            if !st.prev.is_null() {
+                let p = st.prev.add(i * st.ld_prev);
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(p));
+                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(p.add(16)));
             }
-            _mm512_storeu_ps(p, c0[i]);
-            _mm512_storeu_ps(p.add(16), c1[i]);
+            if !st.bias.is_null() {
+                let bi = _mm512_set1_ps(*st.bias.add(i));
+                v0 = _mm512_add_ps(v0, bi);
+                v1 = _mm512_add_ps(v1, bi);
+            }
+            if st.relu {
+                // max(0, NaN) is NaN: the second operand is returned when either is NaN.
+                v0 = _mm512_max_ps(zero, v0);
+                v1 = _mm512_max_ps(zero, v1);
+            }
+            if st.keep != u32::MAX {
+                v0 = _mm512_maskz_mov_ps(k0, v0);
+                v1 = _mm512_maskz_mov_ps(k1, v1);
+            }
+            let p = st.out.add(i * st.ld_out);
+            _mm512_storeu_ps(p, v0);
+            _mm512_storeu_ps(p.add(16), v1);
         }
     }
 }
@@ -75,18 +90,9 @@ pub unsafe fn kernel_avx512(
 /// # Safety
 /// The CPU must support AVX2 and FMA. `a` must point to `kb·6` readable
 /// floats, `offsets` to `kb` entries, `b + offsets[kk] .. + 16` must be
-/// readable for every `kk`, and `c` must point to 6 rows of 16 writable
-/// floats spaced `ldc` apart.
+/// readable for every `kk`; `st` as for [`kernel_avx512`] with 6 rows of 16 floats.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn kernel_avx2(
-    kb: usize,
-    a: *const f32,
-    b: *const f32,
-    offsets: *const usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
+pub unsafe fn kernel_avx2(kb: usize, a: *const f32, b: *const f32, offsets: *const usize, st: &TileStore) {
     let mut c0 = [_mm256_setzero_ps(); AVX2_MR];
     let mut c1 = [_mm256_setzero_ps(); AVX2_MR];
     let mut a = a;
@@ -105,16 +111,40 @@ pub unsafe fn kernel_avx2(
         // SAFETY: advancing within (or one past the end of) the A panel.
         a = unsafe { a.add(AVX2_MR) };
     }
+    let zero = _mm256_setzero_ps();
+    // Lane masks from the keep bits: all ones where the bit is set.
+    let lanes = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    let lane_mask = |bits: u32| {
+        let sel = _mm256_and_si256(_mm256_set1_epi32(bits as i32), lanes);
+        _mm256_castsi256_ps(_mm256_cmpeq_epi32(sel, lanes))
+    };
+    let (m0, m1) = (lane_mask(st.keep & 0xff), lane_mask((st.keep >> 8) & 0xff));
     for i in 0..AVX2_MR {
-        // SAFETY: row `i` of the C tile holds 16 writable floats.
+        let (mut v0, mut v1) = (c0[i], c1[i]);
+        // SAFETY: rows `i` of `prev` and `out` hold 16 floats and `bias` 6
+        // (caller's contract); null pointers are not dereferenced.
         unsafe {
-            let p = c.add(i * ldc);
-            if accumulate {
-                c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(p));
-                c1[i] = _mm256_add_ps(c1[i], _mm256_loadu_ps(p.add(8)));
+            if !st.prev.is_null() {
+                let p = st.prev.add(i * st.ld_prev);
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(p));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(p.add(8)));
             }
-            _mm256_storeu_ps(p, c0[i]);
-            _mm256_storeu_ps(p.add(8), c1[i]);
+            if !st.bias.is_null() {
+                let bi = _mm256_set1_ps(*st.bias.add(i));
+                v0 = _mm256_add_ps(v0, bi);
+                v1 = _mm256_add_ps(v1, bi);
+            }
+            if st.relu {
+                v0 = _mm256_max_ps(zero, v0);
+                v1 = _mm256_max_ps(zero, v1);
+            }
+            if st.keep & 0xffff != 0xffff {
+                v0 = _mm256_and_ps(v0, m0);
+                v1 = _mm256_and_ps(v1, m1);
+            }
+            let p = st.out.add(i * st.ld_out);
+            _mm256_storeu_ps(p, v0);
+            _mm256_storeu_ps(p.add(8), v1);
         }
     }
 }

@@ -26,12 +26,15 @@
 //! Each output element is the same sum in the same order whatever the tiling,
 //! so results do not depend on the thread count.
 
-use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis, Zip};
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
-use crate::gemm::{gemm_gather, gemm_packed, sgemm, Microkernel, PackedA, RowSink, Scratch};
+use crate::gemm::{
+    gemm_gather_fused, gemm_packed_fused, sgemm, Epilogue, Microkernel, PackedA, RowSink, Scratch, Segment,
+};
 use crate::geometry::Window2d;
+use crate::layers::padded::PaddedLayout;
 
 /// Target number of output columns per task.
 pub const TILE_COLUMNS: usize = 512;
@@ -125,22 +128,31 @@ pub(crate) fn im2col_row<S: RowSink + ?Sized>(
     }
 }
 
-/// Part of a task: output positions `p0 .. p0 + cols` of image `img`, which
-/// are the task's columns `col0 .. col0 + cols`, written to `out [O, cols]`.
-struct Piece<'a> {
+/// Where a task's columns come from: output positions `p0 .. p0 + cols` of
+/// image `img` are the task's columns `col0 .. col0 + cols`.
+#[derive(Clone, Copy, Debug)]
+struct Origin {
     img: usize,
     p0: usize,
     col0: usize,
-    out: ArrayViewMut2<'a, f32>,
+    cols: usize,
 }
 
-/// Writes one im2col row for one piece: `(piece, channel plane, (ky, kx))`.
-type PieceRowWriter<'w> = dyn FnMut(&Piece<'_>, ArrayView2<'_, f32>, (usize, usize)) + 'w;
+/// Writes one im2col row for one piece: `(origin, channel plane, (ky, kx))`.
+type PieceRowWriter<'w> = dyn FnMut(&Origin, ArrayView2<'_, f32>, (usize, usize)) + 'w;
 
-/// A contiguous range of the batch's output columns (image-major).
+/// A contiguous range of the batch's output columns (image-major): where
+/// each piece comes from, and the output `[O, cols]` it goes to.
 struct Task<'a> {
     width: usize,
-    pieces: Vec<Piece<'a>>,
+    origins: Vec<Origin>,
+    segments: Vec<Segment<'a>>,
+}
+
+impl Task<'_> {
+    fn empty() -> Self {
+        Task { width: 0, origins: Vec::new(), segments: Vec::new() }
+    }
 }
 
 /// Cuts the output `[N, O, P]`, seen as `N·P` columns, into tasks of equal
@@ -153,7 +165,7 @@ fn split_tasks(out: ArrayViewMut3<'_, f32>) -> Vec<Task<'_>> {
     let want = 5 * rayon::current_num_threads();
     let width = total.div_ceil(want).next_multiple_of(32).clamp(MIN_TILE_COLUMNS, TILE_COLUMNS);
     let mut tasks: Vec<Task<'_>> = Vec::with_capacity(total.div_ceil(width));
-    let mut current = Task { width: 0, pieces: Vec::new() };
+    let mut current = Task::empty();
     let mut images = out;
     for img in 0..n {
         let (image, others) = images.split_at(Axis(0), 1);
@@ -163,12 +175,13 @@ fn split_tasks(out: ArrayViewMut3<'_, f32>) -> Vec<Task<'_>> {
         while p0 < positions {
             let cols = (width - current.width).min(positions - p0);
             let (head, tail) = rest.split_at(Axis(1), cols);
-            current.pieces.push(Piece { img, p0, col0: current.width, out: head });
+            current.origins.push(Origin { img, p0, col0: current.width, cols });
+            current.segments.push(Segment { col0: current.width, view: head });
             current.width += cols;
             rest = tail;
             p0 += cols;
             if current.width == width {
-                tasks.push(std::mem::replace(&mut current, Task { width: 0, pieces: Vec::new() }));
+                tasks.push(std::mem::replace(&mut current, Task::empty()));
             }
         }
     }
@@ -339,11 +352,22 @@ pub fn conv2d_forward_into(
     if n == 0 || o == 0 || positions == 0 {
         return Ok(());
     }
-    let input = input.as_standard_layout();
     if let (ConvAlgorithm::Implicit, Some(p)) = (algorithm, packed) {
-        implicit_forward(input.view(), p, bias, window, relu, out.view_mut(), scratch);
+        let (c, h, w) = (input.shape()[1], input.shape()[2], input.shape()[3]);
+        let lin = PaddedLayout::conv_input(n, c, h, w, window);
+        let lout = lin.conv_output(o, window);
+        if scratch.len() < lin.len() + lout.len() {
+            scratch.resize(lin.len() + lout.len(), 0.0);
+        }
+        let (pin, pout) = scratch.split_at_mut(lin.len());
+        lin.fill(pin, input)?;
+        conv2d_padded(pin, &lin, p, bias, window, relu, pout, &lout)?;
+        Zip::from(&mut out).and(lout.view(pout)).par_for_each(|d, &s| *d = s);
         return Ok(());
     }
+    let input = input.as_standard_layout();
+    let bias = bias.to_vec();
+    let bias_s = &bias[..];
     let (kh, kw) = window.kernel;
     let out3 = out
         .view_mut()
@@ -355,47 +379,48 @@ pub fn conv2d_forward_into(
         || (Scratch::default(), Vec::<f32>::new(), Vec::<f32>::new()),
         |(scratch, tmp, col), mut task| {
             let width = task.width;
-            // Row (c, ky, kx) of this task's im2col block.
-            let pieces = &task.pieces;
+            // Row (c, ky, kx) of this task's im2col block, written piece by piece.
+            let origins = &task.origins;
             let fill = |row: usize, dst: &mut PieceRowWriter<'_>| {
                 let (c, tap) = (row / (kh * kw), row % (kh * kw));
-                for piece in pieces {
-                    dst(piece, input.slice(s![piece.img, c, .., ..]), (tap / kw, tap % kw));
+                for origin in origins {
+                    dst(origin, input.slice(s![origin.img, c, .., ..]), (tap / kw, tap % kw));
                 }
             };
-            tmp.resize(o * width, 0.0);
             match packed {
-                Some(p) => gemm_packed(
-                    p,
-                    width,
-                    |row, sink| {
-                        fill(row, &mut |piece, plane, tap| {
-                            im2col_row(plane, window, tap, ow, piece.p0, piece.out.ncols(), sink, piece.col0)
-                        })
-                    },
-                    tmp,
-                    scratch,
-                ),
+                Some(p) => {
+                    let mut epilogue = Epilogue { bias: bias_s, relu, segments: &mut task.segments, keep: None };
+                    gemm_packed_fused(
+                        p,
+                        width,
+                        |row, sink| {
+                            fill(row, &mut |o, plane, tap| {
+                                im2col_row(plane, window, tap, ow, o.p0, o.cols, sink, o.col0)
+                            })
+                        },
+                        &mut epilogue,
+                        scratch,
+                    )
+                }
                 None => {
                     col.resize(k * width, 0.0);
                     for (row, dst) in col.chunks_mut(width).enumerate() {
-                        fill(row, &mut |piece, plane, tap| {
-                            im2col_row(plane, window, tap, ow, piece.p0, piece.out.ncols(), dst, piece.col0)
-                        });
+                        fill(row, &mut |o, plane, tap| im2col_row(plane, window, tap, ow, o.p0, o.cols, dst, o.col0));
                     }
+                    tmp.resize(o * width, 0.0);
                     let colv = ArrayView2::from_shape((k, width), &col[..]).expect("sized k × width");
                     let tmpv = ArrayViewMut2::from_shape((o, width), &mut tmp[..]).expect("sized o × width");
                     sgemm(1.0, w2, colv, 0.0, tmpv);
-                }
-            }
-            // Epilogue: bias, ReLU, and scatter to NCHW.
-            for piece in task.pieces.iter_mut() {
-                let cols = piece.out.ncols();
-                for (oc, (mut dst, &b)) in piece.out.outer_iter_mut().zip(bias).enumerate() {
-                    let src = &tmp[oc * width + piece.col0..][..cols];
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        let z = v + b;
-                        *d = if relu && z < 0.0 { 0.0 } else { z };
+                    // Bias, ReLU, and scatter to NCHW.
+                    for seg in task.segments.iter_mut() {
+                        let cols = seg.view.ncols();
+                        for (oc, (mut dst, &b)) in seg.view.outer_iter_mut().zip(bias_s).enumerate() {
+                            let src = &tmp[oc * width + seg.col0..][..cols];
+                            for (d, &v) in dst.iter_mut().zip(src) {
+                                let z = v + b;
+                                *d = if relu && z < 0.0 { 0.0 } else { z };
+                            }
+                        }
                     }
                 }
             }
@@ -404,105 +429,107 @@ pub fn conv2d_forward_into(
     Ok(())
 }
 
-/// One task of the implicit algorithm: virtual columns `j0 .. j0 + width`,
-/// and the output row segments they produce (column offset in the task, view `[O, len]`).
-struct VirtualTask<'a> {
-    j0: usize,
-    width: usize,
-    pieces: Vec<(usize, ArrayViewMut2<'a, f32>)>,
-}
-
-/// The implicit-GEMM convolution (stride 1).
+/// Implicit-GEMM convolution (stride 1) from one [`PaddedLayout`] to
+/// another, with fused bias and ReLU: `out = relu?(conv(x, W) + b)`.
 ///
-/// The input is copied once into `pad [C][N·Hp·Wp + slack]` (zero borders).
 /// Virtual column `j = n·Hp·Wp + oy·Wp + ox` (for all `oy < Hp`, `ox < Wp`)
-/// is output `(n, oy, ox)` when `oy < OH` and `ox < OW`, and garbage
-/// otherwise; im2col row `(c, ky, kx)` at column `j` is
-/// `pad[c·plane + ky·Wp + kx + j]`. So B is never packed: the microkernel
-/// reads it in place through a per-row offset table.
-fn implicit_forward(
-    input: ArrayView4<'_, f32>,
+/// is output `(n, oy, ox)` when `oy < OH` and `ox < OW`; im2col row
+/// `(c, ky, kx)` at column `j` is `input[c·plane + ky·Wp + kx + j]`, so the
+/// microkernel reads B in place through a per-row offset table, and writes
+/// column `j` of every output channel to `out[o·plane' + origin' + j]`, the
+/// columns that are not outputs as zeros (they are the output frame).
+///
+/// # Arguments
+/// * `input`, `in_layout` — activations `[N, C, H, W]` with frame zeros,
+///   `in_layout.top == window.pad`, frame at least `H + 2·pad.0 × W + 2·pad.1`.
+/// * `packed` — filters `[O, C·KH·KW]` packed by [`pack_filters`].
+/// * `bias` — `[O]`.
+/// * `out`, `out_layout` — `[N, O, OH, OW]`, same frame size as the input,
+///   `top` at most `(Hp − OH, Wp − OW)` (see [`PaddedLayout::conv_output`]);
+///   every float of its [`len`](PaddedLayout::len) is written.
+///
+/// # Errors
+/// [`KernelError::Invalid`] if the window's stride is not 1 or a layout does
+/// not fit the convolution or its buffer; [`KernelError::Shape`] if the
+/// packed filters or bias disagree with the layouts and window.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_padded(
+    input: &[f32],
+    in_layout: &PaddedLayout,
     packed: &PackedA,
     bias: ArrayView1<'_, f32>,
     window: &Window2d,
     relu: bool,
-    out: ndarray::ArrayViewMut4<'_, f32>,
-    scratch: &mut Vec<f32>,
-) {
-    let (n, c, h, w) = input.dim();
-    let (_, o, oh, ow) = out.dim();
-    let (kh, kw) = window.kernel;
-    let (ph, pw) = window.pad;
-    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
-    let image = hp * wp;
-    let virt = n * image;
-    let nr = packed.kernel().nr();
-    let plane = virt + (kh - 1) * wp + kw + nr;
-    if scratch.len() < c * plane {
-        scratch.resize(c * plane, 0.0);
+    out: &mut [f32],
+    out_layout: &PaddedLayout,
+) -> Result<()> {
+    let PaddedLayout { n, c, h, w, hp, wp, plane, .. } = *in_layout;
+    in_layout.check("conv2d padded input", input.len())?;
+    out_layout.check("conv2d padded output", out.len())?;
+    window.validate(h, w)?;
+    if window.stride != (1, 1) {
+        return Err(KernelError::invalid("conv2d padded", "the implicit algorithm needs stride 1"));
     }
-    let pad = &mut scratch[..c * plane];
-    // Every element is written (borders and slack as zeros): the buffer is reused.
-    pad.par_chunks_mut(plane).enumerate().for_each(|(ch, dst)| {
-        let (images, slack) = dst.split_at_mut(virt);
-        slack.fill(0.0);
-        for (img, padded) in images.chunks_exact_mut(image).enumerate() {
-            padded[..ph * wp].fill(0.0);
-            padded[(ph + h) * wp..].fill(0.0);
-            for (y, row) in padded[ph * wp..(ph + h) * wp].chunks_exact_mut(wp).enumerate() {
-                let src = input.slice(s![img, ch, y, ..]);
-                row[..pw].fill(0.0);
-                row[pw..pw + w].copy_from_slice(src.as_slice().expect("standard layout"));
-                row[pw + w..].fill(0.0);
-            }
-        }
-    });
-    let pad = &*pad;
+    let (kh, kw) = window.kernel;
+    let (oh, ow) = (window.out_h(h), window.out_w(w));
+    let o = packed.rows();
+    if (packed.depth(), bias.len()) != (c * kh * kw, o) {
+        return Err(KernelError::shape(
+            "packed conv2d filters and bias",
+            format!("[O, {}] and [O]", c * kh * kw),
+            &[packed.rows(), packed.depth(), bias.len()],
+        ));
+    }
+    let image = in_layout.image();
+    let virt = n * image;
+    let reach = (kh - 1) * wp + kw - 1 + packed.kernel().nr();
+    if in_layout.top != window.pad || hp < h + 2 * window.pad.0 || wp < w + 2 * window.pad.1 || plane < virt + reach {
+        return Err(KernelError::invalid("conv2d padded input", format!("{in_layout:?} does not fit {window:?}")));
+    }
+    let fits = (out_layout.n, out_layout.c, out_layout.h, out_layout.w) == (n, o, oh, ow)
+        && (out_layout.hp, out_layout.wp) == (hp, wp)
+        && out_layout.top.0 <= hp - oh
+        && out_layout.top.1 <= wp - ow;
+    if !fits {
+        return Err(KernelError::invalid(
+            "conv2d padded output",
+            format!("{out_layout:?} is not [{n}, {o}, {oh}, {ow}] in the input's {hp}×{wp} frame"),
+        ));
+    }
     let offsets: Vec<usize> =
         (0..c).flat_map(|ch| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| ch * plane + ky * wp + kx))).collect();
-
+    let bias = bias.to_vec();
     let want = 5 * rayon::current_num_threads();
     let width = virt.div_ceil(want).next_multiple_of(32).clamp(MIN_TILE_COLUMNS, TILE_COLUMNS);
-    let mut tasks: Vec<VirtualTask<'_>> = (0..virt)
-        .step_by(width)
-        .map(|j0| VirtualTask { j0, width: width.min(virt - j0), pieces: Vec::new() })
-        .collect();
-    // Hand each output row segment to the task whose columns produce it.
-    let mut images = out;
-    for img in 0..n {
-        let (this, rest) = images.split_at(Axis(0), 1);
-        images = rest;
-        let mut rows = this.index_axis_move(Axis(0), 0);
-        for oy in 0..oh {
-            let (row, others) = rows.split_at(Axis(1), 1);
-            rows = others;
-            let mut seg = row.index_axis_move(Axis(1), 0);
-            let mut v = img * image + oy * wp;
-            let end = v + ow;
-            while v < end {
-                let t = v / width;
-                let len = end.min((t + 1) * width) - v;
-                let (head, tail) = seg.split_at(Axis(1), len);
-                tasks[t].pieces.push((v - t * width, head));
-                seg = tail;
-                v += len;
-            }
-        }
+    let valid = |j: usize| {
+        let r = j % image;
+        r / wp < oh && r % wp < ow
+    };
+
+    // Output columns: [0, shift) frame, then the tasks' virtual columns, then frame and slack.
+    let shift = out_layout.origin();
+    let out2 = ArrayViewMut2::from_shape((o, out_layout.plane), &mut out[..out_layout.len()]).expect("o planes");
+    let (mut head, rest) = out2.split_at(Axis(1), shift);
+    head.fill(0.0);
+    let (mut body, mut tail) = rest.split_at(Axis(1), virt);
+    tail.fill(0.0);
+    let mut tasks = Vec::with_capacity(virt.div_ceil(width));
+    let mut j0 = 0;
+    while j0 < virt {
+        let cols = width.min(virt - j0);
+        let (this, later) = body.split_at(Axis(1), cols);
+        tasks.push((j0, this));
+        body = later;
+        j0 += cols;
     }
-    tasks.into_par_iter().for_each_init(Vec::<f32>::new, |tmp, mut task| {
-        tmp.resize(o * task.width, 0.0);
-        gemm_gather(packed, task.width, &pad[task.j0..], &offsets, tmp);
-        for (col, piece) in task.pieces.iter_mut() {
-            let len = piece.ncols();
-            for (oc, (mut dst, &b)) in piece.outer_iter_mut().zip(bias).enumerate() {
-                let src = &tmp[oc * task.width + *col..][..len];
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    let z = v + b;
-                    *d = if relu && z < 0.0 { 0.0 } else { z };
-                }
-            }
-        }
+    tasks.into_par_iter().for_each_init(Vec::<f32>::new, |partial, (j0, view)| {
+        let cols = view.ncols();
+        let keep = |t: usize| valid(j0 + t);
+        let mut segments = [Segment { col0: 0, view }];
+        let mut epilogue = Epilogue { bias: &bias, relu, segments: &mut segments, keep: Some(&keep) };
+        gemm_gather_fused(packed, cols, &input[j0..], &offsets, &mut epilogue, partial);
     });
+    Ok(())
 }
 
 /// Gradients of a convolution.

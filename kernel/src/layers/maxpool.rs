@@ -1,6 +1,6 @@
 //! Max-pooling with argmax indices that the backward pass reuses.
 
-use ndarray::{Array4, ArrayView4, Zip};
+use ndarray::{Array4, ArrayView4, Axis, Zip};
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
@@ -98,6 +98,10 @@ fn check_pool(window: &Window2d, h: usize, w: usize) -> Result<()> {
 /// every element overwritten): the frozen forward pass, which needs no
 /// backward, uses this. Same values as [`maxpool2d_forward`].
 ///
+/// Both `input` and `out` may have any strides (the VGG forward reads and
+/// writes [`PaddedLayout`](crate::layers::PaddedLayout) views); rows with
+/// unit stride take the vectorised 2×2/2 path.
+///
 /// # Errors
 /// As [`maxpool2d_forward`], plus [`KernelError::Shape`] if `out` has the wrong shape.
 pub fn maxpool2d_values_into(
@@ -111,38 +115,49 @@ pub fn maxpool2d_values_into(
     if out.shape() != [n, c, oh, ow] {
         return Err(KernelError::shape("max-pool output", format!("[{n}, {c}, {oh}, {ow}]"), out.shape()));
     }
-    let standard = input.as_standard_layout();
-    let planes_in = standard.view().into_shape_with_order((n * c, h, w)).expect("standard layout");
-    let mut out3 = out
-        .view_mut()
-        .into_shape_with_order((n * c, oh, ow))
-        .map_err(|_| KernelError::shape("max-pool output layout", "standard (C-contiguous)", &[]))?;
     let fast = *window == Window2d::VGG_POOL;
-    Zip::from(out3.outer_iter_mut()).and(planes_in.outer_iter()).into_par_iter().for_each(|(mut out, plane)| {
-        if let (true, Some(src), Some(dst)) = (fast, plane.as_slice(), out.as_slice_mut()) {
-            for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
-                let (r0, r1) = (&src[2 * oy * w..][..2 * ow], &src[(2 * oy + 1) * w..][..2 * ow]);
-                for (ox, d) in drow.iter_mut().enumerate() {
-                    *d = nan_max(nan_max(r0[2 * ox], r0[2 * ox + 1]), nan_max(r1[2 * ox], r1[2 * ox + 1]));
-                }
-            }
-            return;
-        }
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut best = f32::NEG_INFINITY;
-                for ky in 0..window.kernel.0 {
-                    let Some(iy) = window.input_y(oy, ky, h) else { continue };
-                    for kx in 0..window.kernel.1 {
-                        let Some(ix) = window.input_x(ox, kx, w) else { continue };
-                        best = nan_max(best, plane[[iy, ix]]);
-                    }
-                }
-                out[[oy, ox]] = best;
-            }
+    // One task per channel, over all images.
+    let per_channel = Zip::from(out.axis_iter_mut(Axis(1))).and(input.axis_iter(Axis(1)));
+    per_channel.into_par_iter().for_each(|(mut outs, planes)| {
+        for (mut out, plane) in outs.outer_iter_mut().zip(planes.outer_iter()) {
+            pool_plane(out.view_mut(), plane, window, fast);
         }
     });
     Ok(())
+}
+
+/// Max-pools one `[H, W]` plane into `[OH, OW]`, any strides.
+fn pool_plane(
+    mut out: ndarray::ArrayViewMut2<'_, f32>,
+    plane: ndarray::ArrayView2<'_, f32>,
+    window: &Window2d,
+    fast: bool,
+) {
+    let (h, w) = plane.dim();
+    let oh = out.nrows();
+    for oy in 0..oh {
+        let mut drow = out.row_mut(oy);
+        if fast {
+            let (r0, r1) = (plane.row(2 * oy), plane.row(2 * oy + 1));
+            if let (Some(r0), Some(r1), Some(dst)) = (r0.as_slice(), r1.as_slice(), drow.as_slice_mut()) {
+                for (ox, d) in dst.iter_mut().enumerate() {
+                    *d = nan_max(nan_max(r0[2 * ox], r0[2 * ox + 1]), nan_max(r1[2 * ox], r1[2 * ox + 1]));
+                }
+                continue;
+            }
+        }
+        for (ox, d) in drow.iter_mut().enumerate() {
+            let mut best = f32::NEG_INFINITY;
+            for ky in 0..window.kernel.0 {
+                let Some(iy) = window.input_y(oy, ky, h) else { continue };
+                for kx in 0..window.kernel.1 {
+                    let Some(ix) = window.input_x(ox, kx, w) else { continue };
+                    best = nan_max(best, plane[[iy, ix]]);
+                }
+            }
+            *d = best;
+        }
+    }
 }
 
 /// `max(a, b)` that propagates NaN (like the argmax variant: a NaN wins).
