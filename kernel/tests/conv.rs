@@ -143,6 +143,8 @@ fn algorithm_choice() {
     let c = |hw, w: &Window2d| ConvAlgorithm::choose(true, (hw, hw), w);
     assert_eq!(c(224, &Window2d::VGG_CONV), ConvAlgorithm::Implicit);
     assert_eq!(c(112, &Window2d::VGG_CONV), ConvAlgorithm::Implicit);
+    assert_eq!(c(56, &Window2d::VGG_CONV), ConvAlgorithm::Implicit);
+    assert_eq!(c(28, &Window2d::VGG_CONV), ConvAlgorithm::PackedIm2col);
     assert_eq!(c(14, &Window2d::VGG_CONV), ConvAlgorithm::PackedIm2col);
     assert_eq!(c(224, &Window2d::square(3, 2, 1)), ConvAlgorithm::PackedIm2col);
     assert_eq!(ConvAlgorithm::choose(false, (224, 224), &Window2d::VGG_CONV), ConvAlgorithm::Portable);

@@ -45,12 +45,24 @@ pub(crate) struct TileStore {
     pub relu: bool,
     /// Bit `t` set: column `t` keeps its value; clear: written as zero.
     pub keep: u32,
+    /// If not 0: prefetch (into L2) the 192 bytes this many floats past
+    /// each B row read, i.e. the next panel's rows when B is read in place.
+    pub prefetch_b: usize,
 }
 
 impl TileStore {
     /// Store (adding `prev` if not null) with no bias, ReLU or masking.
     fn plain(prev: *const f32, out: *mut f32, ld: usize) -> Self {
-        TileStore { prev, ld_prev: ld, out, ld_out: ld, bias: std::ptr::null(), relu: false, keep: u32::MAX }
+        TileStore {
+            prev,
+            ld_prev: ld,
+            out,
+            ld_out: ld,
+            bias: std::ptr::null(),
+            relu: false,
+            keep: u32::MAX,
+            prefetch_b: 0,
+        }
     }
 }
 
@@ -197,8 +209,8 @@ pub struct Segment<'a> {
 }
 
 /// Where a fused product goes: `dst = relu?(A·B + bias)`, column `j` of the
-/// product written to the segment that holds it, or zero where `keep(j)` is
-/// false (the implicit convolution's wasted columns, which land on the zero
+/// product written to the segment that holds it, or zero where `keep` clears
+/// its bit (the implicit convolution's wasted columns, which land on the zero
 /// borders of the next layer's padded input).
 pub struct Epilogue<'s, 'a> {
     /// `[m]`, added to every column of its row.
@@ -207,8 +219,9 @@ pub struct Epilogue<'s, 'a> {
     pub relu: bool,
     /// Segments in column order, covering the columns `0..n` exactly.
     pub segments: &'s mut [Segment<'a>],
-    /// Which columns keep their value (`None`: all).
-    pub keep: Option<&'s dyn Fn(usize) -> bool>,
+    /// Which columns keep their value (`None`: all): `keep(j0, cols)` for
+    /// `cols ≤ 32` has bit `t` set when column `j0 + t` does.
+    pub keep: Option<&'s dyn Fn(usize, usize) -> u32>,
 }
 
 impl Epilogue<'_, '_> {
@@ -240,7 +253,7 @@ impl Epilogue<'_, '_> {
     fn keep_bits(&self, j0: usize, cols: usize) -> u32 {
         match self.keep {
             None => u32::MAX,
-            Some(keep) => (0..cols).filter(|&t| keep(j0 + t)).fold(0, |bits, t| bits | 1 << t),
+            Some(keep) => keep(j0, cols),
         }
     }
 
@@ -250,7 +263,7 @@ impl Epilogue<'_, '_> {
         let z = v + self.bias[row];
         let z = if self.relu && z < 0.0 { 0.0 } else { z };
         match self.keep {
-            Some(keep) if !keep(j) => 0.0,
+            Some(keep) if keep(j, 1) & 1 == 0 => 0.0,
             _ => z,
         }
     }
@@ -283,6 +296,7 @@ unsafe fn multiply_block(
     c: &mut [f32],
     accumulate: bool,
     mut epilogue: Option<&mut Epilogue<'_, '_>>,
+    prefetch_next: usize,
 ) {
     let (mr, nr) = (kernel.mr(), kernel.nr());
     let mut edge = [0.0f32; 8 * 32];
@@ -300,8 +314,9 @@ unsafe fn multiply_block(
                 let s = &mut e.segments[seg];
                 let inside = j0 + nr <= s.col0 + s.view.ncols();
                 let (rs, cs) = (s.view.strides()[0], s.view.strides()[1]);
-                (inside && cs == 1 && rs >= 0)
-                    .then(|| (s.view.slice_mut(ndarray::s![.., j0 - s.col0..]).as_mut_ptr(), rs as usize, keep))
+                let base = s.view.as_mut_ptr();
+                // SAFETY: column j0 − col0 < ncols of row 0 lies inside the view (`inside`, unit column stride).
+                (inside && cs == 1 && rs >= 0).then(|| (unsafe { base.add(j0 - s.col0) }, rs as usize, keep))
             }
             _ => None,
         };
@@ -310,10 +325,12 @@ unsafe fn multiply_block(
             let rows = mr.min(m - ir * mr);
             let corner = ir * mr * n + j0;
             let prev = if accumulate { c[corner..].as_ptr() } else { std::ptr::null() };
+            // The first tile of a panel prefetches the next panel's B rows.
+            let prefetch_b = if ir == 0 { prefetch_next } else { 0 };
             match (&epilogue, direct) {
                 (None, _) if rows == mr && cols == nr => {
                     let out = c[corner..].as_mut_ptr();
-                    let st = TileStore::plain(prev, out, n);
+                    let st = TileStore { prefetch_b, ..TileStore::plain(prev, out, n) };
                     // SAFETY: A panel of kb·mr floats (sliced); B rows readable
                     // (caller's contract); the C tile's rows ir·mr.. and columns
                     // j0.. lie inside the m × n slice `c`.
@@ -330,6 +347,7 @@ unsafe fn multiply_block(
                         bias: e.bias[ir * mr..].as_ptr(),
                         relu: e.relu,
                         keep,
+                        prefetch_b,
                     };
                     // SAFETY: as above; `prev` is the C tile when accumulating;
                     // `bias` has mr entries from ir·mr (rows == mr).
@@ -343,7 +361,7 @@ unsafe fn multiply_block(
                         }
                     }
                     let prev = if accumulate { edge.as_ptr() } else { std::ptr::null() };
-                    let st = TileStore::plain(prev, edge.as_mut_ptr(), nr);
+                    let st = TileStore { prefetch_b, ..TileStore::plain(prev, edge.as_mut_ptr(), nr) };
                     // SAFETY: as above, with `edge` as a full mr × nr tile (ld = nr; mr·nr ≤ 256).
                     unsafe { kernel.run(kb, apanel.as_ptr(), bp, offsets.as_ptr(), &st) };
                     match epilogue.as_deref_mut() {
@@ -495,6 +513,7 @@ fn gather(a: &PackedA, n: usize, b: &[f32], offsets: &[usize], mut target: Targe
                 c,
                 k0 > 0,
                 epilogue,
+                nr,
             )
         };
     }
@@ -669,6 +688,7 @@ fn packed(
                 c,
                 k0 > 0,
                 epilogue,
+                0,
             )
         };
     }
@@ -747,6 +767,7 @@ mod tests {
         let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 7) as f32 - 3.0);
         let bias: Vec<f32> = (0..m).map(|i| (i % 5) as f32 - 2.0).collect();
         let keep = |j: usize| j % 5 != 3;
+        let keep_bits = |j0: usize, cols: usize| (0..cols).filter(|&t| keep(j0 + t)).fold(0, |b, t| b | 1 << t);
         let packed = PackedA::pack(a.view(), kernel);
         // Segment bounds: 0, the cuts inside n, n.
         let mut bounds: Vec<usize> = std::iter::once(0).chain(cuts.iter().copied().filter(|&c| c < n)).collect();
@@ -771,7 +792,7 @@ mod tests {
                 .zip(bounds.windows(2))
                 .map(|(s, w)| Segment { col0: w[0], view: s.slice_mut(ndarray::s![.., ..w[1] - w[0]]) })
                 .collect();
-            let mut e = Epilogue { bias: &bias, relu: true, segments: &mut segments, keep: Some(&keep) };
+            let mut e = Epilogue { bias: &bias, relu: true, segments: &mut segments, keep: Some(&keep_bits) };
             let mut partial = Vec::new();
             if gather_b {
                 let flat: Vec<f32> = b.iter().copied().chain(std::iter::repeat_n(0.0, 64)).collect();

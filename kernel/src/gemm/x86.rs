@@ -41,6 +41,13 @@ pub unsafe fn kernel_avx512(kb: usize, a: *const f32, b: *const f32, offsets: *c
         // SAFETY: `offsets` has kb entries; the addressed B row holds 32 readable floats.
         let (b0, b1) = unsafe {
             let row = b.add(*offsets.add(kk));
+            if st.prefetch_b != 0 {
+                // A hint only: the address may lie past the buffer (wrapping_add), prefetches never fault.
+                let ahead = row.wrapping_add(st.prefetch_b) as *const i8;
+                _mm_prefetch::<_MM_HINT_T1>(ahead);
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64));
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(128));
+            }
             (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)))
         };
         for i in 0..AVX512_MR {

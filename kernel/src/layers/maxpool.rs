@@ -140,9 +140,7 @@ fn pool_plane(
         if fast {
             let (r0, r1) = (plane.row(2 * oy), plane.row(2 * oy + 1));
             if let (Some(r0), Some(r1), Some(dst)) = (r0.as_slice(), r1.as_slice(), drow.as_slice_mut()) {
-                for (ox, d) in dst.iter_mut().enumerate() {
-                    *d = nan_max(nan_max(r0[2 * ox], r0[2 * ox + 1]), nan_max(r1[2 * ox], r1[2 * ox + 1]));
-                }
+                pool_2x2_row(r0, r1, dst);
                 continue;
             }
         }
@@ -157,6 +155,29 @@ fn pool_plane(
             }
             *d = best;
         }
+    }
+}
+
+/// One output row of the 2×2/2 pool from input rows `r0`, `r1`. Blocks of
+/// 16 outputs in fixed-size arrays (vertical maxima, then pairs) so that the
+/// compiler vectorises both steps; the tail is done one by one.
+fn pool_2x2_row(r0: &[f32], r1: &[f32], dst: &mut [f32]) {
+    const B: usize = 16;
+    let ow = dst.len();
+    let (r0, r1) = (&r0[..2 * ow], &r1[..2 * ow]);
+    let mut blocks = dst.chunks_exact_mut(B);
+    for ((d, a), b) in (&mut blocks).zip(r0.chunks_exact(2 * B)).zip(r1.chunks_exact(2 * B)) {
+        let mut v = [0.0f32; 2 * B];
+        for i in 0..2 * B {
+            v[i] = nan_max(a[i], b[i]);
+        }
+        for i in 0..B {
+            d[i] = nan_max(v[2 * i], v[2 * i + 1]);
+        }
+    }
+    let done = ow - ow % B;
+    for (ox, d) in blocks.into_remainder().iter_mut().enumerate().map(|(i, d)| (done + i, d)) {
+        *d = nan_max(nan_max(r0[2 * ox], r0[2 * ox + 1]), nan_max(r1[2 * ox], r1[2 * ox + 1]));
     }
 }
 
