@@ -296,7 +296,7 @@ unsafe fn multiply_block(
     c: &mut [f32],
     accumulate: bool,
     mut epilogue: Option<&mut Epilogue<'_, '_>>,
-    prefetch_next: usize,
+    prefetch_next: impl Fn(usize) -> usize,
 ) {
     let (mr, nr) = (kernel.mr(), kernel.nr());
     let mut edge = [0.0f32; 8 * 32];
@@ -326,7 +326,7 @@ unsafe fn multiply_block(
             let corner = ir * mr * n + j0;
             let prev = if accumulate { c[corner..].as_ptr() } else { std::ptr::null() };
             // The first tile of a panel prefetches the next panel's B rows.
-            let prefetch_b = if ir == 0 { prefetch_next } else { 0 };
+            let prefetch_b = if ir == 0 { prefetch_next(jr) } else { 0 };
             match (&epilogue, direct) {
                 (None, _) if rows == mr && cols == nr => {
                     let out = c[corner..].as_mut_ptr();
@@ -460,29 +460,39 @@ impl<'s, 'a> Target<'_, 's, 'a> {
 /// # Panics
 /// If `c.len() != m·n`, `offsets.len() != k`, or `b` is too short for the reads above.
 pub fn gemm_gather(a: &PackedA, n: usize, b: &[f32], offsets: &[usize], c: &mut [f32]) {
-    gather(a, n, b, offsets, Target::Plain(c));
+    let nr = a.kernel.nr();
+    let panels: Vec<usize> = (0..n.div_ceil(nr)).map(|jr| jr * nr).collect();
+    gather(a, n, b, &panels, offsets, Target::Plain(c));
 }
 
-/// [`gemm_gather`] finished by `epilogue`: `dst = relu?(A·B + bias)` (see
-/// [`Epilogue`]), written straight from the microkernel's registers where a
-/// tile lies inside one segment. `partial` holds the `m × n` partial sums
-/// when `k` spans more than one k-block (grown as needed, reused across calls).
+/// [`gemm_gather`] with the columns in runs, finished by `epilogue`.
+///
+/// Column `jr·NR + t` of `B` (`t < NR`, NR = `a.kernel().nr()`) at row `kk`
+/// is `b[panels[jr] + offsets[kk] + t]`: each panel of NR columns starts
+/// where `panels` says, so a product can skip columns it does not need.
+/// The result is `dst = relu?(A·B + bias)` (see [`Epilogue`]), written
+/// straight from the microkernel's registers where a tile lies inside one
+/// segment. `partial` holds the `m × n` partial sums when `k` spans more
+/// than one k-block (grown as needed, reused across calls).
 ///
 /// # Panics
-/// As [`gemm_gather`], and if the epilogue's bias is not `[m]` or its
-/// segments do not tile the columns `0..n` with `m` rows each.
+/// If `panels.len() != ⌈n / NR⌉`, `offsets.len() != k`, a panel's reads
+/// (`panels[jr] + offsets[kk] + NR`) pass the end of `b`, the epilogue's bias
+/// is not `[m]`, or its segments do not tile the columns `0..n` with `m` rows each.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_gather_fused(
     a: &PackedA,
     n: usize,
     b: &[f32],
+    panels: &[usize],
     offsets: &[usize],
     epilogue: &mut Epilogue<'_, '_>,
     partial: &mut Vec<f32>,
 ) {
-    gather(a, n, b, offsets, Target::Fused(epilogue, partial));
+    gather(a, n, b, panels, offsets, Target::Fused(epilogue, partial));
 }
 
-fn gather(a: &PackedA, n: usize, b: &[f32], offsets: &[usize], mut target: Target<'_, '_, '_>) {
+fn gather(a: &PackedA, n: usize, b: &[f32], panels: &[usize], offsets: &[usize], mut target: Target<'_, '_, '_>) {
     let (m, k) = (a.m, a.k);
     assert_eq!(offsets.len(), k, "gemm_gather: {} offsets for depth {k}", offsets.len());
     if target.trivial(a, n, "gemm_gather") {
@@ -490,17 +500,19 @@ fn gather(a: &PackedA, n: usize, b: &[f32], offsets: &[usize], mut target: Targe
     }
     let kernel = a.kernel;
     let (mr, nr) = (kernel.mr(), kernel.nr());
-    let n_pad = n.div_ceil(nr) * nr;
+    assert_eq!(panels.len(), n.div_ceil(nr), "gemm_gather: {} panel starts for {n} columns", panels.len());
     let max_offset = offsets.iter().copied().max().unwrap_or(0);
-    assert!(max_offset + n_pad <= b.len(), "gemm_gather: B reads up to {} of {}", max_offset + n_pad, b.len());
+    let max_panel = panels.iter().copied().max().unwrap_or(0);
+    let reach = max_panel + max_offset + nr;
+    assert!(reach <= b.len(), "gemm_gather: B reads up to {reach} of {}", b.len());
     let m_pad = m.div_ceil(mr) * mr;
     for k0 in (0..k).step_by(KC) {
         let kb = KC.min(k - k0);
         let ablock = &a.data[k0 * m_pad..(k0 + kb) * m_pad];
         let (c, epilogue) = target.block(m, n, k0, k);
-        // SAFETY: panel jr reads b[offsets[kk] + jr·nr .. + nr], inside `b`
-        // by the assertion above; `ablock` is this k-block of `a`; `c` holds
-        // m × n floats (or is unused: a single fused block); the epilogue was checked.
+        // SAFETY: panel jr reads b[panels[jr] + offsets[kk] .. + nr], inside
+        // `b` by the assertion above; `ablock` is this k-block of `a`; `c`
+        // holds m × n floats (or is unused: a single fused block); the epilogue was checked.
         unsafe {
             multiply_block(
                 kernel,
@@ -508,12 +520,13 @@ fn gather(a: &PackedA, n: usize, b: &[f32], offsets: &[usize], mut target: Targe
                 kb,
                 m,
                 n,
-                |jr| b.as_ptr().add(jr * nr),
+                |jr| b.as_ptr().add(panels[jr]),
                 &offsets[k0..k0 + kb],
                 c,
                 k0 > 0,
                 epilogue,
-                nr,
+                // Prefetch the next panel's rows (a distance in floats; none after the last).
+                |jr| panels.get(jr + 1).map_or(0, |&next| next.wrapping_sub(panels[jr])),
             )
         };
     }
@@ -688,7 +701,7 @@ fn packed(
                 c,
                 k0 > 0,
                 epilogue,
-                0,
+                |_| 0,
             )
         };
     }
@@ -795,9 +808,18 @@ mod tests {
             let mut e = Epilogue { bias: &bias, relu: true, segments: &mut segments, keep: Some(&keep_bits) };
             let mut partial = Vec::new();
             if gather_b {
-                let flat: Vec<f32> = b.iter().copied().chain(std::iter::repeat_n(0.0, 64)).collect();
-                let offsets: Vec<usize> = (0..k).map(|kk| kk * n).collect();
-                gemm_gather_fused(&packed, n, &flat, &offsets, &mut e, &mut partial);
+                // Panels start 5 floats apart beyond their width (the gaps are never read).
+                let nr = kernel.nr();
+                let panels: Vec<usize> = (0..n.div_ceil(nr)).map(|jr| jr * (nr + 5)).collect();
+                let stride = panels.len() * (nr + 5) + 64;
+                let mut flat = vec![f32::NAN; k * stride + 64];
+                for kk in 0..k {
+                    for j in 0..n {
+                        flat[kk * stride + panels[j / nr] + j % nr] = b[[kk, j]];
+                    }
+                }
+                let offsets: Vec<usize> = (0..k).map(|kk| kk * stride).collect();
+                gemm_gather_fused(&packed, n, &flat, &panels, &offsets, &mut e, &mut partial);
             } else {
                 let fill = |kk: usize, row: &mut PanelRow<'_>| row.copy(0, b.row(kk).as_slice().unwrap());
                 gemm_packed_fused(&packed, n, fill, &mut e, &mut Scratch::default());

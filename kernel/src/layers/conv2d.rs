@@ -155,15 +155,26 @@ impl Task<'_> {
     }
 }
 
+/// Width of the tasks that cut `total` columns for `threads` threads: a
+/// multiple of 32 in `MIN_TILE_COLUMNS ..= TILE_COLUMNS` for which the thread
+/// with the most tasks has the least work (`⌈tasks / threads⌉ · width`, within
+/// 2%), the widest such (wider tasks reuse each packed filter block longer).
+/// A fixed five tasks per thread left VGG's 14×14 layers with 9⅓ tasks for
+/// 2 threads (1.87× the 1-thread speed).
+fn task_width(total: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let widths = (MIN_TILE_COLUMNS / 32..=TILE_COLUMNS / 32).map(|units| units * 32);
+    let slowest = |w: usize| total.div_ceil(w).div_ceil(threads) * w;
+    let best = widths.clone().map(slowest).min().expect("a non-empty range");
+    widths.filter(|&w| slowest(w) * 100 <= best * 102).max().expect("the best width qualifies")
+}
+
 /// Cuts the output `[N, O, P]`, seen as `N·P` columns, into tasks of equal
-/// width (a multiple of 32, at most [`TILE_COLUMNS`], narrower when that
-/// gives each thread at least five tasks, which evens out the load on small
-/// layers); a task may span several images.
+/// width ([`task_width`]); a task may span several images.
 fn split_tasks(out: ArrayViewMut3<'_, f32>) -> Vec<Task<'_>> {
     let (n, _, positions) = out.dim();
     let total = n * positions;
-    let want = 5 * rayon::current_num_threads();
-    let width = total.div_ceil(want).next_multiple_of(32).clamp(MIN_TILE_COLUMNS, TILE_COLUMNS);
+    let width = task_width(total, rayon::current_num_threads());
     let mut tasks: Vec<Task<'_>> = Vec::with_capacity(total.div_ceil(width));
     let mut current = Task::empty();
     let mut images = out;
@@ -241,10 +252,13 @@ pub enum ConvAlgorithm {
     Implicit,
 }
 
-/// Largest padded-to-output area ratio `Hp·Wp / (OH·OW)` for which
-/// [`ConvAlgorithm::Implicit`] is chosen automatically: VGG blocks 1–3 at
-/// 224×224 (1.018, 1.036, 1.073); block 4 (1.148) measured slower than im2col.
-pub const IMPLICIT_MAX_WASTE: f64 = 1.1;
+/// Largest ratio of computed to output columns for which
+/// [`ConvAlgorithm::Implicit`] is chosen automatically. The implicit GEMM
+/// computes `OH` rows of `Wp` columns per image, rounded up to whole
+/// 32-column panels, for `OH·OW` outputs: at 224×224 the VGG blocks waste
+/// 1.009, 1.018, 1.041, 1.102 and 1.143, all below the cost of packing
+/// im2col rows (measured equal or slower from block 4 on, 7–15% of a layer).
+pub const IMPLICIT_MAX_WASTE: f64 = 1.15;
 
 impl ConvAlgorithm {
     /// The algorithm [`conv2d_forward_with`] uses for this input and window.
@@ -253,9 +267,9 @@ impl ConvAlgorithm {
             return ConvAlgorithm::Portable;
         }
         let (h, w) = input_hw;
-        let (hp, wp) = (h + 2 * window.pad.0, w + 2 * window.pad.1);
+        let wp = PaddedLayout::conv_row(w, window);
         let (oh, ow) = (window.out_h(h), window.out_w(w));
-        let waste = (hp * wp) as f64 / (oh * ow).max(1) as f64;
+        let waste = (oh * wp).next_multiple_of(32) as f64 / (oh * ow).max(1) as f64;
         if window.stride == (1, 1) && waste <= IMPLICIT_MAX_WASTE {
             ConvAlgorithm::Implicit
         } else {
@@ -484,7 +498,7 @@ pub fn conv2d_padded(
     let image = in_layout.image();
     let virt = n * image;
     let reach = (kh - 1) * wp + kw - 1 + packed.kernel().nr();
-    if in_layout.top != window.pad || hp < h + 2 * window.pad.0 || wp < w + 2 * window.pad.1 || plane < virt + reach {
+    if in_layout.top != window.pad || hp < h + 2 * window.pad.0 || wp < w + window.pad.1 || plane < virt + reach {
         return Err(KernelError::invalid("conv2d padded input", format!("{in_layout:?} does not fit {window:?}")));
     }
     let fits = (out_layout.n, out_layout.c, out_layout.h, out_layout.w) == (n, o, oh, ow)
@@ -500,11 +514,10 @@ pub fn conv2d_padded(
     let offsets: Vec<usize> =
         (0..c).flat_map(|ch| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| ch * plane + ky * wp + kx))).collect();
     let bias = bias.to_vec();
-    let want = 5 * rayon::current_num_threads();
-    let width = virt.div_ceil(want).next_multiple_of(32).clamp(MIN_TILE_COLUMNS, TILE_COLUMNS);
-    // Bits of the output columns among virtual columns j .. j + cols (cols ≤ 32).
-    let valid = |j: usize, cols: usize| -> u32 {
-        let r = j % image;
+    let nr = packed.kernel().nr();
+    // Bits of the output columns among virtual columns v .. v + cols (cols ≤ 32).
+    let valid = |v: usize, cols: usize| -> u32 {
+        let r = v % image;
         let (mut y, mut x) = (r / wp, r % wp);
         if y < oh && x + cols <= ow {
             return u32::MAX >> (32 - cols);
@@ -522,30 +535,74 @@ pub fn conv2d_padded(
         bits
     };
 
-    // Output columns: [0, shift) frame, then the tasks' virtual columns, then frame and slack.
+    // Only the virtual columns of output rows are computed: per image, its
+    // first OH·Wp columns, rounded up to whole panels while that stays inside
+    // the image. The rest of each image (bottom frame rows) is only zeroed.
+    let span = (oh * wp).next_multiple_of(nr).min(image);
+    let width = task_width(n * span, rayon::current_num_threads());
+    // Output column of virtual column v: v + shift. Walk the [O, plane]
+    // output in column order, zeroing what no task writes and handing each
+    // task the views of its pieces.
     let shift = out_layout.origin();
-    let out2 = ArrayViewMut2::from_shape((o, out_layout.plane), &mut out[..out_layout.len()]).expect("o planes");
-    let (mut head, rest) = out2.split_at(Axis(1), shift);
-    head.fill(0.0);
-    let (mut body, mut tail) = rest.split_at(Axis(1), virt);
-    tail.fill(0.0);
-    let mut tasks = Vec::with_capacity(virt.div_ceil(width));
-    let mut j0 = 0;
-    while j0 < virt {
-        let cols = width.min(virt - j0);
-        let (this, later) = body.split_at(Axis(1), cols);
-        tasks.push((j0, this));
-        body = later;
-        j0 += cols;
+    let mut rest = ArrayViewMut2::from_shape((o, out_layout.plane), &mut out[..out_layout.len()]).expect("o planes");
+    let mut cursor = 0;
+    let mut take = |until: usize, len: usize| {
+        let view = std::mem::replace(&mut rest, ArrayViewMut2::from_shape((0, 0), &mut []).expect("empty"));
+        let (mut gap, view) = view.split_at(Axis(1), until - cursor);
+        gap.fill(0.0);
+        let (piece, later) = view.split_at(Axis(1), len);
+        rest = later;
+        cursor = until + len;
+        piece
+    };
+    let mut tasks: Vec<ImplicitTask<'_>> = Vec::new();
+    let mut current = ImplicitTask::default();
+    for img in 0..n {
+        let mut v = img * image;
+        let end = v + span;
+        while v < end {
+            let len = (width - current.width).min(end - v);
+            current.pieces.push((v, current.width));
+            current.segments.push(Segment { col0: current.width, view: take(v + shift, len) });
+            current.width += len;
+            v += len;
+            if current.width == width {
+                tasks.push(std::mem::take(&mut current));
+            }
+        }
     }
-    tasks.into_par_iter().for_each_init(Vec::<f32>::new, |partial, (j0, view)| {
-        let cols = view.ncols();
-        let keep = |t: usize, cols: usize| valid(j0 + t, cols);
-        let mut segments = [Segment { col0: 0, view }];
-        let mut epilogue = Epilogue { bias: &bias, relu, segments: &mut segments, keep: Some(&keep) };
-        gemm_gather_fused(packed, cols, &input[j0..], &offsets, &mut epilogue, partial);
-    });
+    if current.width > 0 {
+        tasks.push(current);
+    }
+    let plane_out = out_layout.plane;
+    take(plane_out, 0);
+    tasks.into_par_iter().for_each_init(
+        || (Vec::<f32>::new(), Vec::<usize>::new()),
+        |(partial, panels), mut task| {
+            // Virtual column of task column t.
+            let pieces = &task.pieces;
+            let virtual_col = |t: usize| {
+                let &(v0, col0) = pieces.iter().rev().find(|&&(_, col0)| col0 <= t).expect("piece 0 starts at 0");
+                v0 + (t - col0)
+            };
+            panels.clear();
+            panels.extend((0..task.width).step_by(nr).map(virtual_col));
+            let keep = |t: usize, cols: usize| valid(virtual_col(t), cols);
+            let mut epilogue = Epilogue { bias: &bias, relu, segments: &mut task.segments, keep: Some(&keep) };
+            gemm_gather_fused(packed, task.width, input, panels, &offsets, &mut epilogue, partial);
+        },
+    );
     Ok(())
+}
+
+/// Part of the implicit convolution: task columns laid over runs of virtual
+/// columns (`(first virtual column, first task column)` per piece), and the
+/// output views the pieces fill.
+#[derive(Default)]
+struct ImplicitTask<'a> {
+    width: usize,
+    pieces: Vec<(usize, usize)>,
+    segments: Vec<Segment<'a>>,
 }
 
 /// Gradients of a convolution.

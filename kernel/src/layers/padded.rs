@@ -2,7 +2,9 @@
 //!
 //! A [`PaddedLayout`] stores `[N, C, H, W]` activations channel-major, each
 //! image inside a zero frame of `Hp × Wp`, the images of one channel side by
-//! side, then some slack:
+//! side, then some slack. The frame columns before a row are also the
+//! previous row's right padding, so a 3×3 convolution's input has
+//! `Wp = W + 1`, not `W + 2`:
 //!
 //! ```text
 //! element (n, c, y, x) at  c·plane + n·Hp·Wp + (y + top.0)·Wp + (x + top.1)
@@ -51,12 +53,23 @@ pub struct PaddedLayout {
 
 impl PaddedLayout {
     /// The input layout of an implicit convolution with `window` over
-    /// `[n, c, h, w]`: a frame of the window's padding on every side, and
-    /// slack for the reads of the last tile past the last image.
+    /// `[n, c, h, w]`: the window's padding as frame rows above and below
+    /// each image and as frame columns before each row (which are also the
+    /// previous row's right padding: `Wp = W + pad.1`), and slack for the
+    /// reads of the last tile past the last image.
     pub fn conv_input(n: usize, c: usize, h: usize, w: usize, window: &Window2d) -> Self {
-        let (hp, wp) = (h + 2 * window.pad.0, w + 2 * window.pad.1);
+        let (hp, wp) = (h + 2 * window.pad.0, Self::conv_row(w, window));
         let plane = n * hp * wp + Self::slack(window, wp);
         PaddedLayout { n, c, h, w, top: window.pad, hp, wp, plane }
+    }
+
+    /// Framed row length `Wp` of an implicit convolution's input of width
+    /// `w`: rows share their side padding (a row's right frame is the next
+    /// row's left one), so `W + pad.1`, unless the outputs and their own
+    /// left frame, `OW + (kw − 1)/2`, need more (padding wider than the kernel).
+    pub fn conv_row(w: usize, window: &Window2d) -> usize {
+        let left = (window.kernel.1.saturating_sub(1)) / 2;
+        (w + window.pad.1).max(window.out_w(w) + left)
     }
 
     /// The layout an implicit convolution with `window` and `out_channels`
