@@ -6,8 +6,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use lml_benches::{conv_table, random_input};
 use lml_kernel::gemm::{gemm_packed, Microkernel, PackedA, RowSink, Scratch};
 use lml_kernel::geometry::Window2d;
-use lml_kernel::layers::conv2d::{conv2d_forward_into, pack_filters, ConvAlgorithm};
+use lml_kernel::layers::conv2d::{conv2d_forward_into, conv2d_padded, pack_filters, ConvAlgorithm};
 use lml_kernel::layers::dense_forward;
+use lml_kernel::layers::PaddedLayout;
 use ndarray::{Array1, Array2};
 
 fn conv_layers(c: &mut Criterion) {
@@ -23,31 +24,50 @@ fn conv_layers(c: &mut Criterion) {
             let w = random_input(shape.out_channels, shape.in_channels, 3, 2).mapv(|v| v * 0.05);
             let bias = Array1::<f32>::zeros(shape.out_channels);
             let packed = kernel.map(|k| pack_filters(w.view(), k).unwrap());
-            let algo = ConvAlgorithm::choose(packed.is_some(), (shape.side, shape.side), &Window2d::VGG_CONV);
-            // Output and scratch are reused across iterations, as in the network's forward.
-            let mut out = ndarray::Array4::<f32>::zeros((batch, shape.out_channels, shape.side, shape.side));
-            let mut scratch = Vec::new();
+            let window = Window2d::VGG_CONV;
+            let algo = ConvAlgorithm::choose(packed.is_some(), (shape.side, shape.side), &window);
             g.throughput(Throughput::Elements(shape.flops() * batch as u64));
-            g.bench_function(BenchmarkId::new(format!("{}t", threads), shape.name), |b| {
-                b.iter(|| {
-                    pool.install(|| {
-                        let w = w.view();
-                        let p = packed.as_ref();
-                        conv2d_forward_into(
-                            x.view(),
-                            w,
-                            p,
-                            bias.view(),
-                            &Window2d::VGG_CONV,
-                            true,
-                            algo,
-                            out.view_mut(),
-                            &mut scratch,
-                        )
-                        .unwrap()
-                    })
-                })
-            });
+            let id = BenchmarkId::new(format!("{}t", threads), shape.name);
+            match (algo, packed.as_ref()) {
+                // As in the network: from the previous layer's padded output to the next one's input.
+                (ConvAlgorithm::Implicit, Some(p)) => {
+                    let lin = PaddedLayout::conv_input(batch, shape.in_channels, shape.side, shape.side, &window);
+                    let lout = lin.conv_output(shape.out_channels, &window);
+                    let mut input = vec![0.0; lin.len()];
+                    lin.fill(&mut input, x.view()).unwrap();
+                    let mut out = vec![0.0; lout.len()];
+                    g.bench_function(id, |b| {
+                        b.iter(|| {
+                            pool.install(|| conv2d_padded(&input, &lin, p, bias.view(), &window, true, &mut out, &lout))
+                                .unwrap()
+                        })
+                    });
+                }
+                // NCHW in and out; output and scratch reused across iterations, as in the network.
+                (_, p) => {
+                    let mut out = ndarray::Array4::<f32>::zeros((batch, shape.out_channels, shape.side, shape.side));
+                    let mut scratch = Vec::new();
+                    g.bench_function(id, |b| {
+                        b.iter(|| {
+                            pool.install(|| {
+                                let (out, scratch) = (out.view_mut(), &mut scratch);
+                                conv2d_forward_into(
+                                    x.view(),
+                                    w.view(),
+                                    p,
+                                    bias.view(),
+                                    &window,
+                                    true,
+                                    algo,
+                                    out,
+                                    scratch,
+                                )
+                            })
+                            .unwrap()
+                        })
+                    });
+                }
+            }
         }
     }
     g.finish();

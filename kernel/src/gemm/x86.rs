@@ -34,6 +34,28 @@ pub const AVX2_NR: usize = 16;
 /// `st.ld_prev` apart, `st.bias` (if not null) to 8 readable floats.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn kernel_avx512(kb: usize, a: *const f32, b: *const f32, offsets: *const usize, st: &TileStore) {
+    if st.prefetch_b != 0 {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { tile_avx512::<true>(kb, a, b, offsets, st) }
+    } else {
+        // SAFETY: as above.
+        unsafe { tile_avx512::<false>(kb, a, b, offsets, st) }
+    }
+}
+
+/// [`kernel_avx512`] with the prefetch decided at compile time (no test in the loop).
+///
+/// # Safety
+/// As [`kernel_avx512`].
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile_avx512<const PREFETCH: bool>(
+    kb: usize,
+    a: *const f32,
+    b: *const f32,
+    offsets: *const usize,
+    st: &TileStore,
+) {
     let mut c0 = [_mm512_setzero_ps(); AVX512_MR];
     let mut c1 = [_mm512_setzero_ps(); AVX512_MR];
     let mut a = a;
@@ -41,7 +63,7 @@ pub unsafe fn kernel_avx512(kb: usize, a: *const f32, b: *const f32, offsets: *c
         // SAFETY: `offsets` has kb entries; the addressed B row holds 32 readable floats.
         let (b0, b1) = unsafe {
             let row = b.add(*offsets.add(kk));
-            if st.prefetch_b != 0 {
+            if PREFETCH {
                 // A hint only: the address may lie past the buffer (wrapping_add), prefetches never fault.
                 let ahead = row.wrapping_add(st.prefetch_b) as *const i8;
                 _mm_prefetch::<_MM_HINT_T1>(ahead);
