@@ -10,7 +10,7 @@
 //! * **Layout.** Activations are NCHW (`[batch, channels, height, width]`),
 //!   convolution weights OIHW, dense weights `[out, in]` — torchvision's
 //!   layouts, so its checkpoints need no transposition. Images on disk are
-//!   `[N, H, W, 3]` `u8` RGB and are converted by [`preprocess`].
+//!   `[N, H, W, 3]` `u8` RGB and are converted by [`preprocess`](fn@preprocess).
 //! * **Gradients are sums.** Every backward returns `∂(Σ_batch loss)/∂·` and
 //!   [`optim::Sgd::step`] divides by the example count, so gradient sums
 //!   from several workers add up to exactly the large-batch gradient.
@@ -20,7 +20,7 @@
 //!   depend on the thread count.
 //! * **Errors.** Bad input a caller controls gives a [`KernelError`] naming
 //!   what was wrong; panics are reserved for internal invariants.
-//! * **Correctness.** [`reference`] keeps a naive f64 implementation of every
+//! * **Correctness.** [`reference`](mod@reference) keeps a naive f64 implementation of every
 //!   layer; the tests compare every fast path with it under the tolerances
 //!   named in [`approx`], and check every backward by finite differences.
 //!

@@ -6,13 +6,13 @@ use clap::Parser;
 use lml_lambda::cost::{JobShape, Prices};
 use lml_lambda::services::lambda_threads;
 
-/// Seconds per 224×224 image through VGG19 to fc7 on one thread: 3.201 s per
+/// Seconds per 224×224 image through VGG19 to fc7 on one thread: 3.034 s per
 /// batch of 8 (`cargo bench -p lml-benches --bench vgg -- vgg19_224_fc7`, 1
-/// thread, this x86 machine); 2 threads measured 1.661 s (0.96 of linear).
-const SECS_224_ONE_THREAD: f64 = 3.201 / 8.0;
-/// Seconds per 32×32 image to pool5 on one thread, from 169 img/s on 2
+/// thread, this x86 machine); 2 threads measured 1.536 s (0.99 of linear).
+const SECS_224_ONE_THREAD: f64 = 3.034 / 8.0;
+/// Seconds per 32×32 image to pool5 on one thread, from 175 img/s on 2
 /// threads (`--bench vgg -- vgg19_32_pool5`), assuming linear scaling.
-const SECS_32_ONE_THREAD: f64 = 2.0 / 169.0;
+const SECS_32_ONE_THREAD: f64 = 2.0 / 175.0;
 /// Seconds per cached 4096-d feature row in a head step: 0.24 s per epoch of
 /// 50,000 (`--bench head -- head_epoch`).
 const SECS_FEATURE: f64 = 0.24 / 50_000.0;

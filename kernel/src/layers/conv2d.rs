@@ -10,21 +10,24 @@
 //!
 //! where row `(c, ky, kx)` of `col` holds the input pixel each output position
 //! sees through that tap (zero in the padding). The product is cut into
-//! tasks of about [`TILE_COLUMNS`] columns, spread over the current rayon
-//! pool: a task is either a column range of one image (large layers) or a
-//! group of whole images (small layers such as VGG's conv5 at 32×32, whose
-//! 2×2 outputs would otherwise give GEMMs four columns wide). `col` is never
-//! materialised for more than one task.
+//! tasks of at most [`TILE_COLUMNS`] columns, spread over the current rayon
+//! pool; a task may span several images (VGG's conv5 at 32×32 has 2×2
+//! outputs per image). `col` is never materialised for more than one task.
 //!
-//! Two strategies compute a task:
-//! * **packed** (x86-64 with AVX2+FMA or AVX-512): the filters are packed once
-//!   ([`pack_filters`]), and each row of `col` is generated straight into the
-//!   microkernel's panel layout ([`gemm_packed`]);
+//! Three strategies ([`ConvAlgorithm`]):
+//! * **implicit** (x86-64 with AVX2+FMA or AVX-512, stride 1): the input is
+//!   kept in a [`PaddedLayout`] in which each row of `col` is a shifted view,
+//!   read in place by the microkernel ([`gemm_gather_fused`]); the output is
+//!   written, finished, into the next layer's padded layout ([`conv2d_padded`]);
+//! * **packed im2col** (same CPUs, any stride): each row of `col` is
+//!   generated straight into the microkernel's panel layout ([`gemm_packed_fused`]);
 //! * **portable** (any CPU): the task's `col` block is gathered into a buffer
 //!   and multiplied by [`sgemm`] (`matrixmultiply`).
 //!
-//! Each output element is the same sum in the same order whatever the tiling,
-//! so results do not depend on the thread count.
+//! The packed strategies add the bias, apply ReLU and store each tile
+//! straight from the microkernel's registers into the output. Each output
+//! element is the same sum in the same order whatever the tiling, so results
+//! do not depend on the thread count.
 
 use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis, Zip};
 use rayon::prelude::*;
@@ -247,8 +250,8 @@ pub enum ConvAlgorithm {
     PackedIm2col,
     /// Implicit GEMM for stride 1: the padded input is laid out so that each
     /// im2col row is a shifted view of it, read in place by the microkernel.
-    /// Pays `Wp − OW` wasted columns per output row, so it is chosen only for
-    /// large images ([`IMPLICIT_MAX_WASTE`]).
+    /// Pays `Wp − OW` wasted columns per output row, so it is chosen only
+    /// where that is little ([`IMPLICIT_MAX_WASTE`]).
     Implicit,
 }
 
