@@ -30,6 +30,7 @@ const _: () = assert!(x86::AVX512_MR == 8 && x86::AVX512_NR == 32 && x86::AVX2_M
 /// `keep`, each step optional. Raw pointers because the tile is written
 /// straight into its destination (the task's part of a layer's output).
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 kernels only
 pub(crate) struct TileStore {
     /// Partial sums to add (`MR` rows of `NR` floats, `ld_prev` apart), or null.
     pub prev: *const f32,
