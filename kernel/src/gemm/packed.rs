@@ -325,12 +325,13 @@ unsafe fn multiply_block(
             let apanel = &ablock[ir * kb * mr..(ir + 1) * kb * mr];
             let rows = mr.min(m - ir * mr);
             let corner = ir * mr * n + j0;
-            let prev = if accumulate { c[corner..].as_ptr() } else { std::ptr::null() };
             // The first tile of a panel prefetches the next panel's B rows.
             let prefetch_b = if ir == 0 { prefetch_next(jr) } else { 0 };
             match (&epilogue, direct) {
                 (None, _) if rows == mr && cols == nr => {
+                    // One pointer for reading and writing the C tile.
                     let out = c[corner..].as_mut_ptr();
+                    let prev = if accumulate { out.cast_const() } else { std::ptr::null() };
                     let st = TileStore { prefetch_b, ..TileStore::plain(prev, out, n) };
                     // SAFETY: A panel of kb·mr floats (sliced); B rows readable
                     // (caller's contract); the C tile's rows ir·mr.. and columns
@@ -338,6 +339,8 @@ unsafe fn multiply_block(
                     unsafe { kernel.run(kb, apanel.as_ptr(), bp, offsets.as_ptr(), &st) };
                 }
                 (Some(e), Some((base, ld, keep))) if rows == mr => {
+                    // Partial sums from `c`, results to the segment: two buffers.
+                    let prev = if accumulate { c[corner..].as_ptr() } else { std::ptr::null() };
                     let st = TileStore {
                         prev,
                         ld_prev: n,
