@@ -186,7 +186,7 @@ pub fn flops_per_image(size: usize, cut: Cut) -> u64 {
 
 /// Buffers a forward pass reuses across calls: two activation buffers (plain
 /// or padded, see `Held`) and a padded copy for a convolution whose input is
-/// not already padded (the network's input; im2col layers). Fresh pages cost
+/// not already padded (the network's input). Fresh pages cost
 /// a page fault each on first touch (0.43 ms per MB on the development VM,
 /// 10.8× a rewrite: `cargo bench -p lml-benches --bench peak -- 'fresh|rewrite'`),
 /// so they are kept: about 2 × 105 MB at batch 8, 224×224.
