@@ -21,7 +21,7 @@
 //! (odd kernel, padding `(k−1)/2`, stride 1, VGG's 3×3) thus passes its
 //! activations on without any copy or re-padding.
 
-use ndarray::{s, ArrayView4, ArrayViewMut4, ShapeBuilder};
+use ndarray::{ArrayView4, ArrayViewMut4, Axis, ShapeBuilder, Zip};
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
@@ -173,24 +173,12 @@ impl PaddedLayout {
             ));
         }
         self.check("padded input layout", data.len())?;
-        let (image, wp, (ty, tx), w) = (self.image(), self.wp, self.top, self.w);
-        data[..self.len()].par_chunks_mut(self.plane).enumerate().for_each(|(ch, plane)| {
-            let (images, slack) = plane.split_at_mut(self.n * image);
-            slack.fill(0.0);
-            for (img, framed) in images.chunks_exact_mut(image).enumerate() {
-                framed[..ty * wp].fill(0.0);
-                framed[(ty + self.h) * wp..].fill(0.0);
-                for (y, row) in framed[ty * wp..(ty + self.h) * wp].chunks_exact_mut(wp).enumerate() {
-                    row[..tx].fill(0.0);
-                    let src = x.slice(s![img, ch, y, ..]);
-                    match src.as_slice() {
-                        Some(src) => row[tx..tx + w].copy_from_slice(src),
-                        None => row[tx..tx + w].iter_mut().zip(src).for_each(|(d, &s)| *d = s),
-                    }
-                    row[tx + w..].fill(0.0);
-                }
-            }
-        });
+        self.zero_frame(data);
+        let mut interior = self.view_mut(data);
+        Zip::from(interior.axis_iter_mut(Axis(1)))
+            .and(x.axis_iter(Axis(1)))
+            .into_par_iter()
+            .for_each(|(mut dst, src)| dst.assign(&src));
         Ok(())
     }
 
