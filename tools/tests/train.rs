@@ -147,24 +147,22 @@ fn status_reads_a_job_from_a_dynamodb_table() {
         };
         store.put_round(&job, &r).await.unwrap();
     });
-    let out = lml()
-        .args(["status", "aws-job", "--table", "lml", "--endpoint-url", &moto.url])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .unwrap();
+    // `lml status JOB` against the emulator's table, with dummy credentials.
+    let status = |job: &str| {
+        lml()
+            .args(["status", job, "--table", "lml", "--endpoint-url", &moto.url])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap()
+    };
+    let out = status("aws-job");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("job aws-job: finished (rounds), 1 of 98 rounds (16 workers, 50000 examples)"), "{stdout}");
     assert!(stdout.contains("final accuracy 0.842"), "{stdout}");
-    let out = lml()
-        .args(["status", "nope", "--table", "lml", "--endpoint-url", &moto.url])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .unwrap();
+    let out = status("nope");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("table lml has no job nope"));
 }
 
