@@ -15,6 +15,10 @@
 //! dtype; the convolutions are required, the classifier layers converted when
 //! present. Tensors are read one at a time (seek + read), so a 548 MB
 //! checkpoint never sits in memory whole.
+//!
+//! # Keras `.h5`
+//! See [`crate::keras`]: every layout Keras has written, read as Keras'
+//! loader reads it.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -24,6 +28,8 @@ use std::path::{Path, PathBuf};
 use lml_kernel::vgg::{tensor_specs, MODEL};
 use lml_kernel::weights::WeightStoreWriter;
 use lml_kernel::{Cut, KernelError, Preset};
+
+pub use crate::keras::{convert_keras_h5, keras_fc1_to_torchvision, write_keras_h5, KerasLayout};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 /// What can go wrong converting weights.
@@ -41,6 +47,9 @@ pub enum ConvertError {
     Tensor { path: PathBuf, key: String, reason: String },
     #[error("{}: missing tensor {tensor} (looked for {tried})", path.display())]
     Missing { path: PathBuf, tensor: String, tried: String },
+    /// A Keras `.h5` that is not HDF5, truncated, or not laid out as Keras writes.
+    #[error("{}: {reason}", path.display())]
+    Keras { path: PathBuf, reason: String },
     #[error(transparent)]
     Kernel(#[from] KernelError),
 }
@@ -318,134 +327,4 @@ pub fn to_timm_layout(tensors: Vec<(String, ArrayD<f32>)>) -> Vec<(String, Array
             }
         })
         .collect()
-}
-
-/// Permutes a Keras `fc1` kernel (`[H·W·C, out]`, rows in NHWC flatten order
-/// `(h·W + w)·C + c`) into torchvision's dense layout `[out, C·H·W]` (columns
-/// in NCHW flatten order `c·H·W + h·W + w`).
-pub fn keras_fc1_to_torchvision(
-    kernel: ndarray::ArrayView2<'_, f32>,
-    (h, w, c): (usize, usize, usize),
-) -> ndarray::Array2<f32> {
-    let out = kernel.ncols();
-    ndarray::Array2::from_shape_fn((out, c * h * w), |(o, col)| {
-        let (ch, rest) = (col / (h * w), col % (h * w));
-        let (y, x) = (rest / w, rest % w);
-        kernel[[(y * w + x) * c + ch, o]]
-    })
-}
-
-/// Converts the Keras Applications VGG19 weights (`vgg19_weights_tf_dim_ordering_tf_kernels.h5`,
-/// the file the seed's paper used) into a weight store at `out`, preset `caffe`.
-///
-/// Layers are groups named `block1_conv1` … `block5_conv4`, `fc1`, `fc2`,
-/// `predictions`, each holding `<name>/kernel:0` and `<name>/bias:0`
-/// (Keras 2 layout). Convolution kernels are HWIO → OIHW; dense kernels are
-/// `[in, out]` → `[out, in]`, and `fc1`'s rows are permuted from NHWC to
-/// NCHW flatten order ([`keras_fc1_to_torchvision`]).
-///
-/// # Errors
-/// [`ConvertError`] naming the file and dataset for anything missing or of
-/// the wrong shape; nothing is left at `out` on error.
-pub fn convert_keras_h5(input: &Path, out: &Path) -> Result<Converted> {
-    use lml_kernel::vgg::{LayerKind, VGG19};
-    let h5 = rust_hdf5::H5File::open(input)
-        .map_err(|e| ConvertError::Header { path: input.into(), reason: format!("not a readable HDF5 file: {e}") })?;
-    let read = |layer: &str, what: &str, expected: &[usize]| -> Result<Option<ArrayD<f32>>> {
-        let paths = [format!("{layer}/{layer}/{what}:0"), format!("{layer}/{what}:0")];
-        let Some((path, ds)) = paths.iter().find_map(|p| h5.dataset(p).ok().map(|d| (p.clone(), d))) else {
-            return Ok(None);
-        };
-        let shape = ds.shape();
-        if shape != expected {
-            return Err(ConvertError::Tensor {
-                path: input.into(),
-                key: path,
-                reason: format!("shape {shape:?}, expected {expected:?}"),
-            });
-        }
-        let data = ds.read_raw::<f32>().map_err(|e| ConvertError::Tensor {
-            path: input.into(),
-            key: path.clone(),
-            reason: format!("not float32 data: {e}"),
-        })?;
-        Ok(Some(ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape checked")))
-    };
-    let mut writer = WeightStoreWriter::create(out, MODEL, Preset::Caffe)?;
-    let mut converted = Vec::new();
-    for layer in &VGG19 {
-        let (kernel_shape, out_features) = match layer.kind {
-            LayerKind::Conv { in_channels, out_channels } => (vec![3, 3, in_channels, out_channels], out_channels),
-            LayerKind::Dense { in_features, out_features } => (vec![in_features, out_features], out_features),
-            LayerKind::MaxPool => continue,
-        };
-        let kernel = read(layer.keras, "kernel", &kernel_shape)?;
-        let bias = read(layer.keras, "bias", &[out_features])?;
-        let (Some(kernel), Some(bias)) = (kernel, bias) else {
-            if matches!(layer.kind, LayerKind::Conv { .. }) {
-                return Err(ConvertError::Missing {
-                    path: input.into(),
-                    tensor: layer.keras.into(),
-                    tried: format!("{0}/{0}/kernel:0 and bias:0", layer.keras),
-                });
-            }
-            continue;
-        };
-        let weight: ArrayD<f32> = match layer.kind {
-            LayerKind::Conv { .. } => kernel.permuted_axes(IxDyn(&[3, 2, 0, 1])).as_standard_layout().into_owned(),
-            _ if layer.keras == "fc1" => {
-                let k = kernel.view().into_dimensionality::<ndarray::Ix2>().expect("2-D checked");
-                keras_fc1_to_torchvision(k, (7, 7, 512)).into_dyn()
-            }
-            _ => kernel.reversed_axes().as_standard_layout().into_owned(),
-        };
-        writer.add(&format!("{}.weight", layer.name), weight.view())?;
-        writer.add(&format!("{}.bias", layer.name), bias.view())?;
-        converted.push(layer.name);
-    }
-    let cut = match (converted.contains(&"classifier.0"), converted.contains(&"classifier.3")) {
-        (true, true) => Cut::Fc7,
-        (true, false) => Cut::Fc6,
-        _ => Cut::Pool5,
-    };
-    writer.finish()?;
-    Ok(Converted { tensors: 2 * converted.len(), cut, ignored: vec![] })
-}
-
-/// Writes torchvision-layout tensors as a Keras Applications VGG19 `.h5`
-/// (the inverse of [`convert_keras_h5`]), for fixtures.
-///
-/// # Errors
-/// HDF5 or I/O errors.
-pub fn write_keras_h5(path: &Path, tensors: &[(String, ArrayD<f32>)]) -> std::result::Result<(), String> {
-    use lml_kernel::vgg::{LayerKind, VGG19};
-    let tmp = path.with_extension("partial");
-    let file = rust_hdf5::H5File::create(&tmp).map_err(|e| e.to_string())?;
-    let get = |name: String| tensors.iter().find(|(n, _)| *n == name).map(|(_, t)| t);
-    for layer in &VGG19 {
-        let (Some(w), Some(b)) = (get(format!("{}.weight", layer.name)), get(format!("{}.bias", layer.name))) else {
-            continue;
-        };
-        let kernel: ArrayD<f32> = match layer.kind {
-            LayerKind::Conv { .. } => w.view().permuted_axes(IxDyn(&[2, 3, 1, 0])).as_standard_layout().into_owned(),
-            LayerKind::Dense { .. } if layer.keras == "fc1" => {
-                // [out, c·49 + h·7 + w] → [(h·7 + w)·512 + c, out]
-                let out = w.shape()[0];
-                ArrayD::from_shape_fn(IxDyn(&[25088, out]), |ix| {
-                    let (row, o) = (ix[0], ix[1]);
-                    let (hw, c) = (row / 512, row % 512);
-                    w[[o, c * 49 + hw]]
-                })
-            }
-            _ => w.t().as_standard_layout().into_owned(),
-        };
-        let group = file.create_group(layer.keras).map_err(|e| e.to_string())?;
-        let inner = group.create_group(layer.keras).map_err(|e| e.to_string())?;
-        for (name, t) in [("kernel:0", &kernel), ("bias:0", b)] {
-            let ds = inner.new_dataset::<f32>().shape(t.shape()).create(name).map_err(|e| e.to_string())?;
-            ds.write_raw(t.as_standard_layout().as_slice().expect("standard")).map_err(|e| e.to_string())?;
-        }
-    }
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }

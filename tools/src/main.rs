@@ -54,8 +54,14 @@ enum Command {
     /// (sharded, resumable; shards are merged when all exist).
     #[command(name = "extract-features")]
     ExtractFeatures(ExtractArgs),
-    /// Convert a VGG19 checkpoint (torchvision or timm `.safetensors`, or the
-    /// Keras Applications `.h5`) into the kernel's .npy weight directory.
+    /// Convert a VGG19 checkpoint (torchvision or timm `.safetensors`, or a
+    /// Keras `.h5`) into the kernel's .npy weight directory.
+    ///
+    /// Keras files are read as Keras' loader reads them, in every layout Keras
+    /// has written: the Applications files Keras downloads
+    /// (vgg19_weights_tf_dim_ordering_tf_kernels.h5, full or _notop), Keras 2
+    /// save_weights / save (.h5, weights under model_weights), and Keras 3
+    /// .weights.h5. A _notop file converts to pool5, a full one to fc7.
     #[command(name = "convert-weights")]
     ConvertWeights {
         /// The checkpoint: `.safetensors`, or `.h5` (Keras; preset caffe is recorded).
@@ -203,11 +209,16 @@ enum SynthCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Random VGG19 weights in the Keras Applications `.h5` layout.
+    /// Random VGG19 weights as a Keras `.h5`.
     Vgg19KerasH5 {
         /// File to write.
         #[arg(long)]
         out: PathBuf,
+        /// Which Keras layout: applications-2017 (Keras 1 save_weights, as in
+        /// vgg19_weights_tf_dim_ordering_tf_kernels.h5), keras2 (save_weights
+        /// to .h5) or keras3 (.weights.h5).
+        #[arg(long, default_value = "applications-2017")]
+        layout: lml_tools::keras::KerasLayout,
         /// Deepest layer included: pool5, fc6 or fc7.
         #[arg(long, default_value = "fc7")]
         cut: Cut,
@@ -374,11 +385,11 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Synth(SynthCommand::Vgg19KerasH5 { out, cut, seed }) => {
+        Command::Synth(SynthCommand::Vgg19KerasH5 { out, layout, cut, seed }) => {
             let w = random_weights(seed, cut);
-            lml_tools::convert::write_keras_h5(&out, &w)
+            lml_tools::keras::write_keras_h5(&out, &w, layout)
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
-            println!("wrote {} ({} layers, Keras layout)", out.display(), w.len() / 2);
+            println!("wrote {} ({} layers with weights, Keras layout {layout:?})", out.display(), w.len() / 2);
             Ok(())
         }
         Command::Synth(SynthCommand::Vgg19Safetensors { out, layout, cut, seed }) => {
