@@ -16,7 +16,7 @@
 //!   `weight_names` (an empty array for a weightless layer) naming datasets
 //!   that sit in the group: `block1_conv1_W_1:0`, `block1_conv1_b_1:0` (the
 //!   TensorFlow variable names).
-//! * **Keras 2 `save_weights("….h5")`** (2.0–2.12, and `tf.keras`): the same
+//! * **Keras 2 `save_weights("….h5")`** (Keras 2.x and `tf.keras`): the same
 //!   tree plus root attributes `backend` and `keras_version`; weights are
 //!   named `block1_conv1/kernel:0`, so they sit at
 //!   `block1_conv1/block1_conv1/kernel:0`. From 2.1.5 a list attribute over
@@ -31,9 +31,12 @@
 //!   layer's class in snake case numbered in model order (`conv2d`,
 //!   `conv2d_1`, …, `max_pooling2d`, `dense`, `dense_1`, `dense_2`), so
 //!   Keras matches them by position, not by name. From 3.6 each `vars` group
-//!   also carries a `name` attribute. Keras 2.13's `.weights.h5` uses
-//!   `_layer_checkpoint_dependencies` in place of `layers`, which Keras 3's
-//!   loader accepts too.
+//!   also carries a `name` attribute. When there is no `layers` group, Keras
+//!   3's loader looks under `_layer_checkpoint_dependencies` ("for 2.13
+//!   compatibility"), and so does this reader, with the same names. (Keras
+//!   2.13's own writer, not run here, walks a dict that holds each weighted
+//!   layer twice, so its files may number them differently; such a file
+//!   fails here with the missing layer named, as it would in Keras 3.)
 //!
 //! Every layout stores convolution kernels HWIO `[3, 3, in, out]` and dense
 //! kernels `[in, out]`, each layer's kernel before its bias; `fc1`'s rows are
@@ -46,7 +49,11 @@
 //! convolution; it is recognised by that shape and refused with an error
 //! naming the file it should have been. A Keras 2 file saved with
 //! `backend = "theano"` has HWIO kernels that are flipped: they are flipped
-//! back, as Keras' loader does (`_need_convert_kernel`).
+//! back, as Keras' loader does (`_need_convert_kernel`). Keras 3's bfloat16
+//! variables (datasets tagged `dtype = "bfloat16"`, their HDF5 type whatever
+//! h5py makes of ml_dtypes' bfloat16; not generated here) are read if that
+//! type is an HDF5 float of the bfloat16 layout, and otherwise refused as
+//! non-float with the type named.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -150,7 +157,7 @@ enum Tree {
     /// holding the list (`""` for the root, or `model_weights`).
     Lists { root: String },
     /// `<prefix>/<class>/vars/<i>` (Keras 3; `_layer_checkpoint_dependencies`
-    /// from Keras 2.13).
+    /// as Keras 3's loader's fallback).
     Keras3 { prefix: String },
 }
 
@@ -430,11 +437,10 @@ fn float_type(dt: &DatatypeMessage) -> std::result::Result<FloatType, String> {
     } = dt
     else {
         let class = match dt {
-            DatatypeMessage::FixedPoint { signed: true, .. } => "an integer",
-            DatatypeMessage::FixedPoint { signed: false, .. } => "an unsigned integer",
-            _ => "not a float",
+            DatatypeMessage::FixedPoint { .. } => "an integer",
+            _ => "a non-float",
         };
-        return Err(format!("HDF5 type {} is {class}; weights must be floats (f16, f32 or f64)", describe(dt)));
+        return Err(format!("{class} dataset ({}); weights must be floats (f16, f32 or f64)", describe(dt)));
     };
     // (size, exponent bits, mantissa bits, bias) of the IEEE layouts.
     let format = match (size, exponent_size, mantissa_size, exponent_bias) {

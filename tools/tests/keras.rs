@@ -143,8 +143,8 @@ def write(job):
             save_attributes(root.create_group('top_level_model_weights'), 'weight_names', [])
     else:
         # Keras 3 save_weights('x.weights.h5'): layers/<class>[_n]/vars/<i>, numbered per class in
-        # model order; 3.6+ puts the layer name on each vars group. Keras 2.13 used
-        # _layer_checkpoint_dependencies and no names.
+        # model order; 3.6+ puts the layer name on each vars group. 'keras213': the same names
+        # under _layer_checkpoint_dependencies, the prefix Keras 3's loader falls back to.
         prefix = 'layers' if layout == 'keras3' else '_layer_checkpoint_dependencies'
         named = layout == 'keras3'
         v = f.create_group('vars')
@@ -316,8 +316,9 @@ fn applications_file_gives_the_same_fc7_features_as_torchvision_layout() {
 /// h5py 3's variable-length lists, big-endian f32 kernels, f16 and f64
 /// biases and an extra layer; a full-model `.h5` (`model_weights`, Keras 3
 /// legacy weight names) whose `layer_names` Keras had to chunk past 64512
-/// bytes (3000 weightless layers: a multi-level group B-tree); Keras 2.13's
-/// `_layer_checkpoint_dependencies`. fc1 (411 MB) is left to the test above.
+/// bytes (3000 weightless layers: a multi-level group B-tree); the
+/// `_layer_checkpoint_dependencies` prefix Keras 3's loader falls back to.
+/// fc1 (411 MB) is left to the test above.
 #[test]
 fn every_keras_layout_converts_exactly() {
     if !h5py_available() {
