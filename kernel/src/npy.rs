@@ -17,6 +17,13 @@ use ndarray_npy::{ViewElement, ViewNpyExt, WritableElement, WriteNpyExt};
 use crate::error::{KernelError, Result};
 
 /// A read-only memory mapping of one `.npy` file.
+///
+/// Truncating or rewriting a mapped file in place is not supported: touching
+/// a page past a new, shorter end raises `SIGBUS`, which kills the process
+/// (no error can be returned), and a rewrite changes the bytes under a view.
+/// So every writer publishes by rename ([`write_npy_atomic`]): the replaced
+/// file stays mapped and valid until its mapping drops, and whoever opens the
+/// path again gets the new file.
 #[derive(Debug)]
 pub struct MappedNpy {
     path: PathBuf,

@@ -50,6 +50,16 @@ pub enum ProtocolError {
     /// A fault injected by a test runtime at a named point.
     #[error("injected crash at {0}")]
     Crashed(&'static str),
+
+    /// The invocation panicked (a bug): the panic's message. The local
+    /// runtime catches the panic and treats the invocation as failed, as
+    /// Lambda does with a function that dies.
+    #[error("invocation panicked: {0}")]
+    Panicked(String),
+
+    /// An environment variable the runtime reads is malformed.
+    #[error("{var}: {reason}")]
+    BadEnv { var: &'static str, reason: String },
 }
 
 /// Shorthand for results with [`ProtocolError`].
@@ -57,16 +67,28 @@ pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;
 
 impl ProtocolError {
     /// Whether running the same event again can succeed: transient I/O,
-    /// invoke and store failures and crashes can; a bad event, spec or job
-    /// folder, or a missing data file cannot, so a runtime should not spend
-    /// retries on them. (Job-folder I/O stays retryable: on shared storage a
-    /// concurrent role may have just moved what this one looked for.)
+    /// invoke and store failures, crashes and panics can; a bad event, spec
+    /// or job folder, or a missing data file cannot, so a runtime should not
+    /// spend retries on them. (Job-folder I/O stays retryable: on shared
+    /// storage a concurrent role may have just moved what this one looked for.)
+    ///
+    /// A full file system (`ENOSPC`, [`std::io::ErrorKind::StorageFull`]) is
+    /// retryable: EFS grows with its contents and is never full, a local disk
+    /// may be freed meanwhile, and every publication removes its temp files
+    /// when it fails, so a retry starts from a clean folder. Should the disk
+    /// stay full, the event ends as a dead letter after the retries and the
+    /// job can be resumed once there is room.
+    ///
+    /// A panic is retried as Lambda retries a function that died: most are
+    /// deterministic bugs and end as dead letters, but one caused by the
+    /// environment (memory, a file that changed) may pass.
     pub fn is_retryable(&self) -> bool {
         match self {
             ProtocolError::Io { .. }
             | ProtocolError::Invoke(_)
             | ProtocolError::Progress(_)
-            | ProtocolError::Crashed(_) => true,
+            | ProtocolError::Crashed(_)
+            | ProtocolError::Panicked(_) => true,
             // A data or weight file that is missing or unreadable stays so.
             ProtocolError::Kernel(KernelError::Io { source, .. }) => {
                 !matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied)
@@ -75,6 +97,7 @@ impl ProtocolError {
             | ProtocolError::BadSpec { .. }
             | ProtocolError::BadJob { .. }
             | ProtocolError::JobExists { .. }
+            | ProtocolError::BadEnv { .. }
             | ProtocolError::Kernel(_) => false,
         }
     }

@@ -13,6 +13,13 @@
 //! Existence checks ([`present`]) use `stat` and, when it says no, a
 //! directory listing too: on NFS (EFS) opening a directory revalidates it,
 //! while a cached negative lookup could hide a sibling's fresh file.
+//!
+//! A publication that fails (an I/O error such as a full disk, or a panic)
+//! removes its temp file or directory on the way out. One that dies with its
+//! process leaves a `.NAME.tmp-PID-N` that nothing ever renames into place
+//! and every reader skips (names are parsed, temps never match): inside a
+//! round folder it goes when the round is pruned, and a job's staging folder
+//! (`jobs/.JOB.tmp-*`) is swept when the job is created.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -189,6 +196,49 @@ pub fn present(path: &Path) -> bool {
     }
 }
 
+/// A temp file or directory that is removed when this guard drops: after a
+/// successful rename there is nothing left to remove; after an error or a
+/// panic the half-written temp goes.
+pub(crate) struct TempGuard(PathBuf);
+
+impl TempGuard {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        TempGuard(path)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        match fs::symlink_metadata(&self.0) {
+            Ok(m) if m.is_dir() => {
+                let _ = fs::remove_dir_all(&self.0);
+            }
+            Ok(_) => {
+                let _ = fs::remove_file(&self.0);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Removes every temp of `name` in `dir` (see [`temp_beside`]): stale
+/// staging left by a process that died. Only sound once `dir/name` exists,
+/// for then no temp of it can ever be renamed into place; a writer still
+/// filling one fails, and learns that `name` exists.
+pub(crate) fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(|e| e.ok()) {
+        if entry.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) {
+            drop(TempGuard(entry.path()));
+        }
+    }
+}
+
 fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -242,37 +292,31 @@ impl Bundle {
 /// silently recreated.
 ///
 /// # Errors
-/// [`ProtocolError::Io`] naming the path; the temp directory is removed.
+/// [`ProtocolError::Io`] naming the path; the temp directory is removed
+/// (on a panic too).
 pub fn publish_bundle(path: &Path, tensors: &[(&str, ArrayViewD<'_, f32>)], meta: &Value) -> Result<bool> {
     if present(path) {
         return Ok(false);
     }
-    let tmp = temp_beside(path);
-    let result = (|| -> Result<bool> {
-        fs::create_dir(&tmp).map_err(|e| ProtocolError::io(&tmp, e))?;
-        for (name, t) in tensors {
-            write_npy_atomic(tmp.join(format!("{name}.npy")), t)?;
-        }
-        let text = serde_json::to_vec_pretty(meta).expect("JSON values serialise");
-        publish_atomic(&tmp.join("meta.json"), |w| w.write_all(&text))?;
-        fs::File::open(&tmp).and_then(|d| d.sync_all()).map_err(|e| ProtocolError::io(&tmp, e))?;
-        match fs::rename(&tmp, path) {
-            Ok(()) => {
-                sync_parent(path);
-                Ok(true)
-            }
-            Err(e) if path.is_dir() => {
-                // Lost a race: rename onto a non-empty directory fails (ENOTEMPTY/EEXIST).
-                let _ = e;
-                Ok(false)
-            }
-            Err(e) => Err(ProtocolError::io(path, e)),
-        }
-    })();
-    if tmp.exists() {
-        let _ = fs::remove_dir_all(&tmp);
+    let guard = TempGuard::new(temp_beside(path));
+    let tmp = guard.path();
+    fs::create_dir(tmp).map_err(|e| ProtocolError::io(tmp, e))?;
+    for (name, t) in tensors {
+        write_npy_atomic(tmp.join(format!("{name}.npy")), t)?;
     }
-    result
+    let text = serde_json::to_vec_pretty(meta).expect("JSON values serialise");
+    publish_atomic(&tmp.join("meta.json"), |w| w.write_all(&text))?;
+    faults::before_publish(path).map_err(|e| ProtocolError::io(path, e))?;
+    fs::File::open(tmp).and_then(|d| d.sync_all()).map_err(|e| ProtocolError::io(tmp, e))?;
+    match fs::rename(tmp, path) {
+        Ok(()) => {
+            sync_parent(path);
+            Ok(true)
+        }
+        // Lost a race: rename onto a non-empty directory fails (ENOTEMPTY/EEXIST).
+        Err(_) if path.is_dir() => Ok(false),
+        Err(e) => Err(ProtocolError::io(path, e)),
+    }
 }
 
 /// Reads a published bundle.
@@ -327,12 +371,14 @@ impl Claim {
 /// # Errors
 /// [`ProtocolError::Io`] naming the path.
 pub fn claim(path: &Path, owner: &str) -> Result<Claim> {
-    let tmp = temp_beside(path);
+    let guard = TempGuard::new(temp_beside(path));
+    let tmp = guard.path();
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = fs::File::create(tmp)?;
         f.write_all(owner.as_bytes())?;
+        faults::before_publish(path)?;
         f.sync_all()?;
-        match fs::hard_link(&tmp, path) {
+        match fs::hard_link(tmp, path) {
             Ok(()) => {
                 sync_parent(path);
                 Ok(Claim::Won)
@@ -341,7 +387,6 @@ pub fn claim(path: &Path, owner: &str) -> Result<Claim> {
             Err(e) => Err(e),
         }
     })();
-    let _ = fs::remove_file(&tmp);
     result.map_err(|e| ProtocolError::io(path, e))
 }
 
@@ -371,12 +416,77 @@ pub fn with_lock<T>(lock_path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T
 /// [`ProtocolError::Io`] / kernel I/O error naming the path.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_vec_pretty(value).map_err(|e| ProtocolError::job(path, e.to_string()))?;
-    publish_atomic(path, |w| w.write_all(&text))?;
+    publish_atomic(path, |w| {
+        w.write_all(&text)?;
+        faults::before_publish(path)
+    })?;
     Ok(())
 }
 
 fn sync_parent(path: &Path) {
     if let Some(d) = path.parent().and_then(|p| fs::File::open(p).ok()) {
         let _ = d.sync_all();
+    }
+}
+
+/// Faults injected into publications, for tests: a hook registered for a
+/// storage root is called by every bundle, claim and record published under
+/// it, after some bytes are written and before they become visible; an error
+/// it returns (e.g. `ENOSPC`) fails that publication as the real error would.
+///
+/// Production pays one relaxed atomic load per publication: with no hook
+/// registered anywhere in the process, nothing else runs.
+pub mod faults {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use crate::services::lock;
+
+    /// Decides whether a publication fails.
+    pub trait PublishFaults: Send + Sync + 'static {
+        /// Called while `path` is being published; an error fails the publication.
+        ///
+        /// # Errors
+        /// The error to inject.
+        fn before_publish(&self, path: &Path) -> std::io::Result<()>;
+    }
+
+    type Hooks = Vec<(u64, PathBuf, Arc<dyn PublishFaults>)>;
+
+    static INSTALLED: AtomicUsize = AtomicUsize::new(0);
+    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+    static HOOKS: Mutex<Hooks> = Mutex::new(Vec::new());
+
+    /// Keeps a hook registered; dropping it unregisters the hook.
+    #[must_use = "the hook is unregistered when the guard drops"]
+    pub struct Registered(u64);
+
+    impl Drop for Registered {
+        fn drop(&mut self) {
+            let mut hooks = lock(&HOOKS);
+            hooks.retain(|(id, _, _)| *id != self.0);
+            INSTALLED.store(hooks.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Calls `hook` for every publication under `root` (compared lexically:
+    /// pass the root the roles' paths are built from) until the guard drops.
+    pub fn register(root: &Path, hook: Arc<dyn PublishFaults>) -> Registered {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let mut hooks = lock(&HOOKS);
+        hooks.push((id, root.to_path_buf(), hook));
+        INSTALLED.store(hooks.len(), Ordering::Relaxed);
+        Registered(id)
+    }
+
+    /// Runs the hooks registered for a root above `path`.
+    pub(crate) fn before_publish(path: &Path) -> std::io::Result<()> {
+        if INSTALLED.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let hooks: Vec<_> =
+            lock(&HOOKS).iter().filter(|(_, root, _)| path.starts_with(root)).map(|(_, _, h)| h.clone()).collect();
+        hooks.iter().try_for_each(|h| h.before_publish(path))
     }
 }

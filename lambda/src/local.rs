@@ -3,18 +3,20 @@
 //!
 //! * `invoke` returns as soon as the event is queued (Lambda answers 202).
 //! * Delivery is at least once; a failed invocation (an error that
-//!   [`ProtocolError::is_retryable`], an injected crash, or a run past the
-//!   time limit) is retried up to [`LocalConfig::retries`] times (Lambda: 2),
-//!   then recorded as a dead letter, as Lambda's on-failure destination would.
+//!   [`ProtocolError::is_retryable`], an injected crash, a panic, or a run
+//!   past the time limit) is retried up to [`LocalConfig::retries`] times
+//!   (Lambda: 2), then recorded as a dead letter, as Lambda's on-failure
+//!   destination would. A panic is caught (each invocation runs in its own
+//!   task), logged to stderr with its event, and counts as a failure.
 //! * Every invocation gets a deadline of now + the time limit, and the
 //!   compute threads a function of the memory size gets (1,769 MB per vCPU,
 //!   at most 6). At most [`LocalConfig::concurrency`] invocations run at once.
 //! * For tests, a [`FaultPlan`] duplicates deliveries, delays them at random
-//!   (so they arrive out of order), and crashes invocations at the roles'
-//!   probe points.
+//!   (so they arrive out of order), crashes or panics invocations at the
+//!   roles' probe points, and fails publications with `ENOSPC`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,9 +28,10 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::error::{ProtocolError, Result};
 use crate::event::Event;
+use crate::layout::faults::{self as publish_faults, PublishFaults};
 use crate::progress::{LocalProgress, ProgressStore};
 use crate::roles::{handle, Outcome};
-use crate::services::{lambda_threads, Clock, Invocation, Invoker, Probe, Services};
+use crate::services::{lambda_threads, lock, Clock, Invocation, Invoker, Probe, Services};
 
 /// How the local runtime behaves.
 #[derive(Clone, Debug)]
@@ -61,15 +64,79 @@ impl Default for LocalConfig {
 }
 
 /// Faults to inject, drawn from a seeded generator.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct FaultPlan {
     pub seed: u64,
     /// Probability that a delivery is duplicated.
     pub duplicate: f64,
     /// Deliveries wait a random 0..=this many ms (reordering them).
     pub max_delay_ms: u64,
-    /// Probability that an invocation dies at each probe point it reaches.
+    /// Probability that an invocation dies ([`ProtocolError::Crashed`]) at each probe point it reaches.
     pub crash: f64,
+    /// Probability that an invocation panics at each probe point it reaches.
+    pub panic: f64,
+    /// Probability that a publication (bundle, claim or record) fails with
+    /// `ENOSPC` after some of its bytes are written, before it is visible.
+    pub enospc: f64,
+    /// The probe points where crashes and panics may happen; empty: all.
+    pub points: Vec<String>,
+}
+
+/// The environment variable [`FaultPlan::from_env`] reads.
+pub const FAULTS_VAR: &str = "LML_FAULTS";
+
+impl FaultPlan {
+    /// The plan in `LML_FAULTS`, or no faults if it is unset: comma-separated
+    /// `key=value`s of `seed`, `duplicate`, `delay_ms`, `crash`, `panic`,
+    /// `enospc` (probabilities in 0..=1) and `at` (a probe point; repeat it
+    /// for several), e.g. `LML_FAULTS=crash=0.05,duplicate=0.2,seed=7` or
+    /// `LML_FAULTS=panic=1,at=worker.begin`.
+    ///
+    /// # Errors
+    /// [`ProtocolError::BadEnv`] naming the key that is unknown or malformed.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(FAULTS_VAR) {
+            Ok(text) => Self::parse(&text),
+            Err(std::env::VarError::NotPresent) => Ok(FaultPlan::default()),
+            Err(e) => Err(ProtocolError::BadEnv { var: FAULTS_VAR, reason: e.to_string() }),
+        }
+    }
+
+    /// Parses the `LML_FAULTS` syntax (see [`from_env`](Self::from_env)).
+    ///
+    /// # Errors
+    /// [`ProtocolError::BadEnv`] naming the key that is unknown or malformed.
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = |reason: String| ProtocolError::BadEnv { var: FAULTS_VAR, reason };
+        let mut plan = FaultPlan::default();
+        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (key, value) = item.split_once('=').ok_or_else(|| bad(format!("{item:?} is not key=value")))?;
+            let probability = || -> Result<f64> {
+                value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|p| (0.0..=1.0).contains(p))
+                    .ok_or_else(|| bad(format!("{key}: {value:?} is not a probability in 0..=1")))
+            };
+            let integer =
+                || value.parse::<u64>().map_err(|_| bad(format!("{key}: {value:?} is not a non-negative integer")));
+            match key.trim() {
+                "seed" => plan.seed = integer()?,
+                "duplicate" => plan.duplicate = probability()?,
+                "delay_ms" => plan.max_delay_ms = integer()?,
+                "crash" => plan.crash = probability()?,
+                "panic" => plan.panic = probability()?,
+                "enospc" => plan.enospc = probability()?,
+                "at" => plan.points.push(value.trim().to_string()),
+                other => {
+                    return Err(bad(format!(
+                        "unknown key {other:?} (known: seed, duplicate, delay_ms, crash, panic, enospc, at)"
+                    )))
+                }
+            }
+        }
+        Ok(plan)
+    }
 }
 
 /// One failed delivery, after its last retry.
@@ -83,6 +150,20 @@ struct Delivery {
     payload: Value,
     attempt: u32,
     delay_ms: u64,
+    _pending: Pending,
+}
+
+/// One delivery counted as pending until this drops: when it has run (and
+/// any retry is queued, counted by its own guard), when its task ends in
+/// any way at all, or when the queue is dropped with it unrun.
+struct Pending(Arc<Shared>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.0.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// Counts deliveries in flight and wakes waiters when none is left.
@@ -93,6 +174,7 @@ struct Shared {
     dead: Mutex<Vec<DeadLetter>>,
     failures: Mutex<Vec<DeadLetter>>,
     invocations: AtomicU64,
+    duplicates: AtomicU64,
 }
 
 /// The local [`Invoker`]: queues events for the runtime's dispatcher.
@@ -106,10 +188,11 @@ pub struct LocalInvoker {
 impl LocalInvoker {
     fn send(&self, payload: Value, attempt: u32, delay_ms: u64) -> Result<()> {
         self.shared.pending.fetch_add(1, Ordering::SeqCst);
-        self.tx.send(Delivery { payload, attempt, delay_ms }).map_err(|_| {
-            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-            ProtocolError::Invoke("the local runtime has shut down".into())
-        })
+        let pending = Pending(self.shared.clone());
+        // A refused delivery comes back inside the error and drops its guard.
+        self.tx
+            .send(Delivery { payload, attempt, delay_ms, _pending: pending })
+            .map_err(|_| ProtocolError::Invoke("the local runtime has shut down".into()))
     }
 }
 
@@ -118,8 +201,11 @@ impl Invoker for LocalInvoker {
         // Events travel as JSON, as they do to Lambda.
         let payload = event.to_json();
         let delays: Vec<u64> = {
-            let mut rng = self.shared.rng.lock().expect("not poisoned");
+            let mut rng = lock(&self.shared.rng);
             let copies = if rng.random_bool(self.plan.duplicate.clamp(0.0, 1.0)) { 2 } else { 1 };
+            if copies > 1 {
+                self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
             (0..copies).map(|_| rng.random_range(0..=self.plan.max_delay_ms)).collect()
         };
         for delay in delays {
@@ -129,21 +215,28 @@ impl Invoker for LocalInvoker {
     }
 }
 
-/// Crashes at probe points with a fixed probability, and counts every point reached.
+/// Crashes or panics at probe points with fixed probabilities, and counts every point reached.
 pub struct CrashProbe {
     crash: f64,
+    panic: f64,
+    points: Vec<String>,
     rng: Mutex<ChaCha8Rng>,
     hits: Mutex<BTreeMap<(&'static str, u64), usize>>,
     crashes: AtomicU64,
+    panics: AtomicU64,
 }
 
 impl CrashProbe {
-    pub fn new(crash: f64, seed: u64) -> Self {
+    /// A probe injecting `plan`'s crashes and panics, drawn from `seed`.
+    pub fn new(plan: &FaultPlan, seed: u64) -> Self {
         CrashProbe {
-            crash,
+            crash: plan.crash.clamp(0.0, 1.0),
+            panic: plan.panic.clamp(0.0, 1.0),
+            points: plan.points.clone(),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
             hits: Mutex::new(BTreeMap::new()),
             crashes: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
         }
     }
 
@@ -152,18 +245,52 @@ impl CrashProbe {
         self.crashes.load(Ordering::Relaxed)
     }
 
+    /// Panics injected so far.
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
     /// How often each `(point, round)` was reached (counted before any crash there).
     pub fn hits(&self) -> BTreeMap<(&'static str, u64), usize> {
-        self.hits.lock().expect("not poisoned").clone()
+        lock(&self.hits).clone()
     }
 }
 
 impl Probe for CrashProbe {
     fn at(&self, point: &'static str, round: u64) -> Result<()> {
-        *self.hits.lock().expect("not poisoned").entry((point, round)).or_default() += 1;
-        if self.crash > 0.0 && self.rng.lock().expect("not poisoned").random_bool(self.crash.min(1.0)) {
+        *lock(&self.hits).entry((point, round)).or_default() += 1;
+        if !self.points.is_empty() && !self.points.iter().any(|p| p == point) {
+            return Ok(());
+        }
+        // Drawn, and the lock released, before anything is injected.
+        let (crash, panic) = {
+            let mut rng = lock(&self.rng);
+            (self.crash > 0.0 && rng.random_bool(self.crash), self.panic > 0.0 && rng.random_bool(self.panic))
+        };
+        if panic {
+            self.panics.fetch_add(1, Ordering::Relaxed);
+            panic!("injected panic at {point} (round {round})");
+        }
+        if crash {
             self.crashes.fetch_add(1, Ordering::Relaxed);
             return Err(ProtocolError::Crashed(point));
+        }
+        Ok(())
+    }
+}
+
+/// Fails publications under the runtime's root with `ENOSPC`, at random.
+struct FullDisk {
+    probability: f64,
+    rng: Mutex<ChaCha8Rng>,
+    injected: AtomicU64,
+}
+
+impl PublishFaults for FullDisk {
+    fn before_publish(&self, _: &Path) -> std::io::Result<()> {
+        if lock(&self.rng).random_bool(self.probability) {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device (injected)"));
         }
         Ok(())
     }
@@ -175,6 +302,7 @@ pub struct LocalRuntime<C: Clock, P: ProgressStore = LocalProgress> {
     invoker: LocalInvoker,
     shared: Arc<Shared>,
     probe: Arc<CrashProbe>,
+    full_disk: Option<(Arc<FullDisk>, publish_faults::Registered)>,
     dispatcher: tokio::task::JoinHandle<()>,
 }
 
@@ -209,14 +337,24 @@ impl<C: Clock, P: ProgressStore> LocalRuntime<C, P> {
             dead: Mutex::new(Vec::new()),
             failures: Mutex::new(Vec::new()),
             invocations: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
         });
         let invoker = LocalInvoker { tx, shared: shared.clone(), plan: config.faults.clone() };
-        let probe = Arc::new(CrashProbe::new(config.faults.crash, config.faults.seed ^ 0x5eed));
+        let probe = Arc::new(CrashProbe::new(&config.faults, config.faults.seed ^ 0x5eed));
+        let full_disk = (config.faults.enospc > 0.0).then(|| {
+            let hook = Arc::new(FullDisk {
+                probability: config.faults.enospc.min(1.0),
+                rng: Mutex::new(ChaCha8Rng::seed_from_u64(config.faults.seed ^ 0xd15c)),
+                injected: AtomicU64::new(0),
+            });
+            let registered = publish_faults::register(&root, hook.clone());
+            (hook, registered)
+        });
         let svc = Services::new(root, invoker.clone(), progress, clock, lambda_threads(config.memory_mb))
             .with_probe(probe.clone());
         let svc = Arc::new(svc);
         let dispatcher = tokio::spawn(dispatch(rx, svc.clone(), invoker.clone(), shared.clone(), config));
-        LocalRuntime { svc, invoker, shared, probe, dispatcher }
+        LocalRuntime { svc, invoker, shared, probe, full_disk, dispatcher }
     }
 
     /// Sends `event` as a client would (asynchronously, at least once).
@@ -235,14 +373,14 @@ impl<C: Clock, P: ProgressStore> LocalRuntime<C, P> {
         self.invoker.send(payload, 0, 0)
     }
 
-    /// Runs one event to completion in this task, without queueing or faults:
-    /// what a synchronous (`RequestResponse`) invoke returns.
+    /// Runs one event to completion, without queueing, duplicates or
+    /// retries: what a synchronous (`RequestResponse`) invoke returns.
     ///
     /// # Errors
-    /// The handler's error.
+    /// The handler's error; [`ProtocolError::Panicked`] if it panicked.
     pub async fn call(&self, payload: &Value) -> Result<Outcome> {
         let inv = Invocation { request_id: "sync".into(), deadline_ms: None };
-        handle(&self.svc, payload, &inv).await
+        run_caught(self.svc.clone(), payload.clone(), inv).await
     }
 
     /// Waits until no delivery is queued, running or waiting for a retry.
@@ -260,12 +398,12 @@ impl<C: Clock, P: ProgressStore> LocalRuntime<C, P> {
 
     /// Deliveries that failed after their last retry.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.shared.dead.lock().expect("not poisoned").clone()
+        lock(&self.shared.dead).clone()
     }
 
     /// Every failed attempt, retried or not (injected crashes included).
     pub fn failures(&self) -> Vec<DeadLetter> {
-        self.shared.failures.lock().expect("not poisoned").clone()
+        lock(&self.shared.failures).clone()
     }
 
     /// Invocations run so far (every attempt of every delivery).
@@ -283,9 +421,50 @@ impl<C: Clock, P: ProgressStore> LocalRuntime<C, P> {
         self.probe.crashes()
     }
 
+    /// Panics injected so far.
+    pub fn panics(&self) -> u64 {
+        self.probe.panics()
+    }
+
+    /// `ENOSPC` failures injected into publications so far.
+    pub fn enospc(&self) -> u64 {
+        self.full_disk.as_ref().map_or(0, |(hook, _)| hook.injected.load(Ordering::Relaxed))
+    }
+
+    /// Deliveries duplicated so far.
+    pub fn duplicates(&self) -> u64 {
+        self.shared.duplicates.load(Ordering::Relaxed)
+    }
+
     /// The services the handler runs with (root, progress store, clock).
     pub fn services(&self) -> &Services<LocalInvoker, P, C> {
         &self.svc
+    }
+}
+
+/// Runs `handle` in a task of its own, so that a panic inside it ends that
+/// task only and comes back as [`ProtocolError::Panicked`].
+async fn run_caught<C: Clock, P: ProgressStore>(
+    svc: Arc<Services<LocalInvoker, P, C>>,
+    payload: Value,
+    inv: Invocation,
+) -> Result<Outcome> {
+    let task = tokio::spawn(async move { handle(&svc, &payload, &inv).await });
+    match task.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(ProtocolError::Panicked(panic_message(e.into_panic()))),
+        Err(e) => Err(ProtocolError::Panicked(format!("the invocation's task ended without a result: {e}"))),
+    }
+}
+
+/// The message a panic was raised with (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(s) => (*s).to_string(),
+            Err(_) => "a panic with a non-string payload".into(),
+        },
     }
 }
 
@@ -301,6 +480,7 @@ async fn dispatch<C: Clock, P: ProgressStore>(
     while let Some(d) = rx.recv().await {
         let (svc, invoker, shared, slots, config, next_id) =
             (svc.clone(), invoker.clone(), shared.clone(), slots.clone(), config.clone(), next_id.clone());
+        // `d` owns its pending count: however this task ends, it is released.
         tokio::spawn(async move {
             if d.delay_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(d.delay_ms)).await;
@@ -308,37 +488,79 @@ async fn dispatch<C: Clock, P: ProgressStore>(
             let result = {
                 let _slot = slots.acquire().await.expect("never closed");
                 shared.invocations.fetch_add(1, Ordering::Relaxed);
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                let id = format!("local-{}", next_id.fetch_add(1, Ordering::Relaxed));
                 let now = svc.clock.now_ms();
-                let inv =
-                    Invocation { request_id: format!("local-{id}"), deadline_ms: Some(now + config.time_limit_ms) };
+                let inv = Invocation { request_id: id.clone(), deadline_ms: Some(now + config.time_limit_ms) };
                 let started = std::time::Instant::now();
-                let r = handle(&svc, &d.payload, &inv).await;
+                let r = run_caught(svc, d.payload.clone(), inv).await;
                 let over = started.elapsed() > Duration::from_millis(config.time_limit_ms);
                 match r {
                     Ok(_) if config.enforce_time_limit && over => {
                         Err((true, format!("timed out after {} ms", config.time_limit_ms)))
                     }
                     Ok(_) => Ok(()),
-                    Err(e) => Err((e.is_retryable(), e.to_string())),
+                    Err(e) => {
+                        if let ProtocolError::Panicked(_) = e {
+                            eprintln!(
+                                "lml: invocation {id} (attempt {} of {}) failed: {e}; event: {}",
+                                d.attempt + 1,
+                                config.retries + 1,
+                                d.payload
+                            );
+                        }
+                        Err((e.is_retryable(), e.to_string()))
+                    }
                 }
             };
             if let Err((retryable, error)) = result {
-                shared
-                    .failures
-                    .lock()
-                    .expect("not poisoned")
-                    .push(DeadLetter { event: d.payload.clone(), error: error.clone() });
+                lock(&shared.failures).push(DeadLetter { event: d.payload.clone(), error: error.clone() });
                 if retryable && d.attempt < config.retries {
                     // Lambda waits about a minute, then two; a short backoff keeps the order shuffled.
-                    let _ = invoker.send(d.payload, d.attempt + 1, 1 + u64::from(d.attempt) * 5);
+                    let _ = invoker.send(d.payload.clone(), d.attempt + 1, 1 + u64::from(d.attempt) * 5);
                 } else {
-                    shared.dead.lock().expect("not poisoned").push(DeadLetter { event: d.payload, error });
+                    lock(&shared.dead).push(DeadLetter { event: d.payload.clone(), error });
                 }
             }
-            if shared.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
-                shared.idle.notify_waiters();
-            }
+            drop(d);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_plans_parse_from_the_environment_syntax() {
+        let plan =
+            FaultPlan::parse("seed=7, crash=0.05,panic=1,enospc=0.5,duplicate=0.2,delay_ms=3,at=a.b,at=c").unwrap();
+        let expected = FaultPlan {
+            seed: 7,
+            duplicate: 0.2,
+            max_delay_ms: 3,
+            crash: 0.05,
+            panic: 1.0,
+            enospc: 0.5,
+            points: vec!["a.b".into(), "c".into()],
+        };
+        assert_eq!(plan, expected);
+        assert_eq!(FaultPlan::parse("").unwrap(), FaultPlan::default());
+        for (text, needle) in [
+            ("crash=2", "crash: \"2\" is not a probability"),
+            ("panic=-0.1", "panic: \"-0.1\" is not a probability"),
+            ("seed=x", "seed: \"x\" is not a non-negative integer"),
+            ("boom=1", "unknown key \"boom\""),
+            ("crash", "\"crash\" is not key=value"),
+        ] {
+            let err = FaultPlan::parse(text).unwrap_err().to_string();
+            assert!(err.starts_with("LML_FAULTS: ") && err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn panic_messages_are_recovered_from_either_payload() {
+        assert_eq!(panic_message(Box::new("static")), "static");
+        assert_eq!(panic_message(Box::new(String::from("owned"))), "owned");
+        assert_eq!(panic_message(Box::new(3)), "a panic with a non-string payload");
     }
 }

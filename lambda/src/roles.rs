@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use crate::compute::{self, Params, SliceEnd};
 use crate::error::{ProtocolError, Result};
 use crate::event::{CombineEvent, Event, JobId, RoundRef, StartEvent, WorkerEvent};
-use crate::layout::{claim, present, read_bundle, temp_beside, JobDir};
+use crate::layout::{claim, present, read_bundle, remove_stale_temps, temp_beside, JobDir, TempGuard};
 use crate::progress::{JobRecord, JobStatus, ProgressStore, RoundRecord, Score, WorkerRecord};
 use crate::services::{Clock, Invocation, Invoker, Services};
 use crate::spec::{JobConfig, JobSpec};
@@ -118,12 +118,14 @@ async fn start<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, 
     Ok(Outcome::Started { job: ev.job, duplicate })
 }
 
-/// Creates the job folder whole: staged under a temp name, renamed into place.
+/// Creates the job folder whole: staged under a temp name, renamed into
+/// place. The staging folder goes whatever happens (an error, a full disk,
+/// a panic); one left by a process that died is swept once the job exists.
 fn create_job<I, P, C: Clock>(svc: &Services<I, P, C>, jd: &JobDir, cfg: &JobConfig) -> Result<()> {
     let jobs = jd.dir.parent().expect("jobs/<id>");
     std::fs::create_dir_all(jobs).map_err(|e| ProtocolError::io(jobs, e))?;
-    let staging = temp_beside(&jd.dir);
-    let staged = JobDir { job: jd.job.clone(), dir: staging.clone() };
+    let staging = TempGuard::new(temp_beside(&jd.dir));
+    let staged = JobDir { job: jd.job.clone(), dir: staging.path().to_path_buf() };
     let result = (|| -> Result<()> {
         for d in [staged.params_dir(), staged.round(0), staged.progress()] {
             std::fs::create_dir_all(&d).map_err(|e| ProtocolError::io(&d, e))?;
@@ -131,16 +133,18 @@ fn create_job<I, P, C: Clock>(svc: &Services<I, P, C>, jd: &JobDir, cfg: &JobCon
         crate::layout::write_json(&staged.config(), cfg)?;
         let params = Params::init(cfg.classes, cfg.feature_dim, cfg.spec.seed);
         params.publish(&staged.params(0), &json!({"round": 0, "published_ms": svc.clock.now_ms()}))?;
-        match std::fs::rename(&staging, &jd.dir) {
-            Ok(()) => Ok(()),
-            Err(_) if jd.exists() => Ok(()), // a concurrent start won; its config is compared next
-            Err(e) => Err(ProtocolError::io(&jd.dir, e)),
-        }
+        svc.probe.at("start.staged", 0)?;
+        std::fs::rename(staging.path(), &jd.dir).map_err(|e| ProtocolError::io(&jd.dir, e))
     })();
-    if staging.exists() {
-        let _ = std::fs::remove_dir_all(&staging);
+    match result {
+        // A concurrent start created the job (its config is compared next),
+        // or swept this staging folder as stale after creating it.
+        Err(_) if jd.exists() => {}
+        r => r?,
     }
-    result
+    drop(staging);
+    remove_stale_temps(jobs, jd.job.as_str());
+    Ok(())
 }
 
 /// Invokes the `workers` of round `k` unless a `fanout` marker says it was

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use lml_kernel::dataset::ImageDataset;
 use lml_kernel::trainer::{CachedFeatures, FeatureSource, ImageFeatures};
@@ -39,13 +39,13 @@ pub struct RecordingInvoker {
 impl RecordingInvoker {
     /// The events sent so far, in order.
     pub fn events(&self) -> Vec<Event> {
-        self.events.lock().expect("not poisoned").clone()
+        lock(&self.events).clone()
     }
 }
 
 impl Invoker for RecordingInvoker {
     async fn invoke(&self, event: &Event) -> Result<()> {
-        self.events.lock().expect("not poisoned").push(event.clone());
+        lock(&self.events).push(event.clone());
         Ok(())
     }
 }
@@ -129,7 +129,22 @@ pub fn lambda_threads(memory_mb: u32) -> usize {
     (memory_mb as usize).div_ceil(1769).clamp(1, 6)
 }
 
+/// Locks `m`, recovering it if a panic poisoned it: every mutex in this
+/// crate guards a collection each update of which is one call that leaves it
+/// valid, so a panic in some invocation while it held the lock must not turn
+/// every later invocation of the process (a warm Lambda sandbox) into a panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 type Source = Arc<dyn FeatureSource + Send>;
+
+/// A feature source kept open, and the identity of every file it was opened
+/// from when it was opened.
+struct CachedSource {
+    source: Source,
+    files: Vec<(PathBuf, Option<FileId>)>,
+}
 
 /// Everything a role runs with.
 pub struct Services<I, P, C> {
@@ -141,7 +156,7 @@ pub struct Services<I, P, C> {
     pub probe: Arc<dyn Probe>,
     /// Compute threads per invocation.
     pub threads: usize,
-    sources: Mutex<HashMap<String, Source>>,
+    sources: Mutex<HashMap<String, CachedSource>>,
 }
 
 impl<I: Invoker, P: crate::progress::ProgressStore, C: Clock> Services<I, P, C> {
@@ -164,18 +179,31 @@ impl<I: Invoker, P: crate::progress::ProgressStore, C: Clock> Services<I, P, C> 
     }
 
     /// The feature source of `data`, opened once per process and kept (a warm
-    /// Lambda sandbox keeps its mappings and packed VGG filters across invocations).
+    /// Lambda sandbox keeps its mappings and packed VGG filters across
+    /// invocations) until one of its files is replaced: every call compares
+    /// the files' identity (device, inode, size, modification time) with
+    /// what it was when they were opened, and reopens them if it changed.
+    /// A source handed out earlier keeps its mappings, so an invocation
+    /// running while a file is replaced by `rename` reads the old file to
+    /// its end; the next call reads the new one.
     ///
     /// # Errors
-    /// Kernel errors naming the file that cannot be opened.
+    /// As [`open_source`].
     pub fn source(&self, data: &DataSpec) -> Result<Source> {
         let key = serde_json::to_string(data).expect("serialisable");
-        if let Some(s) = self.sources.lock().expect("not poisoned").get(&key) {
-            return Ok(s.clone());
+        let paths = DataPaths::new(&self.root, data)?;
+        // The identity is taken before the files are opened: a file replaced
+        // in between is then seen as changed on the next call and reopened,
+        // never kept under the new file's identity.
+        let files = paths.identity();
+        if let Some(c) = lock(&self.sources).get(&key) {
+            if c.files == files {
+                return Ok(c.source.clone());
+            }
         }
-        let s = open_source(&self.root, data)?;
-        self.sources.lock().expect("not poisoned").insert(key, s.clone());
-        Ok(s)
+        let source = paths.open(data)?;
+        lock(&self.sources).insert(key, CachedSource { source: source.clone(), files });
+        Ok(source)
     }
 
     /// The rayon pool of [`threads`](Self::threads) threads.
@@ -189,32 +217,141 @@ impl<I: Invoker, P: crate::progress::ProgressStore, C: Clock> Services<I, P, C> 
 
 /// Opens the feature source a [`DataSpec`] describes, under `root`.
 ///
+/// Every path must stay under the storage root: lexically (relative,
+/// without `..`: [`DataSpec::validate`]) and once symbolic links are
+/// resolved; a link inside the root that points inside it is followed.
+/// The files opened are those the resolved paths name.
+///
 /// # Errors
-/// [`ProtocolError::BadSpec`] on an invalid spec; kernel errors naming the
-/// file that is missing or malformed.
+/// [`ProtocolError::BadSpec`] on an invalid spec or a path that resolves
+/// outside the root (naming the field and both paths); kernel errors naming
+/// the file that is missing or malformed.
 pub fn open_source(root: &Path, data: &DataSpec) -> Result<Source> {
-    data.validate("data")?;
-    let path = |field: &str, p: &str| relative_path(field, p).map(|p| root.join(p));
-    let labels = path("labels", &data.labels)?;
-    match (&data.features, &data.images, &data.weights) {
-        (Some(f), None, None) => Ok(Arc::new(CachedFeatures::open(path("features", f)?, labels)?)),
-        (None, Some(x), Some(w)) => {
-            let dataset = ImageDataset::open(path("images", x)?, labels)?;
-            let vgg = Vgg19::open(
-                path("weights", w)?,
-                data.input_size.unwrap_or(32),
-                data.cut.unwrap_or(lml_kernel::Cut::Fc7),
-            )?;
-            Ok(Arc::new(ImageFeatures { dataset, vgg }))
+    DataPaths::new(root, data)?.open(data)
+}
+
+/// What tells one version of a file from another: a replacement by `rename`
+/// has another inode; a rewrite in place (which the system never does; see
+/// [`lml_kernel::npy::MappedNpy`]) changes the size or modification time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileId {
+    /// The identity of the file at `path`, following symbolic links (a link
+    /// pointed elsewhere is a change too); `None` if it cannot be read.
+    fn of(path: &Path) -> Option<FileId> {
+        let m = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let (dev, ino) = {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        };
+        #[cfg(not(unix))]
+        let (dev, ino) = (0, 0);
+        Some(FileId { dev, ino, size: m.len(), modified: m.modified().ok() })
+    }
+}
+
+/// The files of a [`DataSpec`], joined onto the storage root (not yet resolved).
+struct DataPaths {
+    root: PathBuf,
+    /// `(field, as written, root/as written)`.
+    files: Vec<(&'static str, String, PathBuf)>,
+}
+
+impl DataPaths {
+    /// Validates `data` and joins its paths onto `root`.
+    fn new(root: &Path, data: &DataSpec) -> Result<Self> {
+        data.validate("data")?;
+        let mut files = Vec::new();
+        let named = [
+            ("features", data.features.as_ref()),
+            ("images", data.images.as_ref()),
+            ("labels", Some(&data.labels)),
+            ("weights", data.weights.as_ref()),
+        ];
+        for (field, p) in named {
+            if let Some(p) = p {
+                files.push((field, p.clone(), root.join(relative_path(field, p)?)));
+            }
         }
-        _ => Err(ProtocolError::spec("data", "give features, or images with weights")),
+        Ok(DataPaths { root: root.to_path_buf(), files })
+    }
+
+    /// The identity of every file the source maps: the features or images,
+    /// the labels, and the weight directory with every file in it.
+    fn identity(&self) -> Vec<(PathBuf, Option<FileId>)> {
+        let mut ids = Vec::new();
+        for (field, _, path) in &self.files {
+            ids.push((path.clone(), FileId::of(path)));
+            if *field == "weights" {
+                let mut inside: Vec<PathBuf> = std::fs::read_dir(path)
+                    .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                    .unwrap_or_default();
+                inside.sort();
+                ids.extend(inside.into_iter().map(|p| {
+                    let id = FileId::of(&p);
+                    (p, id)
+                }));
+            }
+        }
+        ids
+    }
+
+    /// `field`'s path with every symbolic link resolved, refused if that
+    /// leaves the storage root. A path that does not resolve (a missing file)
+    /// is returned as joined, for the open to report it by name.
+    fn resolve(&self, field: &'static str) -> Result<Option<PathBuf>> {
+        let Some((_, written, joined)) = self.files.iter().find(|(f, _, _)| *f == field) else { return Ok(None) };
+        let root = self.root.canonicalize().map_err(|e| ProtocolError::io(&self.root, e))?;
+        let Ok(resolved) = joined.canonicalize() else { return Ok(Some(joined.clone())) };
+        let outside = |what: &Path| {
+            ProtocolError::spec(
+                field,
+                format!("{written:?} resolves to {}, outside the storage root {}", what.display(), root.display()),
+            )
+        };
+        if !resolved.starts_with(&root) {
+            return Err(outside(&resolved));
+        }
+        if field == "weights" && resolved.is_dir() {
+            // The weight store opens the files inside by name: each must stay inside too.
+            for entry in std::fs::read_dir(&resolved).map_err(|e| ProtocolError::io(&resolved, e))? {
+                let entry = entry.map_err(|e| ProtocolError::io(&resolved, e))?;
+                if let Ok(target) = entry.path().canonicalize() {
+                    if !target.starts_with(&root) {
+                        return Err(outside(&target));
+                    }
+                }
+            }
+        }
+        Ok(Some(resolved))
+    }
+
+    /// Resolves every path (refusing those outside the root) and opens the source.
+    fn open(&self, data: &DataSpec) -> Result<Source> {
+        let labels = self.resolve("labels")?.expect("labels are required");
+        match (self.resolve("features")?, self.resolve("images")?, self.resolve("weights")?) {
+            (Some(f), None, None) => Ok(Arc::new(CachedFeatures::open(f, labels)?)),
+            (None, Some(x), Some(w)) => {
+                let dataset = ImageDataset::open(x, labels)?;
+                let vgg = Vgg19::open(w, data.input_size.unwrap_or(32), data.cut.unwrap_or(lml_kernel::Cut::Fc7))?;
+                Ok(Arc::new(ImageFeatures { dataset, vgg }))
+            }
+            _ => Err(ProtocolError::spec("data", "give features, or images with weights")),
+        }
     }
 }
 
 /// One shared pool per thread count, built on first use.
 fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
     static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
-    let mut pools = POOLS.get_or_init(Default::default).lock().expect("not poisoned");
+    let mut pools = lock(POOLS.get_or_init(Default::default));
     if let Some(p) = pools.get(&threads) {
         return Ok(p.clone());
     }
@@ -226,6 +363,21 @@ fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_poisoned_by_a_panic_is_recovered() {
+        let m = Arc::new(Mutex::new(vec![1]));
+        let held = m.clone();
+        let panicked = std::thread::spawn(move || {
+            let mut v = held.lock().unwrap();
+            v.push(2);
+            panic!("while holding the lock");
+        })
+        .join();
+        assert!(panicked.is_err() && m.is_poisoned());
+        lock(&m).push(3);
+        assert_eq!(*lock(&m), vec![1, 2, 3]);
+    }
 
     #[test]
     fn memory_buys_one_thread_per_1769_mb_up_to_six() {

@@ -1,8 +1,21 @@
 //! Randomised fault trials: duplicated, delayed and reordered deliveries,
-//! invocations that crash at any probe point and are retried (or die for
-//! good, after which the job is resumed), and continuations at random points
-//! from random time limits. Every trial must apply each round exactly once
-//! and end with the fault-free run's parameters, bit for bit.
+//! invocations that crash or panic at any probe point and are retried (or
+//! die for good, after which the job is resumed), publications that fail
+//! with a full disk (`ENOSPC`) after writing part of their bytes, and
+//! continuations at random points from random time limits. Every trial must
+//! apply each round exactly once, end with the fault-free run's parameters,
+//! bit for bit, and leave no temp file behind.
+//!
+//! CI runs 300 trials (seeds 0..300). A campaign sets the count and the first
+//! seed, so it can be split across machines or re-run from a failing seed:
+//!
+//! ```text
+//! LML_FAULT_TRIALS=1000 LML_FAULT_SEED=0 cargo nextest run -p lml-lambda --test faults \
+//!     hundreds_of_fault_trials --success-output immediate
+//! ```
+//!
+//! The last line of the test's output counts what was injected. The checks
+//! that the faults were injected as often as claimed need 20 trials or more.
 
 mod common;
 
@@ -16,7 +29,29 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-const TRIALS: u64 = 300;
+/// Trials CI runs when `LML_FAULT_TRIALS` is unset.
+const CI_TRIALS: u64 = 300;
+
+/// Keeps the output readable: the hundreds of injected panics are counted,
+/// not printed with a backtrace each (the runtime still logs one line per
+/// panic with its event). Other panics print as usual.
+fn quiet_injected_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload().downcast_ref::<String>().map_or("", String::as_str);
+        if !msg.starts_with("injected panic at ") {
+            default(info);
+        }
+    }));
+}
+
+/// `name` from the environment as a number, or `default` if it is unset.
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a non-negative integer")),
+        Err(_) => default,
+    }
+}
 
 struct Trial {
     workers: usize,
@@ -40,8 +75,9 @@ fn trial(seed: u64) -> Trial {
     Trial { workers, spec: spec("train", extra) }
 }
 
-/// Runs `t` on a fresh root; with `faults`, keeps resuming until the job ends.
-async fn run(t: &Trial, faults: Option<(FaultPlan, u64)>) -> (tempfile::TempDir, LocalRuntime<TickClock>) {
+/// Runs `t` on a fresh root; with `faults`, keeps resuming until the job
+/// ends. Returns the root, the runtime, and how many resumes it took.
+async fn run(t: &Trial, faults: Option<(FaultPlan, u64)>) -> (tempfile::TempDir, LocalRuntime<TickClock>, u64) {
     let dir = temp_root();
     let (x, y) = blobs(30, 5, 3, 9);
     write_features(dir.path(), "train", &x, &y);
@@ -50,7 +86,7 @@ async fn run(t: &Trial, faults: Option<(FaultPlan, u64)>) -> (tempfile::TempDir,
     let cfg = LocalConfig {
         memory_mb: 1769,
         // Fault-free runs get a limit no continuation is needed under.
-        time_limit_ms: if plan.crash > 0.0 { limit } else { 900_000 },
+        time_limit_ms: if plan == FaultPlan::default() { 900_000 } else { limit },
         enforce_time_limit: false,
         concurrency: 8,
         retries: 2,
@@ -60,29 +96,37 @@ async fn run(t: &Trial, faults: Option<(FaultPlan, u64)>) -> (tempfile::TempDir,
     let job = JobId::new("trial").unwrap();
     let jd = JobDir::new(dir.path(), &job);
     let start = start_event("trial", t.workers, t.spec.clone());
+    let mut resumes = 0;
     for attempt in 0.. {
         assert!(attempt < 200, "job did not finish after {attempt} resumes");
         if attempt == 0 || !jd.exists() {
             rt.invoke(&start).await.unwrap();
         } else {
             rt.invoke_payload(Event::Resume { job: job.clone() }.to_json()).unwrap();
+            resumes += 1;
         }
         rt.idle().await;
         if jd.final_json().exists() {
             break;
         }
     }
-    (dir, rt)
+    let temps = temp_files(dir.path());
+    assert!(temps.is_empty(), "temp files left behind: {temps:?}");
+    (dir, rt, resumes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_fault_trials_end_with_the_fault_free_parameters() {
-    let mut continued = 0;
-    let mut crashes = 0;
-    let mut gave_up = 0;
-    for seed in 0..TRIALS {
+    let trials = env_u64("LML_FAULT_TRIALS", CI_TRIALS);
+    let first = env_u64("LML_FAULT_SEED", 0);
+    assert!(trials > 0, "LML_FAULT_TRIALS=0 runs nothing");
+    quiet_injected_panics();
+    let started = std::time::Instant::now();
+    let (mut continued, mut crashes, mut panics, mut enospc, mut duplicates, mut gave_up, mut resumes) =
+        (0, 0, 0, 0, 0, 0, 0);
+    for seed in first..first + trials {
         let t = trial(seed);
-        let (clean_dir, clean_rt) = run(&t, None).await;
+        let (clean_dir, clean_rt, _) = run(&t, None).await;
         let dead = clean_rt.dead_letters();
         assert!(dead.is_empty(), "trial {seed}: fault-free run failed: {dead:?}");
         let expected = final_params(clean_dir.path(), "trial");
@@ -92,9 +136,12 @@ async fn hundreds_of_fault_trials_end_with_the_fault_free_parameters() {
             seed,
             duplicate: rng.random_range(0.0..0.4),
             max_delay_ms: rng.random_range(0..=3),
-            crash: rng.random_range(0.01..0.08),
+            crash: rng.random_range(0.01..0.06),
+            panic: rng.random_range(0.005..0.03),
+            enospc: rng.random_range(0.005..0.03),
+            points: Vec::new(),
         };
-        let (dir, rt) = run(&t, Some((plan, 10))).await;
+        let (dir, rt, resumed) = run(&t, Some((plan, 10))).await;
         let got = final_params(dir.path(), "trial");
         assert_eq!(got, expected, "trial {seed}: final parameters differ from the fault-free run");
 
@@ -111,13 +158,25 @@ async fn hundreds_of_fault_trials_end_with_the_fault_free_parameters() {
         }
         continued += p.workers.values().map(|w| w.continuations).sum::<u64>();
         crashes += rt.crashes();
+        panics += rt.panics();
+        enospc += rt.enospc();
+        duplicates += rt.duplicates();
         gave_up += rt.dead_letters().len();
+        resumes += resumed;
     }
-    assert!(continued > TRIALS, "only {continued} continuations over {TRIALS} trials");
     // The trials must have exercised what they claim to.
-    assert!(crashes > TRIALS, "only {crashes} injected crashes");
-    assert!(gave_up > 0, "no invocation ever exhausted its retries, so resume was never needed");
-    eprintln!("{TRIALS} trials: {crashes} crashes, {gave_up} dead letters (then resumed), {continued} continuations");
+    assert!(continued > trials, "only {continued} continuations over {trials} trials");
+    assert!(crashes > trials, "only {crashes} injected crashes");
+    assert!(panics > trials / 2, "only {panics} injected panics");
+    assert!(enospc > trials / 2, "only {enospc} injected ENOSPC failures");
+    assert!(duplicates > trials, "only {duplicates} duplicated deliveries");
+    assert!(gave_up > 0 && resumes > 0, "no invocation ever exhausted its retries, so resume was never needed");
+    eprintln!(
+        "{trials} trials (seeds {first}..{}) in {:.1} s: {crashes} crashes, {panics} panics, {enospc} ENOSPC, \
+         {duplicates} duplicated deliveries, {continued} continuations, {gave_up} dead letters, {resumes} resumes",
+        first + trials,
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// A job whose invocations all die part-way (no retries, frequent crashes)
@@ -129,7 +188,7 @@ async fn a_dead_job_resumes_from_its_last_checkpoint() {
         workers: 3,
         spec: spec("train", json!({"batch": 2, "epochs": 2, "lr": 0.05, "seed": 4, "time_limit_ms": 900000})),
     };
-    let (clean, _) = run(&t, None).await;
+    let (clean, _, _) = run(&t, None).await;
     let expected = final_params(clean.path(), "trial");
 
     let dir = temp_root();

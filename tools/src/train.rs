@@ -181,6 +181,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             memory_mb: args.memory,
             time_limit_ms: (args.time_limit * 1000.0) as u64,
             concurrency: args.concurrency,
+            faults: lml_lambda::FaultPlan::from_env()?,
             ..LocalConfig::default()
         };
         let rt = LocalRuntime::start(&args.root, SystemClock, config);

@@ -150,3 +150,23 @@ pub fn write_images(root: &Path, n: usize, seed: u64) -> (ndarray::Array4<u8>, A
     write_npy_atomic(root.join("labels.npy"), &labels).unwrap();
     (images, labels)
 }
+
+/// Every path under `root` named as a temp (`.NAME.tmp-…`, see
+/// `layout::temp_beside`): what no publication, failed or not, may leave.
+pub fn temp_files(root: &Path) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.filter_map(|e| e.ok()) {
+            let p = e.path();
+            if e.file_name().to_string_lossy().contains(".tmp-") {
+                out.push(p.clone());
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    out
+}
