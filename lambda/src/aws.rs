@@ -390,21 +390,34 @@ pub mod emulator {
     impl Moto {
         /// Starts `moto_server` on a free port of 127.0.0.1 and waits until it listens.
         ///
+        /// The server answers one request at a time: moto applies an
+        /// `UpdateItem` as read, modify, write, so concurrent `ADD`s to one
+        /// set lose elements when its threaded server (the `moto_server`
+        /// default) interleaves them (measured: 5 of 320 lost, 16 clients at
+        /// once), while DynamoDB applies each update atomically. Serialising
+        /// the requests gives the emulator DynamoDB's semantics.
+        ///
         /// # Panics
-        /// If `moto_server` (PyPI `moto[server]`) is not installed or does not listen within 30 s.
+        /// If `moto[server]` (PyPI) is not installed or does not listen within 30 s.
         pub fn start() -> Moto {
             let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free local port").port();
-            let child = Command::new("moto_server")
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            let serve = format!(
+                "import moto.server as m; r = m.run_simple; \
+                 m.run_simple = lambda *a, **k: r(*a, **dict(k, threaded=False)); \
+                 m.main(['-H', '127.0.0.1', '-p', '{port}'])"
+            );
+            let mut child = Command::new("python3")
+                .args(["-c", &serve])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start moto_server ({e}): pip install 'moto[server]' (.ci/run does)")
-                });
+                .unwrap_or_else(|e| panic!("cannot start python3 for moto ({e})"));
             let t = Instant::now();
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(t.elapsed() < Duration::from_secs(30), "moto_server did not listen on {port} within 30 s");
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("moto exited ({status}): pip install 'moto[server]' (.ci/run does)");
+                }
+                assert!(t.elapsed() < Duration::from_secs(30), "moto did not listen on {port} within 30 s");
                 std::thread::sleep(Duration::from_millis(100));
             }
             Moto { child, url: format!("http://127.0.0.1:{port}") }
