@@ -14,7 +14,7 @@
 //! * **Gradients are sums.** Every backward returns `∂(Σ_batch loss)/∂·` and
 //!   [`optim::Sgd::step`] divides by the example count, so gradient sums
 //!   from several workers add up to exactly the large-batch gradient.
-//! * **Training defaults.** By default the head trains on
+//! * **Training defaults.** The head starts at zero and by default trains on
 //!   standardised features ([`standardize`]: per-feature mean and scale
 //!   from the training data, so every example's squared norm is about 1
 //!   whatever the features' scale) with SGD at [`optim::Sgd::default`] under a

@@ -229,6 +229,16 @@ impl Head {
         Head { weight, bias }
     }
 
+    /// A head of zeros, where training starts ([`Trainer::new`], a job's
+    /// round 0): softmax regression is convex, so no symmetry needs
+    /// breaking, and an untrained head gives every class probability `1/C`,
+    /// so its loss is exactly `ln C` whatever the features' scale: the
+    /// reference divergence is measured against ([`loss_limit`]). Weights of
+    /// features constant over the training data receive no gradient and stay 0.
+    pub fn zeros(classes: usize, features: usize) -> Self {
+        Head { weight: Array2::zeros((classes, features)), bias: Array1::zeros(classes) }
+    }
+
     /// Number of classes.
     pub fn classes(&self) -> usize {
         self.weight.nrows()
@@ -402,8 +412,8 @@ pub const DEFAULT_EPOCHS: u64 = 10;
 pub const EXPLODED_LOSS_FACTOR: f64 = 10.0;
 
 /// The highest training loss that is not divergence for `classes` classes:
-/// [`EXPLODED_LOSS_FACTOR`] × `max(ln classes, 1)`. An untrained head on
-/// standardised features has loss about `ln classes` (2.30 for 10 classes,
+/// [`EXPLODED_LOSS_FACTOR`] × `max(ln classes, 1)`. The untrained head
+/// ([`Head::zeros`]) has loss exactly `ln classes` (2.30 for 10 classes,
 /// limit 23.0); training lowers it, so a loss far above it means the steps
 /// overshoot (the learning rate is too large for the features' scale) and
 /// the weights are blowing up.
@@ -488,8 +498,9 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A trainer with a fresh head for `classes` over `features`-long
-    /// inputs, constant learning rate, raw features.
+    /// A trainer with a zero head ([`Head::zeros`]) for `classes` over
+    /// `features`-long inputs, constant learning rate, raw features; `seed`
+    /// decides the example order.
     ///
     /// # Errors
     /// [`KernelError::Invalid`] on a zero batch size, zero classes, or bad SGD settings.
@@ -498,7 +509,7 @@ impl Trainer {
         if batch_size == 0 || classes == 0 {
             return Err(KernelError::invalid("trainer", "batch size and classes must be positive"));
         }
-        let head = Head::new(classes, features, seed);
+        let head = Head::zeros(classes, features);
         let velocity = HeadVelocity::zeros_like(&head);
         Ok(Trainer {
             head,
