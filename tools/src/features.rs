@@ -8,6 +8,7 @@
 //! {split}_features.npy             f32 [N, D]: the shards concatenated (when all exist)
 //! {split}_y.npy                    the labels, copied
 //! {split}_features.json            what produced them (cut, input size, weights, dims)
+//! classes.txt                      the class names, carried from the images' folder
 //! ```
 //! Shards are independent (`--shard i/n` lets many workers share the work)
 //! and each is published atomically, so an interrupted run is resumed by
@@ -217,4 +218,31 @@ pub fn merge(
     let text = serde_json::to_string_pretty(note).expect("json value serialises");
     publish_atomic(&meta, |w| w.write_all(text.as_bytes()))?;
     Ok(Some(merged))
+}
+
+/// Carries the class list (`classes.txt`, from `prepare-cifar10`) from the
+/// images' folder `data` into the cache folder `out`, where training finds
+/// it beside the labels. Nothing to do if `data` has none; an identical copy
+/// is kept.
+///
+/// # Errors
+/// Kernel errors if the list is unreadable or malformed;
+/// [`FeatureError::Existing`] if `out` holds a different class list.
+pub fn carry_class_list(data: &Path, out: &Path) -> Result<bool> {
+    use lml_kernel::dataset::{read_class_list, CLASS_LIST};
+    let (from, to) = (data.join(CLASS_LIST), out.join(CLASS_LIST));
+    let Some(names) = read_class_list(&from)? else { return Ok(false) };
+    match read_class_list(&to)? {
+        Some(existing) if existing == names => return Ok(false),
+        Some(_) => {
+            return Err(FeatureError::Existing {
+                path: to,
+                reason: format!("differs from {} (features of another dataset? delete it)", from.display()),
+            })
+        }
+        None => {}
+    }
+    let text = names.join("\n") + "\n";
+    publish_atomic(&to, |w| w.write_all(text.as_bytes()))?;
+    Ok(true)
 }
