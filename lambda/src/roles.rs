@@ -73,7 +73,6 @@ async fn start<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, 
     // Resolve everything from the data before anything is written: the
     // sources open, every label file is checked and the classes counted.
     let source = svc.source(&spec.data)?;
-    let classes = crate::spec::resolve_classes(&svc.root, &spec)?;
     if let Some(eval) = &spec.eval {
         let e = svc.source(eval)?;
         if e.feature_dim() != source.feature_dim() {
@@ -83,6 +82,7 @@ async fn start<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, 
             ));
         }
     }
+    let classes = crate::spec::resolve_classes(&svc.root, &spec)?;
     let cfg = JobConfig::resolve(&ev.job, ev.workers, spec, source.len(), source.feature_dim(), classes)?;
     let jd = JobDir::new(&svc.root, &ev.job);
     if !jd.exists() {

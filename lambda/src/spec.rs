@@ -136,6 +136,26 @@ pub(crate) fn relative_path(field: &str, p: &str) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
+/// `joined` (the spec's `written` path under `root`) with every symbolic
+/// link resolved, refused if that leaves the storage root. A path that does
+/// not resolve (a missing file) is returned as joined, for the open to report
+/// it by name.
+///
+/// # Errors
+/// [`ProtocolError::BadSpec`] naming `field`, the path as written, where it
+/// resolves and the root; an I/O error if the root itself cannot be resolved.
+pub(crate) fn resolve_inside(root: &Path, field: &str, written: &str, joined: &Path) -> Result<PathBuf> {
+    let root = root.canonicalize().map_err(|e| ProtocolError::io(root, e))?;
+    let Ok(resolved) = joined.canonicalize() else { return Ok(joined.to_path_buf()) };
+    if !resolved.starts_with(&root) {
+        return Err(ProtocolError::spec(
+            field,
+            format!("{written:?} resolves to {}, outside the storage root {}", resolved.display(), root.display()),
+        ));
+    }
+    Ok(resolved)
+}
+
 /// What a job does: data, schedule, optimiser, synchronisation, time budget.
 /// Every field has a default, so `{}` is a valid spec (cached features at
 /// `features/train_features.npy`, 10 epochs, batch 64 per worker, gradient
@@ -506,20 +526,23 @@ impl JobConfig {
 /// Kernel errors naming the file (and the position and value of a bad
 /// label); [`ProtocolError::BadSpec`] if the class lists or `classes` disagree.
 pub fn resolve_classes(root: &Path, spec: &JobSpec) -> Result<Classes> {
-    let mut label_files = vec![("data", relative_path("data.labels", &spec.data.labels)?)];
+    // Every file read here is resolved under the root first, as the sources
+    // are: the label files and the class lists beside them.
+    let mut written = vec![("data.labels", spec.data.labels.as_str())];
     if let Some(e) = &spec.eval {
-        label_files.push(("eval", relative_path("eval.labels", &e.labels)?));
+        written.push(("eval.labels", e.labels.as_str()));
     }
+    let mut label_files = Vec::new();
     let mut list: Option<(PathBuf, Vec<String>)> = None;
-    for (field, labels) in &label_files {
-        let path = root.join(labels).with_file_name(CLASS_LIST);
+    for (field, labels) in written {
+        let rel = relative_path(field, labels)?;
+        label_files.push((field, resolve_inside(root, field, labels, &root.join(&rel))?));
+        let beside = rel.with_file_name(CLASS_LIST);
+        let path = resolve_inside(root, field, &beside.to_string_lossy(), &root.join(&beside))?;
         let Some(names) = read_class_list(&path)? else { continue };
         match &list {
             Some((first, n)) if *n != names => {
-                return Err(ProtocolError::spec(
-                    format!("{field}.labels"),
-                    format!("{} differs from {}", path.display(), first.display()),
-                ))
+                return Err(ProtocolError::spec(field, format!("{} differs from {}", path.display(), first.display())))
             }
             Some(_) => {}
             None => list = Some((path, names)),
@@ -527,10 +550,7 @@ pub fn resolve_classes(root: &Path, spec: &JobSpec) -> Result<Classes> {
     }
     let labels = label_files
         .iter()
-        .map(|(_, rel)| {
-            let path = root.join(rel);
-            read_labels(&path).map(|l| (path, l))
-        })
+        .map(|(_, path)| read_labels(path).map(|l| (path.clone(), l)))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let files: Vec<(&Path, &[u32])> = labels.iter().map(|(p, l)| (p.as_path(), l.as_slice())).collect();
     let names = list.as_ref().map(|(_, n)| n.as_slice());
