@@ -5,5 +5,6 @@ pub mod cifar;
 pub mod convert;
 pub mod features;
 pub mod fetch;
+pub mod fuzz;
 pub mod pickle;
 pub mod synth;
