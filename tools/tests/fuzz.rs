@@ -140,6 +140,8 @@ fn campaign(target: &str) {
     );
     assert_eq!(accepted + refused, INPUTS);
     assert!(refused > 0, "{target}: no mutation was refused: the harness checks nothing");
+    // The .h5 seeds are partial models, which conversion refuses by design.
+    assert!(accepted > 0 || target == "keras_h5", "{target}: no mutation was accepted: only error paths ran");
 }
 
 #[test]
