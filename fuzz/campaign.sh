@@ -23,7 +23,7 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks"
 # --target keeps the instrumentation off build scripts and proc macros.
-cargo build --release --locked --bins -j "${JOBS:-2}" --target "$triple"
+cargo build --release --bins -j "${JOBS:-2}" --target "$triple"
 (cd .. && RUSTFLAGS= cargo run --quiet --locked -p lml-tools --example fuzz_seeds -- fuzz/corpus "${TARGETS[@]}")
 
 mkdir -p logs
