@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 RUNS=${RUNS:-1000000}
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(event_json job_spec npy_header safetensors_header pickle cifar_binary cifar_python tar_members keras_h5)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(event_json job_spec npy_header safetensors_header pickle cifar_binary cifar_python keras_h5 tar_members)
 triple=$(rustc -vV | sed -n 's/^host: //p')
 
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
@@ -26,6 +26,8 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 cargo build --release --bins -j "${JOBS:-2}" --target "$triple"
 (cd .. && RUSTFLAGS= cargo run --quiet --locked -p lml-tools --example fuzz_seeds -- fuzz/corpus "${TARGETS[@]}")
 
+# The .h5 harness writes each input to a scratch file: keep that in memory.
+[ -d /dev/shm ] && export TMPDIR=${TMPDIR:-/dev/shm}
 mkdir -p logs
 printf '%-20s %10s %8s %8s %8s %s\n' target inputs seconds cov ft crashes
 for t in "${TARGETS[@]}"; do

@@ -244,26 +244,29 @@ fn meta_error(reason: String) -> CifarError {
     CifarError::Meta { input: PathBuf::from("<fuzz input>"), reason }
 }
 
-/// A Keras Applications `.h5` (`convert::convert_keras_h5`, on a temporary
-/// copy of `data`, into a temporary store that is removed afterwards).
+/// A Keras Applications `.h5` (`convert::convert_keras_h5`, on a copy of
+/// `data` in a scratch folder of this thread, into a store there that must
+/// not exist after a failed conversion and is removed after a successful one).
 pub fn keras_h5(data: &[u8]) -> Result<(), String> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "lml-fuzz-h5-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("creating the fuzz scratch folder");
-    let input = dir.join("input.h5");
-    std::fs::write(&input, data).expect("writing the fuzz input");
-    let out = dir.join("store");
-    let result = crate::convert::convert_keras_h5(&input, &out);
-    if result.is_err() {
-        assert!(!out.exists(), "a failed conversion left {}", out.display());
+    thread_local! {
+        static SCRATCH: PathBuf = {
+            let dir = std::env::temp_dir().join(format!("lml-fuzz-h5-{}-{:?}", std::process::id(), std::thread::current().id()));
+            std::fs::create_dir_all(&dir).expect("creating the fuzz scratch folder");
+            dir
+        };
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    result.map(drop).map_err(|e| e.to_string())
+    SCRATCH.with(|dir| {
+        let input = dir.join("input.h5");
+        std::fs::write(&input, data).expect("writing the fuzz input");
+        let out = dir.join("store");
+        let result = crate::convert::convert_keras_h5(&input, &out);
+        if result.is_err() {
+            assert!(!out.exists(), "a failed conversion left {}", out.display());
+        } else {
+            std::fs::remove_dir_all(&out).expect("removing a converted store");
+        }
+        result.map(drop).map_err(|e| e.to_string())
+    })
 }
 
 /// Valid inputs for `target` made by our own writers (the committed
