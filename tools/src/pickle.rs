@@ -182,7 +182,7 @@ fn extend(target: Option<&Value>, items: Vec<Value>, op: &str, at: usize) -> Res
         Some(Value::Dict(c)) if op.starts_with("SETITEM") => (&c.depth, &c.sealed),
         _ => return Err(format!("{op} to a {} at byte {at}", kind(target))),
     };
-    if matches!(target, Some(Value::Dict(_))) && items.len() % 2 != 0 {
+    if matches!(target, Some(Value::Dict(_))) && !items.len().is_multiple_of(2) {
         return Err(format!("{op} of an odd number of items at byte {at}"));
     }
     // Sealing the items first also refuses a container added to itself.
