@@ -174,7 +174,8 @@ pub fn extract_shard(
 /// shards are missing.
 ///
 /// # Errors
-/// I/O and format errors naming the file.
+/// [`FeatureError::Shard`] for a `count` of 0 (there is nothing to merge,
+/// and an empty cache is not a result); I/O and format errors naming the file.
 pub fn merge(
     out: &Path,
     split: &str,
@@ -182,6 +183,9 @@ pub fn merge(
     labels: &Path,
     note: &serde_json::Value,
 ) -> Result<Option<PathBuf>> {
+    if count == 0 {
+        return Err(FeatureError::Shard { index: 0, count, reason: "the shard count must be at least 1".into() });
+    }
     let paths: Vec<PathBuf> = (0..count).map(|i| shard_path(out, split, i, count)).collect();
     if paths.iter().any(|p| !p.exists()) {
         return Ok(None);
@@ -199,7 +203,10 @@ pub fn merge(
             });
         }
         first.get_or_insert((h.descr.clone(), h.shape[1]));
-        rows += h.shape[0];
+        rows = usize::checked_add(rows, h.shape[0]).ok_or_else(|| FeatureError::Existing {
+            path: m.path().to_path_buf(),
+            reason: format!("{} rows bring the merged row count past {}", h.shape[0], usize::MAX),
+        })?;
     }
     let (descr, dim) = first.unwrap_or_else(|| ("<f4".into(), 0));
     let merged = out.join(format!("{split}_features.npy"));

@@ -107,7 +107,7 @@ struct PrepareArgs {
     #[arg(long)]
     out: PathBuf,
     /// Records each .bin must hold (10000 in the official archive).
-    #[arg(long, default_value_t = lml_tools::cifar::OFFICIAL_RECORDS_PER_BATCH)]
+    #[arg(long, default_value_t = lml_tools::cifar::OFFICIAL_RECORDS_PER_BATCH, value_parser = parse_records_per_batch)]
     records_per_batch: usize,
     /// Replace existing outputs.
     #[arg(long)]
@@ -138,7 +138,7 @@ struct ExtractArgs {
     #[arg(long, value_parser = parse_shard)]
     shard: Option<(usize, usize)>,
     /// Number of shards when --shard is not given (all missing ones are computed).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     shards: usize,
     /// Storage type of the cache: f32, or f16 (half the size, ≤ 2⁻¹¹ relative rounding).
     #[arg(long, default_value = "f32")]
@@ -188,6 +188,11 @@ struct TrainHeadArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+fn parse_records_per_batch(s: &str) -> std::result::Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|_| format!("{s:?} is not a count of records"))?;
+    lml_tools::cifar::check_records_per_batch(n).map_err(|e| e.to_string())
 }
 
 fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
@@ -422,7 +427,7 @@ fn main() -> Result<()> {
 }
 
 fn prepare_cifar10(args: &PrepareArgs) -> Result<()> {
-    let total = 6 * args.records_per_batch as u64;
+    let total = (args.records_per_batch as u64).saturating_mul(6);
     let pb = bar(total, "records");
     let prepared = lml_tools::cifar::prepare(&args.input, &args.out, args.records_per_batch, args.force, &mut |n| {
         pb.inc(n as u64)
@@ -445,6 +450,10 @@ fn extract_features(args: &ExtractArgs) -> Result<()> {
     let data = ImageDataset::open(&x, &y)?;
     let vgg = Vgg19::open(&args.weights, args.input_size, args.cut)
         .with_context(|| format!("opening VGG19 weights in {}", args.weights.display()))?;
+    let count = args.shard.map_or(args.shards, |(_, n)| n);
+    if count > data.len().max(1) {
+        bail!("--shards {count}: more shards than the {} images in {}", data.len(), x.display());
+    }
     let (todo, count): (Vec<usize>, usize) = match args.shard {
         Some((i, n)) => (vec![i], n),
         None => ((0..args.shards).collect(), args.shards),
