@@ -168,7 +168,8 @@ fn data<T: for<'de> serde::Deserialize<'de>>(
         .get("data")
         .and_then(|v| v.as_s().ok())
         .ok_or_else(|| ProtocolError::Progress(format!("{rec}: no data")))?;
-    serde_json::from_str(text).map_err(|e| ProtocolError::Progress(format!("{rec}: malformed record: {e}")))
+    crate::json::from_slice(text.as_bytes())
+        .map_err(|e| ProtocolError::Progress(format!("{rec}: malformed record: {e}")))
 }
 
 impl ProgressStore for DynamoProgress {

@@ -5,16 +5,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use lml_kernel::standardize::{FeatureStats, Standardized, STATS_CHUNK, STATS_MEAN, STATS_SCALE};
-use lml_kernel::trainer::{Evaluation, FeatureSource, Head, HeadGradient, HeadVelocity, HEAD_BIAS, HEAD_WEIGHT};
-use ndarray::{ArrayD, ArrayViewD, Ix1, Ix2};
-use serde_json::{json, Value};
-
 use crate::error::{ProtocolError, Result};
 use crate::layout::{present, publish_bundle, read_bundle, Bundle, JobDir};
+use crate::meta::{ParamsMeta, PartialMeta, StatsMeta, SumMeta};
 use crate::progress::Score;
 use crate::services::{Clock, Probe};
 use crate::spec::{JobConfig, SyncMode};
+use lml_kernel::standardize::{FeatureStats, Standardized, STATS_CHUNK, STATS_MEAN, STATS_SCALE};
+use lml_kernel::trainer::{Evaluation, FeatureSource, Head, HeadGradient, HeadVelocity, HEAD_BIAS, HEAD_WEIGHT};
+use ndarray::{ArrayD, ArrayViewD, Ix1, Ix2};
 
 /// Images whose features the statistics of a job on images are computed
 /// over (spread evenly over the training set, [`FeatureStats::sample_indices`]):
@@ -53,7 +52,7 @@ pub fn feature_stats(cfg: &JobConfig, source: &dyn FeatureSource) -> Result<Feat
 /// # Errors
 /// As [`publish_bundle`].
 pub fn publish_stats(path: &Path, stats: &FeatureStats, examples: usize) -> Result<bool> {
-    publish_bundle(path, &stats.tensors(), &json!({"examples": examples}))
+    publish_bundle(path, &stats.tensors(), &StatsMeta { examples })
 }
 
 /// The job's statistics if it trains on standardised features.
@@ -67,6 +66,7 @@ pub fn read_stats(jd: &JobDir, cfg: &JobConfig) -> Result<Option<FeatureStats>> 
     }
     let path = stats_path(jd);
     let b = read_bundle(&path)?;
+    b.typed_meta::<StatsMeta>(&path)?;
     let stats = FeatureStats::from_arrays(b.tensor(&path, STATS_MEAN)?.view(), b.tensor(&path, STATS_SCALE)?.view())
         .map_err(|e| ProtocolError::job(&path, e.to_string()))?;
     if stats.dim() != cfg.feature_dim {
@@ -117,19 +117,21 @@ impl Params {
         ]
     }
 
-    /// Publishes the parameters as a bundle at `path` with `meta`; `true` if this call did.
+    /// Publishes the parameters as a bundle at `path` with `meta` (a
+    /// [`ParamsMeta`] in a job); `true` if this call did.
     ///
     /// # Errors
     /// As [`publish_bundle`].
-    pub fn publish(&self, path: &Path, meta: &Value) -> Result<bool> {
+    pub fn publish(&self, path: &Path, meta: &impl serde::Serialize) -> Result<bool> {
         publish_bundle(path, &self.tensors(), meta)
     }
 
-    /// Reads a parameter bundle.
+    /// Reads a parameter bundle and its metadata.
     ///
     /// # Errors
-    /// [`ProtocolError::BadJob`] naming the bundle if a tensor is missing or mis-shaped.
-    pub fn read(path: &Path) -> Result<(Self, Bundle)> {
+    /// [`ProtocolError::BadJob`] naming the bundle if a tensor is missing or
+    /// mis-shaped, or its `meta.json` and the field if that is malformed.
+    pub fn read(path: &Path) -> Result<(Self, ParamsMeta)> {
         let b = read_bundle(path)?;
         let head = Head::from_arrays(b.tensor(path, HEAD_WEIGHT)?.view(), b.tensor(path, HEAD_BIAS)?.view())
             .map_err(|e| ProtocolError::job(path, e.to_string()))?;
@@ -137,7 +139,7 @@ impl Params {
             weight: as2(path, VELOCITY_WEIGHT, b.tensor(path, VELOCITY_WEIGHT)?, head.weight.dim())?,
             bias: as1(path, VELOCITY_BIAS, b.tensor(path, VELOCITY_BIAS)?, head.bias.len())?,
         };
-        Ok((Params { head, velocity }, b))
+        Ok((Params { head, velocity }, b.typed_meta(path)?))
     }
 }
 
@@ -219,12 +221,8 @@ impl Local {
         out
     }
 
-    fn restore(cfg: &JobConfig, base: &Params, path: &Path, b: &Bundle) -> Result<Self> {
-        let stats = Evaluation {
-            loss_sum: b.meta_f64(path, "loss_sum")?,
-            correct: b.meta_u64(path, "correct")? as usize,
-            count: b.meta_u64(path, "count")? as usize,
-        };
+    fn restore(cfg: &JobConfig, base: &Params, path: &Path, b: &Bundle, meta: &PartialMeta) -> Result<Self> {
+        let stats = meta.stats();
         let dims = (base.head.weight.dim(), base.head.bias.len());
         Ok(match cfg.spec.sync {
             SyncMode::GradientSum => Local::Sum(HeadGradient {
@@ -255,7 +253,7 @@ impl Local {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerResult {
     pub tensors: BTreeMap<String, ArrayD<f32>>,
-    pub meta: Value,
+    pub meta: SumMeta,
     pub examples: usize,
     pub compute_ms: u64,
     pub continuations: u64,
@@ -342,11 +340,14 @@ fn run_units(
         Some(seq) => {
             let path = jd.partial(k, w, seq);
             let b = read_bundle(&path)?;
-            let cursor = b.meta_u64(&path, "cursor")? as usize;
-            if cursor > units.len() {
-                return Err(ProtocolError::job(&path, format!("cursor {cursor} beyond {} units", units.len())));
+            let meta: PartialMeta = b.typed_meta(&path)?;
+            if meta.cursor > units.len() {
+                return Err(ProtocolError::job(
+                    path.join("meta.json"),
+                    format!("cursor: {} beyond the slice's {} units", meta.cursor, units.len()),
+                ));
             }
-            (Local::restore(cfg, base, &path, &b)?, cursor, b.meta_u64(&path, "compute_ms")?, seq)
+            (Local::restore(cfg, base, &path, &b, &meta)?, meta.cursor, meta.compute_ms, seq)
         }
         None => {
             let fresh = match cfg.spec.sync {
@@ -362,10 +363,14 @@ fn run_units(
         let now = clock.now_ms();
         if cursor > first && now + slowest + cfg.spec.safety_ms > deadline_ms {
             let stats = state.stats();
-            let meta = json!({
-                "cursor": cursor, "loss_sum": stats.loss_sum, "correct": stats.correct,
-                "count": stats.count, "compute_ms": compute_ms, "seq": seq + 1,
-            });
+            let meta = PartialMeta {
+                cursor,
+                loss_sum: stats.loss_sum,
+                correct: stats.correct,
+                count: stats.count,
+                compute_ms,
+                seq: seq + 1,
+            };
             if !publish_bundle(&jd.partial(k, w, seq + 1), &state.partial_tensors(), &meta)? {
                 return Ok(SliceEnd::Yielded);
             }
@@ -379,10 +384,15 @@ fn run_units(
         cursor += 1;
     }
     let stats = state.stats();
-    let meta = json!({
-        "lo": w, "hi": w + 1, "loss_sum": stats.loss_sum, "correct": stats.correct,
-        "count": stats.count, "compute_ms": compute_ms, "continuations": seq,
-    });
+    let meta = SumMeta {
+        lo: w,
+        hi: w + 1,
+        loss_sum: stats.loss_sum,
+        correct: stats.correct,
+        count: stats.count,
+        compute_ms,
+        continuations: seq,
+    };
     Ok(SliceEnd::Done(WorkerResult {
         tensors: state.result_tensors(),
         meta,
@@ -453,13 +463,23 @@ fn merge(left: &Path, right: &Path, parent: &Path) -> Result<bool> {
         }
         *t += other;
     }
-    let add_u = |f: &str| -> Result<u64> { Ok(a.meta_u64(left, f)? + b.meta_u64(right, f)?) };
-    let meta = json!({
-        "lo": a.meta_u64(left, "lo")?, "hi": b.meta_u64(right, "hi")?,
-        "loss_sum": a.meta_f64(left, "loss_sum")? + b.meta_f64(right, "loss_sum")?,
-        "correct": add_u("correct")?, "count": add_u("count")?,
-        "compute_ms": add_u("compute_ms")?, "continuations": add_u("continuations")?,
-    });
+    let (ma, mb): (SumMeta, SumMeta) = (a.typed_meta(left)?, b.typed_meta(right)?);
+    // Counts of examples and milliseconds: sums of published counts, checked
+    // so that a damaged file is an error, never a wrapped count.
+    let overflow = |field: &str, x: &dyn std::fmt::Display, y: &dyn std::fmt::Display| {
+        ProtocolError::job(right.join("meta.json"), format!("{field}: {x} + {y} overflows"))
+    };
+    let add = |field: &str, x: u64, y: u64| x.checked_add(y).ok_or_else(|| overflow(field, &x, &y));
+    let add_n = |field: &str, x: usize, y: usize| x.checked_add(y).ok_or_else(|| overflow(field, &x, &y));
+    let meta = SumMeta {
+        lo: ma.lo,
+        hi: mb.hi,
+        loss_sum: ma.loss_sum + mb.loss_sum,
+        correct: add_n("correct", ma.correct, mb.correct)?,
+        count: add_n("count", ma.count, mb.count)?,
+        compute_ms: add("compute_ms", ma.compute_ms, mb.compute_ms)?,
+        continuations: add("continuations", ma.continuations, mb.continuations)?,
+    };
     let views: Vec<(&str, ArrayViewD<'_, f32>)> = sum.iter().map(|(n, t)| (n.as_str(), t.view())).collect();
     publish_bundle(parent, &views, &meta)
 }
@@ -478,16 +498,11 @@ pub struct Reduced {
 pub fn read_root(jd: &JobDir, cfg: &JobConfig, k: u64) -> Result<Reduced> {
     let path = jd.sum(k, 0, cfg.workers);
     let bundle = read_bundle(&path)?;
-    let stats = Evaluation {
-        loss_sum: bundle.meta_f64(&path, "loss_sum")?,
-        correct: bundle.meta_u64(&path, "correct")? as usize,
-        count: bundle.meta_u64(&path, "count")? as usize,
-    };
-    if stats.count == 0 {
+    let meta: SumMeta = bundle.typed_meta(&path)?;
+    if meta.count == 0 {
         return Err(ProtocolError::job(&path, "the round's reduced result covers no example"));
     }
-    let compute_ms = bundle.meta_u64(&path, "compute_ms")?;
-    Ok(Reduced { bundle, stats, compute_ms })
+    Ok(Reduced { bundle, stats: meta.stats(), compute_ms: meta.compute_ms })
 }
 
 /// The next parameters from round `k`'s start and its reduced result (a

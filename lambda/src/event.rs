@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{ProtocolError, Result};
+use crate::spec::JobSpec;
 
 /// Most workers a job may have: AWS Lambda's default concurrency quota per
 /// region, and far beyond where a shared-directory reduction is sensible.
@@ -87,13 +88,14 @@ impl RoundRef {
     }
 }
 
-/// `{"start": true, "workers": N, ...}`: create a job and invoke its first round.
+/// `{"start": true, "workers": N, "spec": {...}}`: create a job and invoke its first round.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StartEvent {
     pub job: JobId,
     pub workers: usize,
-    /// Job spec fields overriding the defaults (see [`crate::spec::JobSpec`]).
-    pub spec: Option<Value>,
+    /// The job spec, validated ([`JobSpec::from_json`]): the event's `spec`
+    /// object over the defaults, or the defaults when the event has none.
+    pub spec: JobSpec,
 }
 
 /// `{"workerno": i, "workers": N, "epochsdone": e, ...}`: compute worker `i`'s part of a round.
@@ -148,18 +150,22 @@ struct RawEvent {
 }
 
 impl Event {
-    /// Parses and validates an event payload.
+    /// Parses and validates an event payload, its job spec included: the
+    /// roles take the result and never look at the JSON again.
     ///
     /// # Errors
     /// [`ProtocolError::BadEvent`] naming the field: unknown fields, wrong
     /// types, no or several kinds, `workerno >= workers`, zero or more than
-    /// [`MAX_WORKERS`] workers, a bad job id, fields that do not belong to the kind.
+    /// [`MAX_WORKERS`] workers, a bad job id, fields that do not belong to the
+    /// kind, and every error of the spec ([`JobSpec::from_json`]) naming its
+    /// field under `spec` (`spec.batch`, `spec.data.features`). Checks that
+    /// need the data (files, labels, the size of a round) are start's.
     pub fn parse(payload: &Value) -> Result<Event> {
         if !payload.is_object() {
             return Err(ProtocolError::event("event", format!("expected a JSON object, got {payload}")));
         }
-        let raw: RawEvent =
-            serde_json::from_value(payload.clone()).map_err(|e| ProtocolError::event("event", e.to_string()))?;
+        let raw: RawEvent = crate::json::from_value(payload)
+            .map_err(|e| ProtocolError::event(e.field.as_deref().unwrap_or("event"), e.reason))?;
         for (name, v) in [("start", raw.start), ("combine", raw.combine), ("resume", raw.resume), ("stop", raw.stop)] {
             if v == Some(false) {
                 return Err(ProtocolError::event(name, "must be true when present"));
@@ -212,12 +218,21 @@ impl Event {
         match kind {
             "start" => {
                 only(&["workers", "spec"])?;
-                if let Some(spec) = &raw.spec {
-                    if !spec.is_object() {
+                let workers = workers()?;
+                let spec = match &raw.spec {
+                    Some(spec) if !spec.is_object() => {
                         return Err(ProtocolError::event("spec", "must be a JSON object"));
                     }
-                }
-                Ok(Event::Start(StartEvent { job, workers: workers()?, spec: raw.spec }))
+                    // The spec's own errors name its field under the event's: `spec.batch`.
+                    Some(spec) => JobSpec::from_json(spec).map_err(|e| match e {
+                        ProtocolError::BadSpec { field, reason } => {
+                            ProtocolError::event(format!("spec.{field}"), reason)
+                        }
+                        e => e,
+                    })?,
+                    None => JobSpec::default(),
+                };
+                Ok(Event::Start(StartEvent { job, workers, spec }))
             }
             "workerno" => {
                 only(&["workers", "epochsdone", "round", "continuation"])?;
@@ -253,13 +268,7 @@ impl Event {
     /// [`parse`](Self::parse) of the result gives back an equal event.
     pub fn to_json(&self) -> Value {
         let mut v = match self {
-            Event::Start(e) => {
-                let mut v = json!({"start": true, "workers": e.workers, "job": e.job.as_str()});
-                if let Some(spec) = &e.spec {
-                    v["spec"] = spec.clone();
-                }
-                v
-            }
+            Event::Start(e) => json!({"start": true, "workers": e.workers, "job": e.job.as_str(), "spec": e.spec}),
             Event::Worker(e) => json!({
                 "workerno": e.workerno, "workers": e.workers, "job": e.job.as_str(),
                 "continuation": e.continuation,
@@ -316,8 +325,8 @@ mod tests {
     fn events_round_trip_through_json() {
         let job = JobId::new("j-1.a_b").unwrap();
         let events = [
-            Event::Start(StartEvent { job: job.clone(), workers: 3, spec: Some(json!({"batch": 4})) }),
-            Event::Start(StartEvent { job: job.clone(), workers: 1, spec: None }),
+            Event::Start(StartEvent { job: job.clone(), workers: 3, spec: JobSpec { batch: 4, ..JobSpec::default() } }),
+            Event::Start(StartEvent { job: job.clone(), workers: 1, spec: JobSpec::default() }),
             Event::Worker(WorkerEvent {
                 job: job.clone(),
                 workers: 4,
@@ -337,10 +346,34 @@ mod tests {
     #[test]
     fn the_seeds_events_parse_as_written() {
         let start = Event::parse(&json!({"start": true, "workers": 16})).unwrap();
-        assert_eq!(start, Event::Start(StartEvent { job: JobId::new(DEFAULT_JOB).unwrap(), workers: 16, spec: None }));
+        let default = StartEvent { job: JobId::new(DEFAULT_JOB).unwrap(), workers: 16, spec: JobSpec::default() };
+        assert_eq!(start, Event::Start(default));
         let Event::Combine(c) = Event::parse(&json!({"combine": true, "workers": 16, "epochsdone": 6})).unwrap() else {
             panic!("not a combine")
         };
         assert_eq!(c.round.resolve(10).unwrap(), 60);
+    }
+
+    /// The spec is typed and validated where the event enters; an error names
+    /// the spec's field, and nothing reaches a role as untyped JSON.
+    #[test]
+    fn the_spec_is_parsed_and_validated_with_the_event() {
+        let e = Event::parse(&json!({"start": true, "workers": 2, "spec": {"batch": 5, "sync": "model-average",
+                                                                         "local_steps": 3}}))
+        .unwrap();
+        let Event::Start(s) = e else { panic!("not a start") };
+        assert_eq!((s.spec.batch, s.spec.sync, s.spec.local_steps), (5, crate::spec::SyncMode::ModelAverage, 3));
+        assert_eq!(s.spec.lr, JobSpec::default().lr, "unset fields keep their defaults");
+        let err =
+            |spec: Value| Event::parse(&json!({"start": true, "workers": 2, "spec": spec})).unwrap_err().to_string();
+        assert_eq!(err(json!({"batch": 0})), "bad event: spec.batch: must be positive");
+        let e = err(json!({"data": {"features": 3, "labels": "y.npy"}}));
+        assert!(e.starts_with("bad event: spec.data.features: invalid type: integer `3`"), "{e}");
+        let e = err(json!({"eval": {"features": "x.npy", "labels": "y.npy", "colour": 1}}));
+        assert!(e.starts_with("bad event: spec.eval") && e.contains("unknown field `colour`"), "{e}");
+        let e = err(json!({"lr": "fast"}));
+        assert!(e.starts_with("bad event: spec.lr: invalid type"), "{e}");
+        let e = Event::parse(&json!({"start": true, "workers": "2"})).unwrap_err().to_string();
+        assert!(e.starts_with("bad event: workers: invalid type"), "{e}");
     }
 }

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use lml_kernel::npy::{publish_atomic, write_npy_atomic, MappedNpy};
 use ndarray::{ArrayD, ArrayViewD};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::{ProtocolError, Result};
@@ -118,19 +119,21 @@ impl JobDir {
         self.dir.is_dir()
     }
 
-    /// Reads and checks `config.json`.
+    /// Reads `config.json` as written: the typed [`JobConfig`] of this job,
+    /// of [`CONFIG_FORMAT`](crate::spec::CONFIG_FORMAT). Start compares what
+    /// it reads with the config it resolved, so it needs no more; every other
+    /// reader uses [`read_config`](Self::read_config).
     ///
     /// # Errors
-    /// [`ProtocolError::BadJob`] naming the file if the job does not exist or
-    /// the config is unreadable, malformed, of another format or job.
-    pub fn read_config(&self) -> Result<JobConfig> {
+    /// [`ProtocolError::BadJob`] naming the file (and the field) if the job
+    /// does not exist or the config is unreadable, malformed, of another
+    /// format or job.
+    pub fn read_config_as_written(&self) -> Result<JobConfig> {
         let path = self.config();
         if !self.exists() {
             return Err(ProtocolError::job(&self.dir, format!("no such job {:?}", self.job.as_str())));
         }
-        let text = fs::read_to_string(&path).map_err(|e| ProtocolError::job(&path, format!("cannot read: {e}")))?;
-        let cfg: JobConfig =
-            serde_json::from_str(&text).map_err(|e| ProtocolError::job(&path, format!("malformed: {e}")))?;
+        let cfg: JobConfig = read_json(&path)?;
         if cfg.format != crate::spec::CONFIG_FORMAT {
             return Err(ProtocolError::job(
                 &path,
@@ -140,7 +143,20 @@ impl JobDir {
         if cfg.job != self.job.as_str() {
             return Err(ProtocolError::job(&path, format!("belongs to job {:?}", cfg.job)));
         }
-        cfg.validate().map_err(|e| ProtocolError::job(&path, e.to_string()))?;
+        Ok(cfg)
+    }
+
+    /// Reads `config.json` ([`read_config_as_written`](Self::read_config_as_written))
+    /// and checks it as a file from shared storage must be checked: the
+    /// counts derived from the spec are what start computes
+    /// ([`JobConfig::validate`]), so no size read from the file can overflow
+    /// or divide by zero later.
+    ///
+    /// # Errors
+    /// [`ProtocolError::BadJob`] naming the file and what is wrong.
+    pub fn read_config(&self) -> Result<JobConfig> {
+        let cfg = self.read_config_as_written()?;
+        cfg.validate().map_err(|e| ProtocolError::job(self.config(), e.to_string()))?;
         Ok(cfg)
     }
 
@@ -265,20 +281,13 @@ impl Bundle {
         self.tensors.get(name).ok_or_else(|| ProtocolError::job(path, format!("bundle has no tensor {name}")))
     }
 
-    /// Metadata field `name` as a `u64`.
+    /// The metadata as its typed struct (see [`crate::meta`]).
     ///
     /// # Errors
-    /// [`ProtocolError::BadJob`] if it is absent or not an unsigned integer.
-    pub fn meta_u64(&self, path: &Path, name: &str) -> Result<u64> {
-        self.meta[name].as_u64().ok_or_else(|| ProtocolError::job(path, format!("meta.json has no integer {name}")))
-    }
-
-    /// Metadata field `name` as an `f64`.
-    ///
-    /// # Errors
-    /// [`ProtocolError::BadJob`] if it is absent or not a number.
-    pub fn meta_f64(&self, path: &Path, name: &str) -> Result<f64> {
-        self.meta[name].as_f64().ok_or_else(|| ProtocolError::job(path, format!("meta.json has no number {name}")))
+    /// [`ProtocolError::BadJob`] naming `path`'s `meta.json` and the field
+    /// that is missing, unknown or of the wrong type.
+    pub fn typed_meta<T: DeserializeOwned>(&self, path: &Path) -> Result<T> {
+        crate::json::from_value(&self.meta).map_err(|e| ProtocolError::job(path.join("meta.json"), e.to_string()))
     }
 }
 
@@ -292,7 +301,11 @@ impl Bundle {
 /// # Errors
 /// [`ProtocolError::Io`] naming the path; the temp directory is removed
 /// (on a panic too).
-pub fn publish_bundle(path: &Path, tensors: &[(&str, ArrayViewD<'_, f32>)], meta: &Value) -> Result<bool> {
+pub fn publish_bundle(
+    path: &Path,
+    tensors: &[(&str, ArrayViewD<'_, f32>)],
+    meta: &impl serde::Serialize,
+) -> Result<bool> {
     if present(path) {
         return Ok(false);
     }
@@ -302,7 +315,7 @@ pub fn publish_bundle(path: &Path, tensors: &[(&str, ArrayViewD<'_, f32>)], meta
     for (name, t) in tensors {
         write_npy_atomic(tmp.join(format!("{name}.npy")), t)?;
     }
-    let text = serde_json::to_vec_pretty(meta).expect("JSON values serialise");
+    let text = serde_json::to_vec_pretty(meta).map_err(|e| ProtocolError::job(path, e.to_string()))?;
     publish_atomic(&tmp.join("meta.json"), |w| w.write_all(&text))?;
     faults::before_publish(path).map_err(|e| ProtocolError::io(path, e))?;
     fs::File::open(tmp).and_then(|d| d.sync_all()).map_err(|e| ProtocolError::io(tmp, e))?;
@@ -406,6 +419,16 @@ pub fn with_lock<T>(lock_path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T
     let result = f();
     let _ = FileExt::unlock(&lock);
     result
+}
+
+/// Reads a small JSON file of the job folder as its typed struct.
+///
+/// # Errors
+/// [`ProtocolError::BadJob`] naming the file: unreadable, not JSON (with the
+/// line and column), or the field that is missing, unknown or of the wrong type.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).map_err(|e| ProtocolError::job(path, format!("cannot read: {e}")))?;
+    crate::json::from_slice(&bytes).map_err(|e| ProtocolError::job(path, format!("malformed: {e}")))
 }
 
 /// Writes a small file whole by temp + fsync + rename (replacing any old one).

@@ -16,6 +16,11 @@
 //! The seed's three events are accepted as written; every other field is an
 //! optional extension. Unknown fields, wrong types, a missing or second kind
 //! are errors that name the field, and nothing is written ([`event::Event::parse`]).
+//! The `spec` is parsed and validated there too, once, into a typed
+//! [`spec::JobSpec`] (its fields over [`spec::JobSpec::default`], the one
+//! source of every default): an error names the field under the event's,
+//! `spec.batch` or `spec.data.features`. What needs the data (files, labels,
+//! the size of a round) start checks before it writes anything.
 //!
 //! | event | fields |
 //! |---|---|
@@ -79,8 +84,10 @@ pub mod compute;
 pub mod cost;
 pub mod error;
 pub mod event;
+pub mod json;
 pub mod layout;
 pub mod local;
+pub mod meta;
 pub mod progress;
 pub mod roles;
 pub mod services;

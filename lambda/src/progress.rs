@@ -31,6 +31,7 @@ pub enum JobStatus {
 
 /// Loss and accuracy over a set of examples.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Score {
     pub loss: f64,
     pub accuracy: f64,
@@ -39,6 +40,7 @@ pub struct Score {
 
 /// The job's record (key `job`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JobRecord {
     pub job: String,
     pub status: JobStatus,
@@ -86,6 +88,7 @@ impl JobRecord {
 
 /// One applied round (key `round#NNNNNN`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RoundRecord {
     pub round: u64,
     pub epoch: u64,
@@ -104,6 +107,7 @@ pub struct RoundRecord {
 
 /// One worker's completed part of a round (key `worker#NNNNNN#WWWW`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerRecord {
     pub round: u64,
     pub workerno: usize,
@@ -169,8 +173,7 @@ impl LocalProgress {
 }
 
 fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = fs::read(path).map_err(|e| ProtocolError::io(path, e))?;
-    serde_json::from_slice(&text).map_err(|e| ProtocolError::job(path, format!("malformed record: {e}")))
+    layout::read_json(path)
 }
 
 impl ProgressStore for LocalProgress {

@@ -1,15 +1,16 @@
 //! The roles: start, worker, combine, resume and stop, as async functions
 //! over [`Services`]. [`handle`] is the one entry point a runtime calls.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::compute::{self, Params, SliceEnd};
 use crate::error::{ProtocolError, Result};
 use crate::event::{CombineEvent, Event, JobId, RoundRef, StartEvent, WorkerEvent};
-use crate::layout::{claim, present, read_bundle, remove_stale_temps, temp_beside, JobDir, TempGuard};
+use crate::layout::{claim, present, read_json, remove_stale_temps, temp_beside, JobDir, TempGuard};
+use crate::meta::{FinalSummary, ParamsMeta};
 use crate::progress::{JobRecord, JobStatus, ProgressStore, RoundRecord, Score, WorkerRecord};
 use crate::services::{Clock, Invocation, Invoker, Services};
-use crate::spec::{JobConfig, JobSpec};
+use crate::spec::JobConfig;
 
 /// What an invocation did.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,14 +65,13 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Creates the job `ev` asks for and invokes its first round. The spec came
+/// validated with the event ([`Event::parse`]); what is checked here needs
+/// the data, and is checked before anything is written: the sources open,
+/// every label file is checked, the classes are counted and the round sizes
+/// computed ([`JobConfig::resolve`]).
 async fn start<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, ev: StartEvent) -> Result<Outcome> {
-    let spec = match &ev.spec {
-        Some(v) => JobSpec::from_json(v)?,
-        None => JobSpec::default(),
-    };
-    spec.validate()?;
-    // Resolve everything from the data before anything is written: the
-    // sources open, every label file is checked and the classes counted.
+    let spec = ev.spec;
     let source = svc.source(&spec.data)?;
     if let Some(eval) = &spec.eval {
         let e = svc.source(eval)?;
@@ -94,7 +94,9 @@ async fn start<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, 
         };
         create_job(svc, &jd, &cfg, stats.as_ref())?;
     }
-    let existing = jd.read_config()?;
+    // The config as written equals the one resolved here (so it is valid) or
+    // belongs to another start of the same id.
+    let existing = jd.read_config_as_written()?;
     if existing != cfg {
         return Err(ProtocolError::JobExists { job: ev.job.to_string(), path: jd.dir.clone() });
     }
@@ -148,7 +150,8 @@ fn create_job<I, P, C: Clock>(
             compute::publish_stats(&compute::stats_path(&staged), stats, cfg.examples)?;
         }
         let params = Params::init(cfg.classes, cfg.feature_dim);
-        params.publish(&staged.params(0), &json!({"round": 0, "published_ms": svc.clock.now_ms()}))?;
+        let meta = ParamsMeta { round: 0, published_ms: svc.clock.now_ms(), record: None, failure: None };
+        params.publish(&staged.params(0), &meta)?;
         svc.probe.at("start.staged", 0)?;
         std::fs::rename(staging.path(), &jd.dir).map_err(|e| ProtocolError::io(&jd.dir, e))
     })();
@@ -335,7 +338,7 @@ fn apply_once<I: Invoker, P: ProgressStore, C: Clock>(
         }
         svc.probe.at("combine.begin", k)?;
         let t0 = svc.clock.now_ms();
-        let (base, base_bundle) = Params::read(&jd.params(k))?;
+        let (base, base_meta) = Params::read(&jd.params(k))?;
         let root = jd.sum(k, 0, cfg.workers);
         let reduced = compute::read_root(jd, cfg, k)?;
         let next = svc.pool()?.install(|| compute::apply(cfg, k, &base, &reduced, &root))?;
@@ -354,7 +357,7 @@ fn apply_once<I: Invoker, P: ProgressStore, C: Clock>(
             _ => None,
         };
         let now = svc.clock.now_ms();
-        let started = base_bundle.meta["published_ms"].as_u64().unwrap_or(now);
+        let started = base_meta.published_ms;
         let record = RoundRecord {
             round: k,
             epoch: cfg.epoch_of(k),
@@ -369,7 +372,7 @@ fn apply_once<I: Invoker, P: ProgressStore, C: Clock>(
             round_ms: now.saturating_sub(started),
             finished_ms: now,
         };
-        let meta = json!({"round": k + 1, "published_ms": now, "record": record, "failure": failure});
+        let meta = ParamsMeta { round: k + 1, published_ms: now, record: Some(record), failure };
         if next.publish(&jd.params(k + 1), &meta)? {
             svc.probe.at("combine.applied", k)?;
         }
@@ -387,9 +390,10 @@ async fn after_apply<I: Invoker, P: ProgressStore, C: Clock>(
     k: u64,
 ) -> Result<bool> {
     let next = jd.params(k + 1);
-    let meta = read_bundle(&next)?.meta;
-    let record: RoundRecord = serde_json::from_value(meta["record"].clone())
-        .map_err(|e| ProtocolError::job(&next, format!("meta.json has no round record: {e}")))?;
+    let (_, meta) = Params::read(&next)?;
+    let record: RoundRecord = meta
+        .record
+        .ok_or_else(|| ProtocolError::job(next.join("meta.json"), "record: missing (the round that made them)"))?;
     svc.progress.put_round(&jd.job, &record).await?;
     svc.probe.at("combine.recorded", k)?;
     // Round k-1's work files and (unless it is an epoch checkpoint) its start
@@ -401,7 +405,7 @@ async fn after_apply<I: Invoker, P: ProgressStore, C: Clock>(
         }
     }
     let loss = record.eval.map_or(record.train.loss, |e| e.loss);
-    let end = if let Some(failure) = meta["failure"].as_str() {
+    let end = if let Some(failure) = meta.failure.as_deref() {
         Some((failure, JobStatus::Failed))
     } else if k + 1 >= cfg.total_rounds {
         Some(("rounds", JobStatus::Finished))
@@ -434,19 +438,15 @@ async fn finish<I: Invoker, P: ProgressStore, C: Clock>(
 ) -> Result<()> {
     let progress = svc.progress.load(&jd.job).await?;
     let eval = progress.rounds.values().rev().find_map(|r| r.eval);
-    let summary = json!({"rounds": rounds, "reason": reason, "status": status,
-                         "finished_ms": svc.clock.now_ms(), "eval": eval});
+    let summary = FinalSummary { rounds, reason: reason.to_string(), status, finished_ms: svc.clock.now_ms(), eval };
     claim(&jd.final_json(), &serde_json::to_string_pretty(&summary).expect("serialisable"))?;
-    let summary: Value = serde_json::from_str(
-        &std::fs::read_to_string(jd.final_json()).map_err(|e| ProtocolError::io(jd.final_json(), e))?,
-    )
-    .map_err(|e| ProtocolError::job(jd.final_json(), e.to_string()))?;
+    let summary: FinalSummary = read_json(&jd.final_json())?;
     let mut record = progress.job.unwrap_or_else(|| job_record(cfg, 0));
-    record.status = serde_json::from_value(summary["status"].clone()).unwrap_or(status);
-    record.rounds_done = summary["rounds"].as_u64();
-    record.finished_ms = summary["finished_ms"].as_u64();
-    record.eval = serde_json::from_value(summary["eval"].clone()).ok().flatten();
-    record.reason = Some(summary["reason"].as_str().unwrap_or(reason).to_string());
+    record.status = summary.status;
+    record.rounds_done = Some(summary.rounds);
+    record.finished_ms = Some(summary.finished_ms);
+    record.eval = summary.eval;
+    record.reason = Some(summary.reason);
     svc.progress.put_job(&jd.job, &record).await
 }
 

@@ -245,13 +245,15 @@ impl Default for JobSpec {
 pub const LAMBDA_MAX_MS: u64 = 900_000;
 
 impl JobSpec {
-    /// Parses a spec from a JSON object over the defaults.
+    /// Parses and validates a spec from a JSON object over the defaults: the
+    /// one place a spec from outside (a start event) becomes a `JobSpec`.
     ///
     /// # Errors
-    /// [`ProtocolError::BadSpec`] on unknown fields, wrong types or invalid values.
+    /// [`ProtocolError::BadSpec`] naming the field (`data.features`, `batch`)
+    /// on unknown fields, wrong types or invalid values.
     pub fn from_json(v: &serde_json::Value) -> Result<Self> {
-        let spec: JobSpec =
-            serde_json::from_value(v.clone()).map_err(|e| ProtocolError::spec("spec", e.to_string()))?;
+        let spec: JobSpec = crate::json::from_value(v)
+            .map_err(|e| ProtocolError::spec(e.field.as_deref().unwrap_or("spec"), e.reason))?;
         spec.validate()?;
         Ok(spec)
     }

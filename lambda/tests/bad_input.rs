@@ -49,9 +49,14 @@ async fn bad_events_are_rejected_and_write_nothing() {
         (json!({"start": true, "workers": 2, "job": ""}), "1 to 64"),
         (json!({"start": true, "workers": 2, "job": "x".repeat(65)}), "1 to 64"),
         (json!({"start": true, "workers": 2, "spec": [1]}), "spec: must be a JSON object"),
-        (json!({"start": true, "workers": 2, "spec": {"lr": -1.0}}), "lr"),
-        (json!({"start": true, "workers": 2, "spec": {"batch": 0}}), "batch: must be positive"),
+        (json!({"start": true, "workers": 2, "spec": {"lr": -1.0}}), "spec.lr"),
+        (json!({"start": true, "workers": 2, "spec": {"batch": 0}}), "bad event: spec.batch: must be positive"),
+        (json!({"start": true, "workers": 2, "spec": {"batch": "64"}}), "bad event: spec.batch: invalid type"),
         (json!({"start": true, "workers": 2, "spec": {"bogus": 1}}), "unknown field `bogus`"),
+        (
+            json!({"start": true, "workers": 2, "spec": {"eval": {"features": 1, "labels": "y.npy"}}}),
+            "bad event: spec.eval.features: invalid type",
+        ),
         (json!({"start": true, "workers": 2, "spec": {"local_steps": 2}}), "model-average"),
         (
             json!({"start": true, "workers": 2, "spec": {"data": {"features": "../x.npy", "labels": "y.npy"}}}),
@@ -127,7 +132,7 @@ async fn events_that_contradict_the_job_are_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_job_folders_are_reported_and_left_alone() {
     type Damage = fn(&JobDir);
-    let damages: [(&str, Damage, Value, &str); 8] = [
+    let damages: [(&str, Damage, Value, &str); 11] = [
         ("config truncated", |jd| truncate(&jd.config()), worker0(), "config.json: malformed"),
         (
             "config of another format",
@@ -149,6 +154,24 @@ async fn bad_job_folders_are_reported_and_left_alone() {
             |jd| truncate(&jd.params(0).join("head.weight.npy")),
             worker0(),
             "head.weight.npy",
+        ),
+        (
+            "config field of the wrong type",
+            |jd| replace(&jd.config(), "\"batch\": 3", "\"batch\": \"3\""),
+            worker0(),
+            "config.json: malformed: spec.batch: invalid type: string \"3\"",
+        ),
+        (
+            "parameter meta field of the wrong type",
+            |jd| replace(&jd.params(0).join("meta.json"), "\"published_ms\": ", "\"published_ms\": -"),
+            worker0(),
+            "params/000000/meta.json: published_ms: invalid value: integer `-",
+        ),
+        (
+            "parameter meta with an unknown field",
+            |jd| replace(&jd.params(0).join("meta.json"), "\"round\": 0", "\"round\": 0, \"colour\": 1"),
+            worker0(),
+            "params/000000/meta.json: colour: unknown field `colour`",
         ),
         (
             "parameter meta missing",
@@ -200,10 +223,30 @@ async fn bad_job_folders_are_reported_and_left_alone() {
         handle(&svc, &json!({"workerno": 1, "workers": 2, "job": "j"}), &Invocation::default()).await.unwrap_err();
     assert!(err.to_string().contains("head.bias has shape [3], its sibling [7]"), "{err}");
     assert!(jd.sum(0, 1, 2).exists() && !jd.sum(0, 0, 2).exists());
+
+    // A worker result whose meta.json is damaged: the merge names the file and the field.
+    lml_kernel::npy::write_npy_atomic(leaf.join("head.bias.npy"), &ndarray::Array1::<f32>::zeros(3)).unwrap();
+    let mut meta: Value = serde_json::from_slice(&std::fs::read(leaf.join("meta.json")).unwrap()).unwrap();
+    meta["count"] = json!("3");
+    std::fs::write(leaf.join("meta.json"), meta.to_string()).unwrap();
+    let before = snapshot(dir.path());
+    let err =
+        handle(&svc, &json!({"workerno": 1, "workers": 2, "job": "j"}), &Invocation::default()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("sum-000000-000001/meta.json: count: invalid type: string"), "{msg}");
+    assert!(!err.is_retryable(), "{msg}");
+    assert!(snapshot(dir.path()) == before, "a failed merge changed the job folder");
 }
 
 fn worker0() -> Value {
     json!({"workerno": 0, "workers": 2, "job": "j"})
+}
+
+/// Replaces `from` (which must occur) by `to` in the file at `path`.
+fn replace(path: &std::path::Path, from: &str, to: &str) {
+    let t = std::fs::read_to_string(path).unwrap();
+    assert!(t.contains(from), "{} has no {from:?}: {t}", path.display());
+    std::fs::write(path, t.replace(from, to)).unwrap();
 }
 
 fn truncate(path: &std::path::Path) {

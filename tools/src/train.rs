@@ -235,7 +235,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 };
                 let id = args.job.clone().unwrap_or_else(|| format!("train-{}", lml_lambda::services::Clock::now_ms(&SystemClock) / 1000));
                 let job = JobId::new(&id)?;
-                let start = Event::Start(StartEvent { job: job.clone(), workers: args.workers, spec: Some(serde_json::to_value(&spec)?) });
+                let start = Event::Start(StartEvent { job: job.clone(), workers: args.workers, spec });
                 // Synchronously, so a bad spec is reported here, not as a dead letter.
                 rt.call(&start.to_json()).await?;
                 job

@@ -52,8 +52,10 @@ pub fn spec(name: &str, extra: serde_json::Value) -> serde_json::Value {
     s
 }
 
+/// The start event of `job` with the spec JSON `spec` (parsed and validated as an event's would be).
 pub fn start_event(job: &str, workers: usize, spec: serde_json::Value) -> Event {
-    Event::Start(StartEvent { job: JobId::new(job).unwrap(), workers, spec: Some(spec) })
+    let spec = lml_lambda::JobSpec::from_json(&spec).unwrap();
+    Event::Start(StartEvent { job: JobId::new(job).unwrap(), workers, spec })
 }
 
 /// The parameters of the job's last published round, and that round.
