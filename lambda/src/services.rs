@@ -326,7 +326,7 @@ impl DataPaths {
             (Some(f), None, None) => Ok(Arc::new(CachedFeatures::open(f, labels)?)),
             (None, Some(x), Some(w)) => {
                 let dataset = ImageDataset::open(x, labels)?;
-                let vgg = Vgg19::open(w, data.input_size.unwrap_or(32), data.cut.unwrap_or(lml_kernel::Cut::Fc7))?;
+                let vgg = Vgg19::open(w, data.input_size(), data.cut())?;
                 Ok(Arc::new(ImageFeatures { dataset, vgg }))
             }
             _ => Err(ProtocolError::spec("data", "give features, or images with weights")),

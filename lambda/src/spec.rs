@@ -70,7 +70,22 @@ impl Default for DataSpec {
     }
 }
 
+/// Network input side of a [`DataSpec`] on images that names none.
+pub const DEFAULT_INPUT_SIZE: usize = 32;
+/// Feature cut of a [`DataSpec`] on images that names none.
+pub const DEFAULT_CUT: Cut = Cut::Fc7;
+
 impl DataSpec {
+    /// The network input side for images: `input_size`, or [`DEFAULT_INPUT_SIZE`].
+    pub fn input_size(&self) -> usize {
+        self.input_size.unwrap_or(DEFAULT_INPUT_SIZE)
+    }
+
+    /// The feature cut for images: `cut`, or [`DEFAULT_CUT`].
+    pub fn cut(&self) -> Cut {
+        self.cut.unwrap_or(DEFAULT_CUT)
+    }
+
     /// Cached features at `features` with `labels` (paths relative to the root).
     pub fn cached(features: impl Into<String>, labels: impl Into<String>) -> Self {
         DataSpec { features: Some(features.into()), labels: labels.into(), ..DataSpec::default() }

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod features;
 pub mod fetch;
 pub mod fuzz;
+pub mod job;
 pub mod keras;
 pub mod pickle;
 pub mod synth;

@@ -7,20 +7,14 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use lml_kernel::npy::write_npy_atomic;
-use lml_kernel::optim::LrSchedule;
 use lml_kernel::Cut;
 use lml_lambda::event::{Event, JobId, StartEvent};
 use lml_lambda::layout::JobDir;
 use lml_lambda::progress::{JobStatus, LocalProgress, Progress, ProgressStore, RoundRecord};
 use lml_lambda::services::{lambda_threads, SystemClock};
-use lml_lambda::{DataSpec, JobSpec, LocalConfig, LocalRuntime, SyncMode};
+use lml_lambda::{DataSpec, LocalConfig, LocalRuntime};
+use lml_tools::job::{DataArgs, JobArgs, DEFAULT_WORKERS};
 use serde_json::json;
-
-/// Every default of a job comes from [`JobSpec::default`] (one source: the
-/// spec an event without fields gets is what `lml train` runs).
-fn spec_default() -> JobSpec {
-    JobSpec::default()
-}
 
 #[derive(Parser)]
 pub struct TrainArgs {
@@ -35,85 +29,23 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "job")]
     resume: Option<String>,
     /// Parallel workers per round.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = DEFAULT_WORKERS)]
     workers: usize,
-    /// Epochs (passes over the training data).
-    #[arg(long, default_value_t = spec_default().epochs)]
-    epochs: u64,
-    /// Total rounds, overriding --epochs.
-    #[arg(long)]
-    rounds: Option<u64>,
-    /// Examples per worker per SGD step (a round is one step over workers × batch).
-    #[arg(long, default_value_t = spec_default().batch)]
-    batch: usize,
-    /// Examples per forward pass inside a worker (the unit of continuation).
-    #[arg(long, default_value_t = spec_default().micro_batch)]
-    micro_batch: usize,
-    /// Base learning rate, for standardised features (every example's squared
-    /// norm about 1, whatever the features' scale).
-    #[arg(long, default_value_t = spec_default().lr)]
-    lr: f32,
-    /// SGD momentum.
-    #[arg(long, default_value_t = spec_default().momentum)]
-    momentum: f32,
-    /// L2 regularisation of the head.
-    #[arg(long, default_value_t = spec_default().weight_decay)]
-    weight_decay: f32,
-    /// Learning-rate schedule over the job's rounds: cosine (decays to 0) or constant.
-    #[arg(long, default_value_t = spec_default().schedule)]
-    schedule: LrSchedule,
-    /// Train on the features as they are instead of standardised (per-feature
-    /// mean and scale computed at start); the learning rate must then suit their scale.
-    #[arg(long)]
-    no_standardize: bool,
-    /// gradient-sum (one large-batch step per round, the seed's) or model-average.
-    #[arg(long, default_value_t = spec_default().sync, value_parser = parse_sync)]
-    sync: SyncMode,
-    /// SGD steps per worker per round (model-average).
-    #[arg(long, default_value_t = spec_default().local_steps)]
-    local_steps: usize,
-    /// Stop when a round's loss (held-out if evaluated) reaches this.
-    #[arg(long)]
-    target_loss: Option<f64>,
-    /// Seed of the example order (and of generated data).
-    #[arg(long, default_value_t = spec_default().seed)]
-    seed: u64,
     /// Function memory in MB: 1,769 MB buys one vCPU (compute thread), at most 6.
     #[arg(long, default_value_t = 3538)]
     memory: u32,
-    /// Invocation time limit in seconds (Lambda allows up to 900); workers continue themselves before it.
-    #[arg(long, default_value_t = 900.0)]
-    time_limit: f64,
     /// Most invocations running at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Folder (under --root) with cached train_features.npy / train_y.npy
-    /// (and test_* to evaluate), from `lml extract-features`.
-    #[arg(long, conflicts_with = "images")]
-    features: Option<PathBuf>,
-    /// Folder (under --root) with train_x.npy / train_y.npy (and test_*),
-    /// from `lml prepare-cifar10`: run through the frozen VGG19 at every step.
-    #[arg(long, requires = "weights")]
-    images: Option<PathBuf>,
-    /// VGG19 weight folder (under --root) for --images.
-    #[arg(long)]
-    weights: Option<PathBuf>,
-    /// Network input side for --images (multiple of 32).
-    #[arg(long, default_value_t = 32)]
-    input_size: usize,
-    /// Feature cut for --images.
-    #[arg(long, default_value = "fc7")]
-    cut: Cut,
-    /// Evaluate on at most this many held-out examples (all by default).
-    #[arg(long)]
-    eval_examples: Option<usize>,
+    /// The data (folders under --root); neither --features nor --images: a
+    /// generated learnable dataset.
+    #[command(flatten)]
+    data: DataArgs,
     /// Training images to generate when neither --features nor --images is given.
     #[arg(long, default_value_t = 2000)]
     generate: usize,
-}
-
-fn parse_sync(s: &str) -> std::result::Result<SyncMode, String> {
-    serde_json::from_value(json!(s)).map_err(|_| format!("{s:?}: expected gradient-sum or model-average"))
+    #[command(flatten)]
+    spec: JobArgs,
 }
 
 /// `path` relative to `root`, which it must lie under.
@@ -133,30 +65,19 @@ fn under_root(root: &Path, path: &Path, what: &str) -> Result<String> {
 /// The data spec and optional eval spec from the arguments, generating a
 /// learnable dataset's cached features under the root when none is given.
 fn data_specs(args: &TrainArgs) -> Result<(DataSpec, Option<DataSpec>)> {
-    let join = |dir: &str, file: &str| if dir.is_empty() { file.to_string() } else { format!("{dir}/{file}") };
-    if let Some(images) = &args.images {
+    let data = &args.data;
+    if let Some(images) = &data.images {
         let dir = under_root(&args.root, images, "--images")?;
-        let weights = under_root(&args.root, args.weights.as_deref().expect("clap requires it"), "--weights")?;
-        let spec = |split: &str| DataSpec {
-            features: None,
-            images: Some(join(&dir, &format!("{split}_x.npy"))),
-            labels: join(&dir, &format!("{split}_y.npy")),
-            weights: Some(weights.clone()),
-            input_size: Some(args.input_size),
-            cut: Some(args.cut),
-        };
-        let eval = images.join("test_x.npy").exists().then(|| spec("test"));
-        return Ok((spec("train"), eval));
+        let weights = under_root(&args.root, data.weights.as_deref().expect("clap requires it"), "--weights")?;
+        let eval = images.join("test_x.npy").exists().then(|| data.split(&dir, Some(&weights), "test"));
+        return Ok((data.split(&dir, Some(&weights), "train"), eval));
     }
-    let dir = match &args.features {
+    let dir = match &data.features {
         Some(f) => under_root(&args.root, f, "--features")?,
         None => generate(args)?,
     };
-    let spec = |split: &str| {
-        DataSpec::cached(join(&dir, &format!("{split}_features.npy")), join(&dir, &format!("{split}_y.npy")))
-    };
-    let eval = args.root.join(&dir).join("test_features.npy").exists().then(|| spec("test"));
-    Ok((spec("train"), eval))
+    let eval = args.root.join(&dir).join("test_features.npy").exists().then(|| data.split(&dir, None, "test"));
+    Ok((data.split(&dir, None, "train"), eval))
 }
 
 /// Generated images with learnable classes, through VGG19 (random weights)
@@ -164,7 +85,7 @@ fn data_specs(args: &TrainArgs) -> Result<(DataSpec, Option<DataSpec>)> {
 fn generate(args: &TrainArgs) -> Result<String> {
     let dir = args.root.join("generated");
     let n = args.generate;
-    let key = format!("n{n}-s{}", args.seed);
+    let key = format!("n{n}-s{}", args.spec.seed);
     let stamp = dir.join("features.key");
     if std::fs::read_to_string(&stamp).is_ok_and(|k| k == key) {
         return Ok("generated".into());
@@ -175,9 +96,9 @@ fn generate(args: &TrainArgs) -> Result<String> {
         n / 4,
         dir.display()
     );
-    let train = crate::ensure_images(&dir, "train", n, 10, args.seed)?;
-    let test = crate::ensure_images(&dir, "test", n / 4, 10, args.seed + 1)?;
-    let weights = crate::weights_or_random(None, &dir, args.seed, Cut::Fc7)?;
+    let train = crate::ensure_images(&dir, "train", n, 10, args.spec.seed)?;
+    let test = crate::ensure_images(&dir, "test", n / 4, 10, args.spec.seed + 1)?;
+    let weights = crate::weights_or_random(None, &dir, args.spec.seed, Cut::Fc7)?;
     let vgg = lml_kernel::Vgg19::open(&weights, 32, Cut::Fc7)?;
     let t = Instant::now();
     for (split, data) in [("train", &train), ("test", &test)] {
@@ -196,7 +117,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     runtime.block_on(async {
         let config = LocalConfig {
             memory_mb: args.memory,
-            time_limit_ms: (args.time_limit * 1000.0) as u64,
+            time_limit_ms: args.spec.time_limit_ms(),
             concurrency: args.concurrency,
             faults: lml_lambda::FaultPlan::from_env()?,
             ..LocalConfig::default()
@@ -211,28 +132,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             }
             None => {
                 let (data, eval) = data_specs(args)?;
-                let spec = JobSpec {
-                    data,
-                    eval,
-                    classes: None,
-                    epochs: args.epochs,
-                    rounds: args.rounds,
-                    batch: args.batch,
-                    micro_batch: args.micro_batch,
-                    sync: args.sync,
-                    local_steps: args.local_steps,
-                    lr: args.lr,
-                    momentum: args.momentum,
-                    weight_decay: args.weight_decay,
-                    schedule: args.schedule,
-                    standardize: !args.no_standardize,
-                    seed: args.seed,
-                    target_loss: args.target_loss,
-                    time_limit_ms: ((args.time_limit * 1000.0) as u64).min(lml_lambda::spec::LAMBDA_MAX_MS),
-                    safety_ms: ((args.time_limit * 1000.0) as u64 / 10).min(5_000),
-                    eval_examples: args.eval_examples,
-                    ..spec_default()
-                };
+                let spec = args.spec.spec(data, eval);
                 let id = args.job.clone().unwrap_or_else(|| format!("train-{}", lml_lambda::services::Clock::now_ms(&SystemClock) / 1000));
                 let job = JobId::new(&id)?;
                 let start = Event::Start(StartEvent { job: job.clone(), workers: args.workers, spec });
