@@ -20,10 +20,13 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::ops::Range;
+
 use lml_kernel::dataset::ImageDataset;
 use lml_kernel::npy::{publish_atomic, write_npy_header, MappedNpy};
+use lml_kernel::trainer::InMemoryFeatures;
 use lml_kernel::{KernelError, Vgg19};
-use ndarray::s;
+use ndarray::{s, Array2};
 
 /// Images per forward pass. At most 16, so the dense layers take the same
 /// (dot-product) path for every batch and results do not depend on where a
@@ -93,6 +96,60 @@ pub fn shard_path(out: &Path, split: &str, index: usize, count: usize) -> PathBu
     out.join(format!("{split}.shard-{index:04}-of-{count:04}.npy"))
 }
 
+/// Runs images `rows` of `data` through `vgg`, [`BATCH`] at a time from
+/// `rows.start`, and hands each batch's features (`[batch, D]`, in order) to
+/// `each`: the one loop over images that every extraction shares, so the
+/// same rows always give the same bits.
+///
+/// # Errors
+/// The first error of the forward pass (converted into `E`) or of `each`.
+pub fn forward_batches<E: From<KernelError>>(
+    vgg: &Vgg19,
+    data: &ImageDataset,
+    rows: Range<usize>,
+    mut each: impl FnMut(Array2<f32>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let images = data.images();
+    for b0 in rows.clone().step_by(BATCH) {
+        let b1 = (b0 + BATCH).min(rows.end);
+        each(vgg.features(images.slice(s![b0..b1, .., .., ..]))?)?;
+    }
+    Ok(())
+}
+
+/// The features of every image of `data`, in memory, with its labels;
+/// `progress(images)` after each batch.
+///
+/// # Errors
+/// Kernel errors from the forward pass.
+pub fn extract_in_memory(
+    vgg: &Vgg19,
+    data: &ImageDataset,
+    progress: &mut dyn FnMut(usize),
+) -> std::result::Result<InMemoryFeatures, KernelError> {
+    let mut features = Array2::<f32>::zeros((data.len(), vgg.feature_dim()));
+    let mut row = 0;
+    forward_batches(vgg, data, 0..data.len(), |f: Array2<f32>| {
+        features.slice_mut(s![row..row + f.nrows(), ..]).assign(&f);
+        row += f.nrows();
+        progress(f.nrows());
+        Ok::<_, KernelError>(())
+    })?;
+    Ok(InMemoryFeatures { features, labels: data.labels().to_vec() })
+}
+
+/// Why a shard's writer stopped: the forward pass, or the file.
+enum Stop {
+    Kernel(KernelError),
+    Io(std::io::Error),
+}
+
+impl From<KernelError> for Stop {
+    fn from(e: KernelError) -> Self {
+        Stop::Kernel(e)
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FeatureError + '_ {
     move |e| FeatureError::Kernel(KernelError::Io { path: path.to_path_buf(), source: e })
 }
@@ -141,26 +198,24 @@ pub fn extract_shard(
         return Ok(false);
     }
     std::fs::create_dir_all(out).map_err(io(out))?;
-    let images = data.images();
     let mut failure = None;
     let published = publish_atomic(&path, |w| {
         write_npy_header(w, dtype.descr(), &[end - start, dim])?;
         let mut bytes = Vec::new();
-        for b0 in (start..end).step_by(BATCH) {
-            let b1 = (b0 + BATCH).min(end);
-            match vgg.features(images.slice(s![b0..b1, .., .., ..])) {
-                Ok(f) => {
-                    dtype.encode(f.as_slice().expect("fresh array"), &mut bytes);
-                    w.write_all(&bytes)?;
-                    progress(b1 - b0);
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    return Err(std::io::Error::other("feature extraction failed"));
-                }
+        let written = forward_batches(vgg, data, start..end, |f: Array2<f32>| {
+            dtype.encode(f.as_slice().expect("fresh array"), &mut bytes);
+            w.write_all(&bytes).map_err(Stop::Io)?;
+            progress(f.nrows());
+            Ok(())
+        });
+        match written {
+            Ok(()) => Ok(()),
+            Err(Stop::Io(e)) => Err(e),
+            Err(Stop::Kernel(e)) => {
+                failure = Some(e);
+                Err(std::io::Error::other("feature extraction failed"))
             }
         }
-        Ok(())
     });
     if let Some(e) = failure {
         return Err(e.into());

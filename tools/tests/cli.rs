@@ -75,3 +75,32 @@ fn profile_reports_layers_and_memory() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("features.34") && stdout.contains("peak RSS"), "{stdout}");
 }
+
+/// `lml start-event` prints the start event the function accepts: the
+/// flags' defaults are the spec's, and a bad flag is refused naming the
+/// spec's field, with nothing printed.
+#[test]
+fn start_event_prints_what_the_function_parses() {
+    use lml_lambda::event::{Event, StartEvent};
+    use lml_lambda::{DataSpec, JobSpec};
+    let out =
+        lml().args(["start-event", "--job", "cifar-1", "--workers", "16", "--features", "features"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let Event::Start(StartEvent { job, workers, spec }) = Event::parse(&printed).unwrap() else { panic!("{printed}") };
+    assert_eq!((job.as_str(), workers), ("cifar-1", 16));
+    let expected = JobSpec {
+        data: DataSpec::cached("features/train_features.npy", "features/train_y.npy"),
+        eval: Some(DataSpec::cached("features/test_features.npy", "features/test_y.npy")),
+        ..JobSpec::default()
+    };
+    assert_eq!(spec, expected);
+
+    let out = lml().args(["start-event", "--job", "j", "--features", "f", "--batch", "0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{stderr}");
+    assert!(stderr.contains("spec.batch: must be positive"), "{stderr}");
+    let out = lml().args(["start-event", "--job", "j", "--features", "/abs"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("spec.data.features"), "{stderr}");
+}

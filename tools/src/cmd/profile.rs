@@ -2,12 +2,39 @@
 
 use std::time::Instant;
 
+use std::path::PathBuf;
+
 use anyhow::Result;
+use clap::Parser;
 use lml_kernel::vgg::{flops_per_image, LayerKind, VGG19};
-use lml_kernel::Vgg19;
+use lml_kernel::{Cut, Vgg19};
+use lml_tools::work::weights_or_random;
 use ndarray::Array4;
 
-use crate::ProfileArgs;
+#[derive(Parser)]
+pub struct Args {
+    /// VGG19 weight directory; random weights are generated in --workdir if absent.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Where random weights are generated and kept.
+    #[arg(long, default_value = "runs/demo")]
+    workdir: PathBuf,
+    /// Images per batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Network input side.
+    #[arg(long, default_value_t = 224)]
+    input_size: usize,
+    /// Feature cut: pool5, fc6 or fc7.
+    #[arg(long, default_value = "fc7")]
+    cut: Cut,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed repetitions after one warm-up pass.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
 pub fn peak_rss_mib() -> Option<f64> {
@@ -36,8 +63,13 @@ fn layer_flops(name: &str, size: usize) -> u64 {
     0
 }
 
-pub fn run(args: &ProfileArgs, threads: usize) -> Result<()> {
-    let weights = crate::weights_or_random(args.weights.as_deref(), &args.workdir, 1, args.cut)?;
+pub fn run(args: &Args) -> Result<()> {
+    let (pool, threads) = lml_tools::bars::pool(args.threads)?;
+    pool.install(|| profile(args, threads))
+}
+
+fn profile(args: &Args, threads: usize) -> Result<()> {
+    let weights = weights_or_random(args.weights.as_deref(), &args.workdir, 1, args.cut)?;
     let vgg = Vgg19::open(&weights, args.input_size, args.cut)?;
     let s = args.input_size;
     let x = Array4::<f32>::from_shape_fn((args.batch, 3, s, s), |(n, c, y, x)| {

@@ -1,4 +1,4 @@
-//! `lml train`, `lml status`, `lml stop`: the distributed job on the local runtime.
+//! `lml train`: the distributed job on the local runtime, with a live progress display.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,14 +10,17 @@ use lml_kernel::npy::write_npy_atomic;
 use lml_kernel::Cut;
 use lml_lambda::event::{Event, JobId, StartEvent};
 use lml_lambda::layout::JobDir;
-use lml_lambda::progress::{JobStatus, LocalProgress, Progress, ProgressStore, RoundRecord};
+use lml_lambda::progress::{JobStatus, LocalProgress, ProgressStore};
 use lml_lambda::services::{lambda_threads, SystemClock};
 use lml_lambda::{DataSpec, LocalConfig, LocalRuntime};
+use lml_tools::bars::bar;
+use lml_tools::features::extract_in_memory;
 use lml_tools::job::{DataArgs, JobArgs, DEFAULT_WORKERS};
-use serde_json::json;
+use lml_tools::report::{classes_line, print_summary, round_line};
+use lml_tools::work::{ensure_images, weights_or_random};
 
 #[derive(Parser)]
-pub struct TrainArgs {
+pub struct Args {
     /// Storage root shared by all invocations (EFS on AWS, a folder here);
     /// data paths must lie under it.
     #[arg(long, default_value = "runs/local")]
@@ -64,7 +67,7 @@ fn under_root(root: &Path, path: &Path, what: &str) -> Result<String> {
 
 /// The data spec and optional eval spec from the arguments, generating a
 /// learnable dataset's cached features under the root when none is given.
-fn data_specs(args: &TrainArgs) -> Result<(DataSpec, Option<DataSpec>)> {
+fn data_specs(args: &Args) -> Result<(DataSpec, Option<DataSpec>)> {
     let data = &args.data;
     if let Some(images) = &data.images {
         let dir = under_root(&args.root, images, "--images")?;
@@ -82,7 +85,7 @@ fn data_specs(args: &TrainArgs) -> Result<(DataSpec, Option<DataSpec>)> {
 
 /// Generated images with learnable classes, through VGG19 (random weights)
 /// to fc7, cached under `<root>/generated/`; reused on later runs.
-fn generate(args: &TrainArgs) -> Result<String> {
+fn generate(args: &Args) -> Result<String> {
     let dir = args.root.join("generated");
     let n = args.generate;
     let key = format!("n{n}-s{}", args.spec.seed);
@@ -96,13 +99,15 @@ fn generate(args: &TrainArgs) -> Result<String> {
         n / 4,
         dir.display()
     );
-    let train = crate::ensure_images(&dir, "train", n, 10, args.spec.seed)?;
-    let test = crate::ensure_images(&dir, "test", n / 4, 10, args.spec.seed + 1)?;
-    let weights = crate::weights_or_random(None, &dir, args.spec.seed, Cut::Fc7)?;
+    let train = ensure_images(&dir, "train", n, 10, args.spec.seed)?;
+    let test = ensure_images(&dir, "test", n / 4, 10, args.spec.seed + 1)?;
+    let weights = weights_or_random(None, &dir, args.spec.seed, Cut::Fc7)?;
     let vgg = lml_kernel::Vgg19::open(&weights, 32, Cut::Fc7)?;
     let t = Instant::now();
     for (split, data) in [("train", &train), ("test", &test)] {
-        let f = crate::extract(&vgg, data, &format!("{split} feats"))?;
+        let pb = bar(data.len() as u64, &format!("{split} feats"));
+        let f = extract_in_memory(&vgg, data, &mut |n| pb.inc(n as u64))?;
+        pb.finish();
         write_npy_atomic(dir.join(format!("{split}_features.npy")), &f.features)?;
         write_npy_atomic(dir.join(format!("{split}_y.npy")), &ndarray::Array1::from(f.labels.clone()))?;
     }
@@ -111,7 +116,7 @@ fn generate(args: &TrainArgs) -> Result<String> {
     Ok("generated".into())
 }
 
-pub fn train(args: &TrainArgs) -> Result<()> {
+pub fn run(args: &Args) -> Result<()> {
     std::fs::create_dir_all(&args.root).with_context(|| format!("creating {}", args.root.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -215,132 +220,6 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         if let Some(job_record) = p.job.as_ref().filter(|j| j.status == JobStatus::Failed) {
             bail!("job {job} failed: {}", job_record.reason.as_deref().unwrap_or("no reason recorded"));
         }
-        Ok(())
-    })
-}
-
-/// `10 classes: airplane, automobile, …` (at most 20 names shown).
-fn classes_line(count: usize, names: &[String]) -> String {
-    const SHOWN: usize = 20;
-    if names.is_empty() {
-        return format!("{count} classes");
-    }
-    let more = if names.len() > SHOWN { format!(", … ({} more)", names.len() - SHOWN) } else { String::new() };
-    format!("{count} classes: {}{more}", names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "))
-}
-
-fn round_line(r: &RoundRecord) -> String {
-    let eval = r.eval.map_or(String::new(), |e| format!("  eval loss {:.4} acc {:.3}", e.loss, e.accuracy));
-    format!(
-        "round {:>4} (epoch {:>2})  loss {:.4}  acc {:.3}{eval}  {:>6.0} img/s  combine {} ms",
-        r.round,
-        r.epoch,
-        r.train.loss,
-        r.train.accuracy,
-        r.train.examples as f64 / (r.round_ms.max(1) as f64 / 1e3),
-        r.combine_ms
-    )
-}
-
-fn print_summary(p: &Progress) {
-    let Some(job) = &p.job else {
-        println!("no job record yet");
-        return;
-    };
-    let status = match job.status {
-        JobStatus::Running => "running",
-        JobStatus::Finished => "finished",
-        JobStatus::Stopped => "stopped",
-        JobStatus::Failed => "failed",
-    };
-    let last = p.rounds.values().last();
-    println!(
-        "job {}: {status}{}, {} of {} rounds ({} workers, {} examples)",
-        job.job,
-        job.reason.as_deref().map_or(String::new(), |r| format!(" ({r})")),
-        p.rounds.len(),
-        job.total_rounds,
-        job.workers,
-        job.examples
-    );
-    if job.classes > 0 {
-        println!("{}", classes_line(job.classes, &job.class_names));
-    }
-    if let Some(r) = last {
-        println!("last round: training loss {:.4}, accuracy {:.3}", r.train.loss, r.train.accuracy);
-    }
-    match job.eval.or_else(|| p.rounds.values().rev().find_map(|r| r.eval)) {
-        Some(e) => println!(
-            "{} accuracy {:.3} (loss {:.4}) on {} held-out examples",
-            if job.status == JobStatus::Running { "latest" } else { "final" },
-            e.accuracy,
-            e.loss,
-            e.examples
-        ),
-        None => println!("no held-out evaluation (no test split)"),
-    }
-}
-
-#[derive(Parser)]
-pub struct StatusArgs {
-    /// The job id.
-    job: String,
-    /// Storage root.
-    #[arg(long, default_value = "runs/local")]
-    root: PathBuf,
-    /// Also list every round.
-    #[arg(long)]
-    rounds: bool,
-    /// Read the progress from this DynamoDB table (a job on AWS) instead of the job folder.
-    #[arg(long)]
-    table: Option<String>,
-    /// DynamoDB endpoint URL (an emulator); default: AWS's, from the environment's region.
-    #[arg(long, requires = "table")]
-    endpoint_url: Option<String>,
-}
-
-pub fn status(args: &StatusArgs) -> Result<()> {
-    let job = JobId::new(&args.job)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let p = match &args.table {
-        Some(table) => runtime.block_on(async {
-            let store = lml_lambda::aws::DynamoProgress::from_env(table, args.endpoint_url.as_deref()).await;
-            let p = store.load(&job).await.with_context(|| format!("reading job {job} from table {table}"))?;
-            if p.job.is_none() {
-                bail!("table {table} has no job {job}");
-            }
-            Ok(p)
-        })?,
-        None => {
-            let jd = JobDir::new(&args.root, &job);
-            jd.read_config().with_context(|| format!("job {job} under {}", args.root.display()))?;
-            runtime.block_on(LocalProgress::new(&args.root).load(&job))?
-        }
-    };
-    if args.rounds {
-        for r in p.rounds.values() {
-            println!("{}", round_line(r));
-        }
-    }
-    print_summary(&p);
-    Ok(())
-}
-
-#[derive(Parser)]
-pub struct StopArgs {
-    /// The job id.
-    job: String,
-    /// Storage root.
-    #[arg(long, default_value = "runs/local")]
-    root: PathBuf,
-}
-
-pub fn stop(args: &StopArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let rt = LocalRuntime::start(&args.root, SystemClock, LocalConfig::default());
-        rt.call(&json!({"stop": true, "job": args.job})).await?;
-        println!("job {}: stop requested; it ends after the round in progress", args.job);
         Ok(())
     })
 }

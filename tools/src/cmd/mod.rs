@@ -1,0 +1,14 @@
+//! One module per command: its arguments and its handler (`run`).
+
+pub mod convert_weights;
+pub mod demo;
+pub mod extract_features;
+pub mod fetch;
+pub mod prepare_cifar10;
+pub mod profile;
+pub mod start_event;
+pub mod status;
+pub mod stop;
+pub mod synth;
+pub mod train;
+pub mod train_head;
