@@ -8,6 +8,8 @@ use clap::Parser;
 use lml_kernel::npy::write_npy_atomic;
 use lml_kernel::optim::Sgd;
 use lml_kernel::trainer::{FeatureSource, Trainer};
+use lml_lambda::JobSpec;
+use lml_tools::job::DEFAULT_WORKERS;
 
 #[derive(Parser)]
 pub struct Args {
@@ -21,8 +23,9 @@ pub struct Args {
     /// Epochs.
     #[arg(long, default_value_t = lml_kernel::trainer::DEFAULT_EPOCHS)]
     epochs: u64,
-    /// Mini-batch size (the distributed default is 4 workers × 64).
-    #[arg(long, default_value_t = 256)]
+    /// Mini-batch size: by default, one step of the distributed job's default
+    /// round (its default workers × batch per worker).
+    #[arg(long, default_value_t = DEFAULT_WORKERS * JobSpec::default().batch)]
     batch: usize,
     /// Base learning rate, for standardised features.
     #[arg(long, default_value_t = Sgd::default().lr)]
@@ -40,7 +43,7 @@ pub struct Args {
     #[arg(long)]
     no_standardize: bool,
     /// Seed of the example order.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = JobSpec::default().seed)]
     seed: u64,
     /// Folder to save the head into: head.weight.npy, head.bias.npy, the
     /// standardisation (stats.mean.npy, stats.scale.npy), classes.txt, head.json.
