@@ -129,6 +129,8 @@ pub enum Event {
     Stop {
         job: JobId,
     },
+    /// `{"extract": "start" | "worker" | "merge", ...}`: an extraction job's event.
+    Extract(crate::extract::ExtractEvent),
 }
 
 #[derive(Deserialize)]
@@ -157,6 +159,9 @@ impl Event {
     pub fn parse(payload: &Value) -> Result<Event> {
         if !payload.is_object() {
             return Err(ProtocolError::event("event", format!("expected a JSON object, got {payload}")));
+        }
+        if payload.get("extract").is_some() {
+            return crate::extract::ExtractEvent::parse(payload).map(Event::Extract);
         }
         let raw: RawEvent =
             serde_json::from_value(payload.clone()).map_err(|e| ProtocolError::event("event", e.to_string()))?;
@@ -267,6 +272,7 @@ impl Event {
             Event::Combine(e) => json!({"combine": true, "workers": e.workers, "job": e.job.as_str()}),
             Event::Resume { job } => json!({"resume": true, "job": job.as_str()}),
             Event::Stop { job } => json!({"stop": true, "job": job.as_str()}),
+            Event::Extract(e) => e.to_json(),
         };
         if let Event::Worker(WorkerEvent { round, .. }) | Event::Combine(CombineEvent { round, .. }) = self {
             if let Some(r) = round.round {
@@ -286,6 +292,7 @@ impl Event {
             Event::Worker(e) => &e.job,
             Event::Combine(e) => &e.job,
             Event::Resume { job } | Event::Stop { job } => job,
+            Event::Extract(e) => e.job(),
         }
     }
 
@@ -304,6 +311,7 @@ impl Event {
             Event::Combine(e) => format!("{}: combine {}", e.job, r(&e.round)),
             Event::Resume { job } => format!("{job}: resume"),
             Event::Stop { job } => format!("{job}: stop"),
+            Event::Extract(e) => e.describe(),
         }
     }
 }
