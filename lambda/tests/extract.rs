@@ -310,3 +310,32 @@ async fn bad_extraction_events_change_nothing() {
     assert_eq!(out.unwrap(), Outcome::Started { job: job("x"), duplicate: true });
     assert_eq!(rec.events().len(), sent);
 }
+
+/// The extraction's records in DynamoDB (the emulator): the job record with
+/// the cache, one record per shard written once; the cache is the same.
+#[cfg(feature = "aws")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extraction_with_progress_in_dynamodb() {
+    let moto = lml_lambda::aws::emulator::Moto::start();
+    let dir = temp_root();
+    let root = dir.path();
+    write_images(root, 12, 7);
+    let expected = reference(root);
+    let store = moto.store("lml-extract-test");
+    store.ensure_table().await.unwrap();
+    let config =
+        LocalConfig { faults: FaultPlan { seed: 1, duplicate: 0.5, ..FaultPlan::default() }, ..local_config() };
+    let rt = LocalRuntime::start_with(root, SystemClock, store.clone(), config);
+    rt.invoke_payload(start("dyn", 2, spec("dyn", 8, json!({})))).unwrap();
+    rt.idle().await;
+    assert!(rt.dead_letters().is_empty(), "{:?}", rt.dead_letters());
+    let p = store.load(&job("dyn")).await.unwrap();
+    let rec = p.extract.expect("an extraction record");
+    assert_eq!((rec.status, rec.shards, rec.images), (JobStatus::Finished, 8, 12));
+    assert_eq!(rec.cache.as_deref(), Some("cache-dyn/train_features.npy"));
+    assert_eq!(p.shards.keys().copied().collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+    assert!(!root.join("jobs/dyn/progress/extract.json").exists(), "progress went to the table, not EFS");
+    let out = root.join("cache-dyn");
+    let got = (std::fs::read(out.join("train_features.npy")).unwrap(), std::fs::read(out.join("train_y.npy")).unwrap());
+    assert_eq!(got, expected);
+}
