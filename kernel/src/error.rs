@@ -48,6 +48,11 @@ pub enum KernelError {
     #[error("label {label} at position {index} is outside 0..{classes}")]
     Label { index: usize, label: u32, classes: usize },
 
+    /// A feature cache file (a shard, the merged features, the class list
+    /// beside them) is not what the request expects.
+    #[error("{}: {reason}", path.display())]
+    Cache { path: PathBuf, reason: String },
+
     /// A thread pool could not be built.
     #[error("cannot build a thread pool of {threads} threads: {reason}")]
     ThreadPool { threads: usize, reason: String },

@@ -49,6 +49,7 @@
 pub mod approx;
 pub mod dataset;
 pub mod error;
+pub mod features;
 pub mod gemm;
 pub mod geometry;
 pub mod layers;

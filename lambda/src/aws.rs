@@ -12,6 +12,9 @@
 //! | `worker#000012#0003` | `data` ([`WorkerRecord`]) | `PutItem` if `attribute_not_exists(rec)` |
 //! | `done#000012` | `workers` (NS) | `UpdateItem ADD workers :w`: idempotent under retries |
 //! | `claim#combine#12` | `owner` (S) | `PutItem` if `attribute_not_exists(rec)`: the combine trigger's second guard |
+//! | `extract` | `data` (an extraction job's [`ExtractRecord`]: images, shards, where the cache is), `status` | `PutItem` (replaces) |
+//! | `shard#000003` | `data` ([`ShardRecord`]: images, worker, compute time, continuations) | `PutItem` if `attribute_not_exists(rec)` |
+//! | `claim#merge` | `owner` (S) | `PutItem` if `attribute_not_exists(rec)`: the extraction merge trigger's second guard |
 //!
 //! Reads are strongly consistent (`ConsistentRead`), so a claim's loser sees the winner.
 
@@ -26,7 +29,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use crate::error::{ProtocolError, Result};
 use crate::event::{Event, JobId};
 use crate::layout::Claim;
-use crate::progress::{JobRecord, Progress, ProgressStore, RoundRecord, WorkerRecord};
+use crate::progress::{ExtractRecord, JobRecord, Progress, ProgressStore, RoundRecord, ShardRecord, WorkerRecord};
 use crate::services::Invoker;
 
 /// Invokes this function (or any named one) asynchronously: `InvocationType::Event`.
@@ -208,6 +211,17 @@ impl ProgressStore for DynamoProgress {
         Ok(set.map_or(0, |s| s.len()))
     }
 
+    async fn put_extract(&self, job: &JobId, record: &ExtractRecord) -> Result<()> {
+        let data = serde_json::to_string(record).map_err(|e| ProtocolError::Progress(e.to_string()))?;
+        let status = serde_json::to_value(record.status).expect("serialisable");
+        let status = status.as_str().unwrap_or("running").to_string();
+        self.put(job, "extract", vec![("data", s(data)), ("status", s(status))], false).await.map(|_| ())
+    }
+
+    async fn put_shard(&self, job: &JobId, record: &ShardRecord) -> Result<bool> {
+        self.put_json(job, &format!("shard#{:06}", record.shard), record, true).await
+    }
+
     async fn claim(&self, job: &JobId, key: &str, owner: &str) -> Result<Claim> {
         let rec = format!("claim#{key}");
         if self.put(job, &rec, vec![("owner", s(owner))], true).await? {
@@ -252,6 +266,11 @@ impl ProgressStore for DynamoProgress {
                 } else if rec.starts_with("worker#") {
                     let w: WorkerRecord = data(rec, item)?;
                     p.workers.insert((w.round, w.workerno), w);
+                } else if rec == "extract" {
+                    p.extract = Some(data(rec, item)?);
+                } else if rec.starts_with("shard#") {
+                    let r: ShardRecord = data(rec, item)?;
+                    p.shards.insert(r.shard, r);
                 } else if let Some(k) = rec.strip_prefix("done#") {
                     let k: u64 = k.parse().map_err(|_| ProtocolError::Progress(format!("{rec}: bad round")))?;
                     let set: BTreeSet<usize> = item
@@ -314,6 +333,18 @@ impl ProgressStore for AnyProgress {
         match self {
             AnyProgress::Local(p) => p.load(job).await,
             AnyProgress::Dynamo(p) => p.load(job).await,
+        }
+    }
+    async fn put_extract(&self, job: &JobId, record: &ExtractRecord) -> Result<()> {
+        match self {
+            AnyProgress::Local(p) => p.put_extract(job, record).await,
+            AnyProgress::Dynamo(p) => p.put_extract(job, record).await,
+        }
+    }
+    async fn put_shard(&self, job: &JobId, record: &ShardRecord) -> Result<bool> {
+        match self {
+            AnyProgress::Local(p) => p.put_shard(job, record).await,
+            AnyProgress::Dynamo(p) => p.put_shard(job, record).await,
         }
     }
 }

@@ -134,6 +134,8 @@ pub enum Event {
     Stop {
         job: JobId,
     },
+    /// `{"extract": "start" | "worker" | "merge", ...}`: an extraction job's event.
+    Extract(crate::extract::ExtractEvent),
 }
 
 #[derive(Deserialize)]
@@ -166,6 +168,9 @@ impl Event {
     pub fn parse(payload: &Value) -> Result<Event> {
         if !payload.is_object() {
             return Err(ProtocolError::event("event", format!("expected a JSON object, got {payload}")));
+        }
+        if payload.get("extract").is_some() {
+            return crate::extract::ExtractEvent::parse(payload).map(Event::Extract);
         }
         let raw: RawEvent = crate::json::from_value(payload)
             .map_err(|e| ProtocolError::event(e.field.as_deref().unwrap_or("event"), e.reason))?;
@@ -279,6 +284,7 @@ impl Event {
             Event::Combine(e) => json!({"combine": true, "workers": e.workers, "job": e.job.as_str()}),
             Event::Resume { job } => json!({"resume": true, "job": job.as_str()}),
             Event::Stop { job } => json!({"stop": true, "job": job.as_str()}),
+            Event::Extract(e) => e.to_json(),
         };
         if let Event::Worker(WorkerEvent { round, .. }) | Event::Combine(CombineEvent { round, .. }) = self {
             if let Some(r) = round.round {
@@ -298,6 +304,7 @@ impl Event {
             Event::Worker(e) => &e.job,
             Event::Combine(e) => &e.job,
             Event::Resume { job } | Event::Stop { job } => job,
+            Event::Extract(e) => e.job(),
         }
     }
 
@@ -316,6 +323,7 @@ impl Event {
             Event::Combine(e) => format!("{}: combine {}", e.job, r(&e.round)),
             Event::Resume { job } => format!("{job}: resume"),
             Event::Stop { job } => format!("{job}: stop"),
+            Event::Extract(e) => e.describe(),
         }
     }
 }

@@ -29,12 +29,18 @@
 //! | combine | `"combine": true`, `"workers": N`, `"epochsdone": e`, `"job"`, `"round": k` |
 //! | resume | `"resume": true`, `"job"` |
 //! | stop | `"stop": true`, `"job"` |
+//! | extract start | `"extract": "start"`, `"workers": N`, `"job"`, `"spec"`: an [`extract::ExtractSpec`] object |
+//! | extract worker | `"extract": "worker"`, `"workerno": i` (< N), `"workers": N`, `"job"`, `"continuation": c` |
+//! | extract merge | `"extract": "merge"`, `"job"` |
 //!
 //! `job` defaults to `"default"` and must be 1–64 characters of
 //! `[A-Za-z0-9._-]` not starting with `.`, so it can never leave the storage
 //! root. A worker or combine event names its round by `round` or, as in the
 //! seed, by `epochsdone` (the first round of that epoch); given both, they
-//! must agree. `N` must equal the job's worker count. Payloads carry ids and
+//! must agree. `N` must equal the job's worker count. The `extract` events
+//! drive a feature-extraction job ([`extract`]: the frozen VGG19 over a split
+//! of images on the workers, into the cache `lml extract-features` writes);
+//! `resume` serves both kinds of job. Payloads carry ids and
 //! numbers only, never tensors (Lambda's asynchronous payload limit is 1 MB).
 //!
 //! ```
@@ -84,6 +90,7 @@ pub mod compute;
 pub mod cost;
 pub mod error;
 pub mod event;
+pub mod extract;
 pub mod json;
 pub mod layout;
 pub mod local;

@@ -118,6 +118,42 @@ pub struct WorkerRecord {
     pub finished_ms: u64,
 }
 
+/// An extraction job's record (key `extract`): see [`crate::extract`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExtractRecord {
+    pub job: String,
+    pub status: JobStatus,
+    pub workers: usize,
+    pub images: usize,
+    pub shards: usize,
+    /// Feature length.
+    pub dim: usize,
+    pub started_ms: u64,
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    /// The merged features (path relative to the storage root), once merged.
+    #[serde(default)]
+    pub cache: Option<String>,
+}
+
+/// One published shard of an extraction job (key `shard#000003`), written
+/// once, by the first invocation that computed it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    pub shard: usize,
+    /// Images in the shard.
+    pub images: usize,
+    /// The worker whose invocations computed it.
+    pub workerno: usize,
+    /// Whether that worker took it from another's queue.
+    pub stolen: bool,
+    /// Time spent in the VGG19 forward for it, over all its invocations (ms).
+    pub compute_ms: u64,
+    /// Continuation saves it took.
+    pub parts: u64,
+    pub finished_ms: u64,
+}
+
 /// Everything a store holds about one job.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Progress {
@@ -126,6 +162,10 @@ pub struct Progress {
     pub workers: BTreeMap<(u64, usize), WorkerRecord>,
     /// Finished workers per round.
     pub done: BTreeMap<u64, BTreeSet<usize>>,
+    /// An extraction job's record.
+    pub extract: Option<ExtractRecord>,
+    /// An extraction job's published shards.
+    pub shards: BTreeMap<usize, ShardRecord>,
 }
 
 /// The progress store: DynamoDB on AWS, files in the job folder locally.
@@ -142,6 +182,10 @@ pub trait ProgressStore: Send + Sync + 'static {
     fn claim(&self, job: &JobId, key: &str, owner: &str) -> impl Future<Output = Result<Claim>> + Send;
     /// Everything recorded for `job`.
     fn load(&self, job: &JobId) -> impl Future<Output = Result<Progress>> + Send;
+    /// Writes (or replaces) an extraction job's record.
+    fn put_extract(&self, job: &JobId, record: &ExtractRecord) -> impl Future<Output = Result<()>> + Send;
+    /// Writes a shard record unless one exists; `true` if this call wrote it.
+    fn put_shard(&self, job: &JobId, record: &ShardRecord) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// Progress as files in `<root>/jobs/<job>/progress/`.
@@ -227,11 +271,26 @@ impl ProgressStore for LocalProgress {
             } else if name.starts_with("worker-") && name.ends_with(".json") {
                 let w: WorkerRecord = read(&path)?;
                 p.workers.insert((w.round, w.workerno), w);
+            } else if name == "extract.json" {
+                p.extract = Some(read(&path)?);
+            } else if name.starts_with("shard-") && name.ends_with(".json") {
+                let r: ShardRecord = read(&path)?;
+                p.shards.insert(r.shard, r);
             } else if let Some(k) = name.strip_prefix("done-").and_then(|n| n.strip_suffix(".json")) {
                 let k: u64 = k.parse().map_err(|_| ProtocolError::job(&path, "bad round number"))?;
                 p.done.insert(k, read(&path)?);
             }
         }
         Ok(p)
+    }
+
+    async fn put_extract(&self, job: &JobId, record: &ExtractRecord) -> Result<()> {
+        let dir = self.dir(job)?;
+        layout::write_json(&dir.join("extract.json"), record)
+    }
+
+    async fn put_shard(&self, job: &JobId, record: &ShardRecord) -> Result<bool> {
+        let dir = self.dir(job)?;
+        Self::put_if_absent(&dir.join(format!("shard-{:06}.json", record.shard)), record)
     }
 }

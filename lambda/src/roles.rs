@@ -29,6 +29,10 @@ pub enum Outcome {
     StopRequested,
     /// Nothing to do (a late duplicate, a finished job): why.
     Skipped(String),
+    /// An extraction worker published `shards`; `merge`: it sent the merge.
+    Extracted { workerno: usize, shards: Vec<usize>, merge: bool },
+    /// An extraction job's cache is merged at `cache` (relative to the root).
+    Merged { cache: String },
 }
 
 /// Runs whatever `payload` asks for.
@@ -46,6 +50,10 @@ pub async fn handle<I: Invoker, P: ProgressStore, C: Clock>(
         Event::Start(e) => start(svc, e).await,
         Event::Worker(e) => worker(svc, e, inv).await,
         Event::Combine(e) => combine(svc, e).await,
+        Event::Extract(e) => crate::extract::handle(svc, e, inv).await,
+        Event::Resume { job } if crate::extract::is_extract_job(&svc.root, &job) => {
+            crate::extract::resume(svc, &job).await
+        }
         Event::Resume { job } => resume(svc, &job).await,
         Event::Stop { job } => {
             let jd = JobDir::new(&svc.root, &job);
@@ -58,7 +66,7 @@ pub async fn handle<I: Invoker, P: ProgressStore, C: Clock>(
 
 /// Runs blocking work (compute, file reads) without stalling the async
 /// runtime's other tasks where the runtime allows it.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),

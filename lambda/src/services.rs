@@ -258,7 +258,7 @@ impl FileId {
 }
 
 /// The files of a [`DataSpec`], joined onto the storage root (not yet resolved).
-struct DataPaths {
+pub(crate) struct DataPaths {
     root: PathBuf,
     /// `(field, as written, root/as written)`.
     files: Vec<(&'static str, String, PathBuf)>,
@@ -266,7 +266,7 @@ struct DataPaths {
 
 impl DataPaths {
     /// Validates `data` and joins its paths onto `root`.
-    fn new(root: &Path, data: &DataSpec) -> Result<Self> {
+    pub(crate) fn new(root: &Path, data: &DataSpec) -> Result<Self> {
         data.validate("data")?;
         let mut files = Vec::new();
         let named = [
@@ -306,7 +306,7 @@ impl DataPaths {
     /// `field`'s path with every symbolic link resolved, refused if that
     /// leaves the storage root. A path that does not resolve (a missing file)
     /// is returned as joined, for the open to report it by name.
-    fn resolve(&self, field: &'static str) -> Result<Option<PathBuf>> {
+    pub(crate) fn resolve(&self, field: &'static str) -> Result<Option<PathBuf>> {
         let Some((_, written, joined)) = self.files.iter().find(|(f, _, _)| *f == field) else { return Ok(None) };
         let resolved = resolve_inside(&self.root, field, written, joined)?;
         if field == "weights" && resolved.is_dir() {
