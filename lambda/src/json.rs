@@ -59,6 +59,16 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
     Ok(value)
 }
 
+/// Serialises an `f32` as the shortest decimal that reads back as the same
+/// `f32` (`0.9`, not `0.8999999761581421`): specs and events are read by
+/// people and written by hand.
+///
+/// # Errors
+/// The serializer's.
+pub fn short_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(v.to_string().parse::<f64>().unwrap_or(f64::from(*v)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +103,29 @@ mod tests {
         let e = from_slice::<Outer>(br#"{"inner": {"name": "a"}, "n": 1} trailing"#).unwrap_err();
         assert!(e.field.is_none() && e.reason.contains("trailing"), "{e:?}");
         assert_eq!(from_slice::<Outer>(br#"{"inner": {"name": "a"}, "n": 1}"#).unwrap().n, 1);
+    }
+
+    /// Floats of a spec print as typed and read back to the same bits.
+    #[test]
+    fn f32_fields_print_short_and_round_trip() {
+        #[derive(serde::Serialize, Deserialize)]
+        struct F {
+            #[serde(serialize_with = "short_f32")]
+            x: f32,
+        }
+        for x in [0.9f32, 5e-4, 3.0, 1e-7, 123456.79, f32::MIN_POSITIVE, -0.1] {
+            let text = serde_json::to_string(&F { x }).unwrap();
+            assert_eq!(
+                text,
+                format!(
+                    "{{\"x\":{}}}",
+                    serde_json::to_string(&f64::from(x.to_string().parse::<f64>().unwrap())).unwrap()
+                )
+            );
+            assert!(text.len() <= 24, "{text}");
+            let back: F = from_slice(text.as_bytes()).unwrap();
+            assert_eq!(back.x.to_bits(), x.to_bits(), "{text}");
+        }
+        assert_eq!(serde_json::to_string(&F { x: 0.9 }).unwrap(), r#"{"x":0.9}"#);
     }
 }

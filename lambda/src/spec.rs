@@ -203,9 +203,12 @@ pub struct JobSpec {
     /// SGD steps per worker per round in model averaging (must be 1 for gradient sum).
     pub local_steps: usize,
     /// Base learning rate (of standardised features; see [`Sgd::default`]).
+    #[serde(serialize_with = "crate::json::short_f32")]
     pub lr: f32,
+    #[serde(serialize_with = "crate::json::short_f32")]
     pub momentum: f32,
     /// L2 regularisation of the head.
+    #[serde(serialize_with = "crate::json::short_f32")]
     pub weight_decay: f32,
     /// How the learning rate changes over the job's rounds.
     pub schedule: LrSchedule,
