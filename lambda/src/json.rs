@@ -117,10 +117,7 @@ mod tests {
             let text = serde_json::to_string(&F { x }).unwrap();
             assert_eq!(
                 text,
-                format!(
-                    "{{\"x\":{}}}",
-                    serde_json::to_string(&f64::from(x.to_string().parse::<f64>().unwrap())).unwrap()
-                )
+                format!("{{\"x\":{}}}", serde_json::to_string(&x.to_string().parse::<f64>().unwrap()).unwrap())
             );
             assert!(text.len() <= 24, "{text}");
             let back: F = from_slice(text.as_bytes()).unwrap();
