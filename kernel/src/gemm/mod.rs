@@ -1,10 +1,35 @@
 //! Single-threaded SGEMM: `C ← α·A·B + β·C`.
 //!
 //! Two paths. [`sgemm`] works on any `ndarray` views on any CPU and is the
-//! portable path. [`packed`] is the fast path for convolution on x86-64 with
-//! AVX2+FMA or AVX-512: the filters are packed once, the im2col matrix is
-//! packed as it is generated, and a register-blocked microkernel does the
-//! arithmetic.
+//! general path (any strides, transposed operands, `α` and `β`). The packed
+//! GEMM is the fast path for convolution: the filters are packed once, the
+//! im2col matrix is packed as it is generated or read in place, and a
+//! register-blocked microkernel does the arithmetic and finishes each tile
+//! (bias, ReLU, masking) on its way out of the registers.
+//!
+//! ## The packed GEMM: one frame, every architecture through it
+//!
+//! Shaped as tract's `linalg` is: a frame, a generic kernel, per-architecture kernels.
+//!
+//! * [`tile`] — the microkernel contract: what a kernel computes over a
+//!   packed A panel and `NR`-wide B rows found through an offset table, and
+//!   how it stores a tile (`TileStore`: partial sums, bias, ReLU, column mask,
+//!   rows). It imports nothing, so nothing cycles through it.
+//! * `generic` (4 × 8, plain Rust, every target), `x86` (AVX-512 8 × 32,
+//!   AVX2+FMA 6 × 16) and `neon` (aarch64, 8 × 12): the microkernels, each
+//!   importing only the contract.
+//! * [`microkernel`] — [`Microkernel`]: the list, run-time detection
+//!   ([`Microkernel::detect`]), the `LML_MICROKERNEL` override
+//!   ([`Microkernel::select`]) and the dispatch.
+//! * [`pack`] — [`PackedA`] (filters, packed once per kernel) and
+//!   [`PanelRow`] (im2col rows written straight into B panels).
+//! * [`driver`] — the tile loops: [`gemm_packed`] (B generated row by row),
+//!   [`gemm_gather`] (B read in place: the implicit convolution), and their
+//!   fused forms writing through an [`Epilogue`].
+//!
+//! Every kernel runs the same driver, so the implicit convolution and the
+//! fused epilogue run on every machine; the tests run one suite over every
+//! kernel the machine can execute, the generic one always among them.
 //!
 //! ## `sgemm`
 //!
@@ -14,20 +39,26 @@
 //!
 //! The work is done by [`matrixmultiply`], which packs both operands into
 //! cache-sized panels and runs a register-blocked microkernel chosen at run
-//! time for the CPU (AVX2+FMA on x86-64, NEON on aarch64). It runs on the
-//! calling thread only: the kernel's parallelism is one level of rayon tasks
-//! above it (across images, tiles or output features), never nested threads.
+//! time for the CPU (AVX2+FMA on x86-64, NEON on aarch64). It serves the
+//! backward passes and large-batch dense layers. It runs on the calling
+//! thread only: the kernel's parallelism is one level of rayon tasks above
+//! it (across images, tiles or output features), never nested threads.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-pub mod packed;
+pub mod driver;
+mod generic;
+pub mod microkernel;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+pub mod pack;
+pub mod tile;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use packed::{
-    gemm_gather, gemm_gather_fused, gemm_packed, gemm_packed_fused, Epilogue, Microkernel, PackedA, PanelRow, RowSink,
-    Scratch, Segment,
-};
+pub use driver::{gemm_gather, gemm_gather_fused, gemm_packed, gemm_packed_fused, Epilogue, Scratch, Segment};
+pub use microkernel::{Microkernel, MICROKERNEL_ENV};
+pub use pack::{PackedA, PanelRow, RowSink, KC};
 
 /// `C ← α·A·B + β·C` on the calling thread.
 ///
@@ -110,17 +141,26 @@ fn fma_chains(iters: u64) -> f64 {
             return iters as f64 * 12.0 * 16.0;
         }
     }
-    // Portable fallback: the compiler vectorises what it can.
-    let mut acc = [[0.0f32; 8]; 12];
-    for _ in 0..iters {
-        for a in acc.iter_mut() {
-            for v in a.iter_mut() {
-                *v = v.mul_add(0.999_999, 1e-7);
-            }
-        }
-        std::hint::black_box(&mut acc);
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: NEON is part of the aarch64 baseline.
+        std::hint::black_box(unsafe { neon::fma_chains(iters) });
+        return iters as f64 * 2.0 * neon::FMA_CHAIN_LANES as f64;
     }
-    iters as f64 * 12.0 * 16.0
+    // Portable fallback: the compiler vectorises what it can.
+    #[allow(unreachable_code)]
+    {
+        let mut acc = [[0.0f32; 8]; 12];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                for v in a.iter_mut() {
+                    *v = v.mul_add(0.999_999, 1e-7);
+                }
+            }
+            std::hint::black_box(&mut acc);
+        }
+        iters as f64 * 12.0 * 16.0
+    }
 }
 
 /// `y[i, o] = Σ_t x[i, t]·w[o, t]` for a block of `W` rows: the small-batch
