@@ -1,20 +1,26 @@
 //! Per-layer throughput on the real VGG19 shapes: the 16 convolutions at
-//! 224×224 (batch 1 and 8 images), fc6 at batch 1 (memory-bound) and the raw
-//! packed GEMM.
+//! 224×224 (batch 8), fc6 at batch 1 (memory-bound) and the raw packed GEMM.
+//!
+//! The convolutions and fc6 run on the microkernel `Microkernel::select`
+//! picks: the fastest this CPU runs, or the one `LML_MICROKERNEL` names
+//! (`LML_MICROKERNEL=avx2 cargo bench -p lml-benches --bench layers -- conv224`);
+//! its name is part of every benchmark id. The GEMM group runs every kernel
+//! this CPU runs, and `matrixmultiply`, on the same product.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lml_benches::{conv_table, random_input};
 use lml_kernel::gemm::{gemm_packed, Microkernel, PackedA, RowSink, Scratch};
 use lml_kernel::geometry::Window2d;
 use lml_kernel::layers::conv2d::{conv2d_forward_into, conv2d_padded, pack_filters, ConvAlgorithm};
-use lml_kernel::layers::dense_forward;
+use lml_kernel::layers::dense_forward_on;
 use lml_kernel::layers::PaddedLayout;
 use ndarray::{Array1, Array2};
 
 fn conv_layers(c: &mut Criterion) {
     let mut g = c.benchmark_group("conv224");
     g.sample_size(10);
-    let kernel = Microkernel::detect();
+    let kernel = Microkernel::select().expect("LML_MICROKERNEL");
+    eprintln!("conv224: microkernel {kernel}");
     for threads in [1usize, 2] {
         let pool = lml_kernel::parallel::thread_pool(threads).unwrap();
         for shape in conv_table(224) {
@@ -23,11 +29,11 @@ fn conv_layers(c: &mut Criterion) {
             let x = random_input(batch, shape.in_channels, shape.side, 1);
             let w = random_input(shape.out_channels, shape.in_channels, 3, 2).mapv(|v| v * 0.05);
             let bias = Array1::<f32>::zeros(shape.out_channels);
-            let packed = kernel.map(|k| pack_filters(w.view(), k).unwrap());
+            let packed = Some(pack_filters(w.view(), kernel).unwrap());
             let window = Window2d::VGG_CONV;
             let algo = ConvAlgorithm::choose(packed.is_some(), (shape.side, shape.side), &window);
             g.throughput(Throughput::Elements(shape.flops() * batch as u64));
-            let id = BenchmarkId::new(format!("{}t", threads), shape.name);
+            let id = BenchmarkId::new(format!("{kernel}/{threads}t"), shape.name);
             match (algo, packed.as_ref()) {
                 // As in the network: from the previous layer's padded output to the next one's input.
                 (ConvAlgorithm::Implicit, Some(p)) => {
@@ -79,34 +85,41 @@ fn fc6_batch1(c: &mut Criterion) {
     let w = Array2::<f32>::from_elem((4096, 25088), 0.001);
     let b = Array1::<f32>::zeros(4096);
     let x = Array2::<f32>::from_elem((1, 25088), 0.5);
+    let kernel = Microkernel::select().expect("LML_MICROKERNEL");
     // Bytes of weights streamed per call: compare with peak/stream_read_411MB.
     g.throughput(Throughput::Bytes((w.len() * 4) as u64));
     for threads in [1usize, 2] {
         let pool = lml_kernel::parallel::thread_pool(threads).unwrap();
-        g.bench_function(format!("batch1/{threads}t"), |bch| {
-            bch.iter(|| pool.install(|| dense_forward(x.view(), w.view(), b.view(), true).unwrap()))
+        g.bench_function(format!("batch1/{kernel}/{threads}t"), |bch| {
+            bch.iter(|| pool.install(|| dense_forward_on(x.view(), w.view(), b.view(), true, kernel).unwrap()))
         });
     }
+    // The same product through matrixmultiply (which packs the weights first).
+    let mut y = Array2::<f32>::zeros((1, 4096));
+    g.bench_function("batch1/matrixmultiply/1t", |bch| {
+        bch.iter(|| lml_kernel::gemm::sgemm(1.0, x.view(), w.t(), 0.0, y.view_mut()))
+    });
     g.finish();
 }
 
 fn packed_gemm(c: &mut Criterion) {
-    let Some(kernel) = Microkernel::detect() else { return };
     let mut g = c.benchmark_group("gemm");
     g.sample_size(20);
     // block4_conv2's GEMM for one 512-column tile: [512 × 4608] · [4608 × 512].
     let (m, k, n) = (512, 4608, 512);
     let a = Array2::<f32>::from_elem((m, k), 0.01);
     let bm = Array2::<f32>::from_elem((k, n), 0.02);
-    let packed = PackedA::pack(a.view(), kernel);
     let mut out = vec![0.0f32; m * n];
     let mut scratch = Scratch::default();
     g.throughput(Throughput::Elements(lml_kernel::gemm::flops(m, k, n)));
-    g.bench_function(format!("packed_{kernel:?}_{m}x{k}x{n}/1t"), |bch| {
-        bch.iter(|| {
-            gemm_packed(&packed, n, |kk, row| row.copy(0, bm.row(kk).as_slice().unwrap()), &mut out, &mut scratch)
-        })
-    });
+    for kernel in Microkernel::runnable() {
+        let packed = PackedA::pack(a.view(), kernel);
+        g.bench_function(format!("packed_{kernel}_{m}x{k}x{n}/1t"), |bch| {
+            bch.iter(|| {
+                gemm_packed(&packed, n, |kk, row| row.copy(0, bm.row(kk).as_slice().unwrap()), &mut out, &mut scratch)
+            })
+        });
+    }
     let mut outm = Array2::<f32>::zeros((m, n));
     g.bench_function(format!("matrixmultiply_{m}x{k}x{n}/1t"), |bch| {
         bch.iter(|| lml_kernel::gemm::sgemm(1.0, a.view(), bm.view(), 0.0, outm.view_mut()))

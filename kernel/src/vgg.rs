@@ -28,7 +28,7 @@ use crate::gemm::{Microkernel, PackedA};
 use crate::geometry::Window2d;
 use crate::layers::conv2d::{conv2d_forward_into, conv2d_padded, pack_filters, ConvAlgorithm};
 use crate::layers::padded::PaddedLayout;
-use crate::layers::{adaptive_avgpool2d_forward, dense_forward, maxpool2d_values_into};
+use crate::layers::{adaptive_avgpool2d_forward, dense_forward_on, maxpool2d_values_into};
 use crate::preprocess::{preprocess, Preset};
 use crate::weights::{NamedTensors, TensorSpec, WeightStore};
 
@@ -451,7 +451,7 @@ impl Vgg19 {
                             }
                         };
                         let (wt, b) = self.params::<Ix2>(layer.name)?;
-                        let y = dense_forward(input2.view(), wt, b, true)?;
+                        let y = dense_forward_on(input2.view(), wt, b, true, self.kernel)?;
                         observe(layer.name, y.view().into_dyn());
                         flat = Some(y);
                         continue;

@@ -93,20 +93,36 @@ fn vgg19_at_32_matches_reference_for_every_cut() {
     let x = input(2, 32, 1);
     let refs = reference_forward(&store, &x);
     each_microkernel("vgg19_at_32_matches_reference_for_every_cut", |kernel| {
-        for (cut, r) in [Cut::Pool5, Cut::Fc6, Cut::Fc7].into_iter().zip(&refs) {
+        // Two forwards: to pool5 (its own output path) and to fc7, whose
+        // fc6 output is observed on the way.
+        let mut cases = 0;
+        for cut in [Cut::Pool5, Cut::Fc7] {
             let vgg = Vgg19::open(dir(), 32, cut).unwrap().with_microkernel(kernel).unwrap();
             assert_eq!(vgg.microkernel(), kernel);
-            let y = vgg.forward(x.view()).unwrap();
+            let mut fc6 = None;
+            let y = vgg
+                .forward_observed(x.view(), |name, y| {
+                    if name == "classifier.0" {
+                        fc6 = Some(y.to_owned());
+                    }
+                })
+                .unwrap();
             assert_eq!(y.shape(), &[2, vgg.feature_dim()]);
-            assert_close(
-                &format!("VGG19 to {cut:?} at 32 on {kernel}"),
-                y.view(),
-                r.view(),
-                Approximation::Approximate,
-            );
-            assert!(r.iter().any(|&v| v > 0.0), "features must not be all zero");
+            let mut got = vec![(cut, y)];
+            if let Some(f) = fc6 {
+                got.push((Cut::Fc6, f.into_dimensionality().unwrap()));
+            }
+            for (cut, y) in got {
+                // `refs` holds the cuts in order: pool5, fc6, fc7.
+                let r = &refs[cut as usize];
+                let what = format!("VGG19 to {cut:?} at 32 on {kernel}");
+                assert_close(&what, y.view(), r.view(), Approximation::Approximate);
+                assert!(r.iter().any(|&v| v > 0.0), "features must not be all zero");
+                cases += 1;
+            }
         }
-        refs.len()
+        assert_eq!(cases, 3, "pool5, fc6 and fc7 checked");
+        cases
     });
 }
 

@@ -46,6 +46,7 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+mod dot;
 pub mod driver;
 mod generic;
 pub mod microkernel;
@@ -56,6 +57,7 @@ pub mod tile;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub use dot::dense_rows;
 pub use driver::{gemm_gather, gemm_gather_fused, gemm_packed, gemm_packed_fused, Epilogue, Scratch, Segment};
 pub use microkernel::{Microkernel, MICROKERNEL_ENV};
 pub use pack::{PackedA, PanelRow, RowSink, KC};
@@ -161,42 +163,6 @@ fn fma_chains(iters: u64) -> f64 {
         }
         iters as f64 * 12.0 * 16.0
     }
-}
-
-/// `y[i, o] = Σ_t x[i, t]·w[o, t]` for a block of `W` rows: the small-batch
-/// dense kernel (a batch of GEMVs), `y` row-major `[x.len(), w.len()]`.
-///
-/// Returns `false` without touching `y` when this CPU has no vector kernel
-/// for it (the caller then uses [`sgemm`]).
-///
-/// # Panics
-/// If a row length differs from `k` or `y` has the wrong length.
-pub fn dense_rows(k: usize, x: &[&[f32]], w: &[&[f32]], y: &mut [f32]) -> bool {
-    assert!(x.iter().chain(w).all(|r| r.len() == k), "dense_rows: rows must hold {k} floats");
-    assert_eq!(y.len(), x.len() * w.len(), "dense_rows: output size");
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        let cols = w.len();
-        for (r0, wr) in w.chunks(4).enumerate().map(|(i, c)| (4 * i, c)) {
-            // Pad a short group by repeating its first row (results discarded).
-            let wp = [0, 1, 2, 3].map(|r| wr.get(r).unwrap_or(&wr[0]).as_ptr());
-            for (i0, xs) in x.chunks(4).enumerate().map(|(i, c)| (4 * i, c)) {
-                let xp = [0, 1, 2, 3].map(|i| xs.get(i).unwrap_or(&xs[0]).as_ptr());
-                let mut out = [[0.0f32; 4]; 4];
-                // SAFETY: every pointer is the start of a row of `k` floats
-                // (asserted above); `xs.len() <= 4`; avx512f was detected.
-                unsafe { x86::dot4_avx512(k, wp, xp, xs.len(), &mut out) };
-                for (r, row) in out.iter().enumerate().take(wr.len()) {
-                    for (i, &v) in row.iter().enumerate().take(xs.len()) {
-                        y[(i0 + i) * cols + r0 + r] = v;
-                    }
-                }
-            }
-        }
-        return true;
-    }
-    let _ = (x, w, y);
-    false
 }
 
 #[cfg(test)]

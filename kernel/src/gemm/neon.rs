@@ -149,3 +149,55 @@ pub fn fma_chains(iters: u64) -> f32 {
 
 /// Lanes per chain step of [`fma_chains`]: 16 chains × 4 lanes.
 pub const FMA_CHAIN_LANES: u64 = 64;
+
+/// Dot products of 4 rows of `W` with up to 4 rows of `x`, `k` floats each:
+/// `out[r][i] = Σ_t w[r][t]·x[i][t]` for `i < nx` (other entries untouched).
+/// 16 accumulators, 4 `W` vectors and one `x` vector: 21 of 32 registers.
+///
+/// # Safety
+/// The 4 `w` pointers and the first `nx` `x` pointers must each point to
+/// `k` readable floats; `nx <= 4`.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot4_neon(k: usize, w: [*const f32; 4], x: [*const f32; 4], nx: usize, out: &mut [[f32; 4]; 4]) {
+    let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+    let full = k / 4 * 4;
+    let mut t = 0;
+    macro_rules! sweep {
+        ($nx:expr) => {
+            while t < full {
+                // SAFETY: t + 4 <= k, within every row (caller's contract).
+                unsafe {
+                    let wv = [
+                        vld1q_f32(w[0].add(t)),
+                        vld1q_f32(w[1].add(t)),
+                        vld1q_f32(w[2].add(t)),
+                        vld1q_f32(w[3].add(t)),
+                    ];
+                    for i in 0..$nx {
+                        let xv = vld1q_f32(x[i].add(t));
+                        for r in 0..4 {
+                            acc[r][i] = vfmaq_f32(acc[r][i], wv[r], xv);
+                        }
+                    }
+                }
+                t += 4;
+            }
+        };
+    }
+    match nx {
+        1 => sweep!(1),
+        2 => sweep!(2),
+        3 => sweep!(3),
+        _ => sweep!(4),
+    }
+    for r in 0..4 {
+        for i in 0..nx.min(4) {
+            let mut s = vaddvq_f32(acc[r][i]);
+            for tt in full..k {
+                // SAFETY: tt < k.
+                s += unsafe { *w[r].add(tt) * *x[i].add(tt) };
+            }
+            out[r][i] = s;
+        }
+    }
+}

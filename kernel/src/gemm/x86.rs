@@ -288,3 +288,55 @@ pub unsafe fn dot4_avx512(k: usize, w: [*const f32; 4], x: [*const f32; 4], nx: 
         }
     }
 }
+
+/// [`dot4_avx512`] on AVX2 + FMA for up to 2 rows of `x`: 8 accumulators
+/// of 8 lanes, 4 `W` vectors and one `x` vector stay within the 16 ymm registers.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; the 4 `w` pointers and the first `nx`
+/// `x` pointers must each point to `k` readable floats; `nx <= 2`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot4_avx2(k: usize, w: [*const f32; 4], x: [*const f32; 4], nx: usize, out: &mut [[f32; 4]; 4]) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let full = k / 8 * 8;
+    let mut t = 0;
+    macro_rules! sweep {
+        ($nx:expr) => {
+            while t < full {
+                // SAFETY: t + 8 <= k, within every row (caller's contract).
+                unsafe {
+                    let wv = [
+                        _mm256_loadu_ps(w[0].add(t)),
+                        _mm256_loadu_ps(w[1].add(t)),
+                        _mm256_loadu_ps(w[2].add(t)),
+                        _mm256_loadu_ps(w[3].add(t)),
+                    ];
+                    for i in 0..$nx {
+                        let xv = _mm256_loadu_ps(x[i].add(t));
+                        for r in 0..4 {
+                            acc[r][i] = _mm256_fmadd_ps(wv[r], xv, acc[r][i]);
+                        }
+                    }
+                }
+                t += 8;
+            }
+        };
+    }
+    match nx {
+        1 => sweep!(1),
+        _ => sweep!(2),
+    }
+    for r in 0..4 {
+        for i in 0..nx.min(2) {
+            let mut lanes = [0.0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][i]) };
+            let mut s: f32 = lanes.iter().sum();
+            for tt in full..k {
+                // SAFETY: tt < k.
+                s += unsafe { *w[r].add(tt) * *x[i].add(tt) };
+            }
+            out[r][i] = s;
+        }
+    }
+}
