@@ -14,7 +14,7 @@
 //! is `MR` contiguous floats per `kk`; row `kk` of B is `NR` contiguous floats
 //! at an offset from a table, so the same kernel reads packed B panels,
 //! `offsets[kk] = kk·NR`, and B in place, an implicit convolution's shifted
-//! rows). It then stores the tile as a [`TileStore`] says:
+//! rows). It then stores the tile as a `TileStore` says:
 //!
 //! ```text
 //! out[i][t] = keep_t ? f(acc[i][t] + prev[i][t]) : 0      i < rows, t < NR
