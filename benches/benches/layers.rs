@@ -127,5 +127,51 @@ fn packed_gemm(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, packed_gemm, fc6_batch1, conv_layers);
+/// One VGG layer (block4_conv2: 28×28, 512 → 512, batch 1, 1 thread) by
+/// every algorithm on every kernel this CPU runs, and by `matrixmultiply`
+/// (the portable algorithm): where the portable path would still win.
+fn conv_algorithms(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv_algorithms");
+    g.sample_size(10);
+    let shape = conv_table(224).into_iter().find(|s| s.name == "block4_conv2").expect("a VGG19 layer");
+    let x = random_input(1, shape.in_channels, shape.side, 1);
+    let w = random_input(shape.out_channels, shape.in_channels, 3, 2).mapv(|v| v * 0.05);
+    let bias = Array1::<f32>::zeros(shape.out_channels);
+    let window = Window2d::VGG_CONV;
+    g.throughput(Throughput::Elements(shape.flops()));
+    let pool = lml_kernel::parallel::thread_pool(1).unwrap();
+    let mut out = ndarray::Array4::<f32>::zeros((1, shape.out_channels, shape.side, shape.side));
+    let mut scratch = Vec::new();
+    let mut runs = vec![(ConvAlgorithm::Portable, None)];
+    for kernel in Microkernel::runnable() {
+        runs.push((ConvAlgorithm::PackedIm2col, Some(kernel)));
+        runs.push((ConvAlgorithm::Implicit, Some(kernel)));
+    }
+    for (algo, kernel) in runs {
+        let packed = kernel.map(|k| pack_filters(w.view(), k).unwrap());
+        let name = kernel.map_or("matrixmultiply".to_string(), |k| k.to_string());
+        g.bench_function(BenchmarkId::new(format!("{algo:?}"), format!("{}/{name}", shape.name)), |b| {
+            b.iter(|| {
+                pool.install(|| {
+                    let (out, scratch) = (out.view_mut(), &mut scratch);
+                    conv2d_forward_into(
+                        x.view(),
+                        w.view(),
+                        packed.as_ref(),
+                        bias.view(),
+                        &window,
+                        true,
+                        algo,
+                        out,
+                        scratch,
+                    )
+                })
+                .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, packed_gemm, fc6_batch1, conv_layers, conv_algorithms);
 criterion_main!(benches);

@@ -274,21 +274,31 @@ fn backward_matches_finite_differences() {
     );
 }
 
-/// Results do not depend on the number of threads.
+/// Results do not depend on the number of threads, on any kernel and
+/// algorithm (the task widths change with the thread count).
 #[test]
 fn deterministic_across_thread_counts() {
     let x = random((3, 8, 20, 20), 31);
     let w = random((16, 8, 3, 3), 32);
     let b = random(16, 33);
-    let run = |t| {
-        lml_kernel::parallel::thread_pool(t)
-            .unwrap()
-            .install(|| conv2d_forward(x.view(), w.view(), b.view(), &Window2d::VGG_CONV, true).unwrap())
-    };
-    let one = run(1);
-    for t in [2, 3, 5] {
-        assert_eq!(one, run(t), "{t} threads");
-    }
+    each_microkernel("deterministic_across_thread_counts", |kernel| {
+        let packed = pack_filters(w.view(), kernel).unwrap();
+        let mut cases = 0;
+        for algo in [ConvAlgorithm::Implicit, ConvAlgorithm::PackedIm2col] {
+            let run = |t| {
+                lml_kernel::parallel::thread_pool(t).unwrap().install(|| {
+                    let window = &Window2d::VGG_CONV;
+                    conv2d_forward_algorithm(x.view(), w.view(), Some(&packed), b.view(), window, true, algo).unwrap()
+                })
+            };
+            let one = run(1);
+            for t in [2, 3, 5] {
+                assert_eq!(one, run(t), "{kernel} {algo:?} {t} threads");
+                cases += 1;
+            }
+        }
+        cases
+    });
 }
 
 #[test]
