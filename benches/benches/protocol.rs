@@ -116,7 +116,7 @@ fn round_tail(c: &mut Criterion) {
                     assert!(compute::reduce_up(jd, 0, n - 1, n, &lml_lambda::services::NoFaults).unwrap());
                     let reduced = compute::read_root(jd, &cfg, 0).unwrap();
                     let (base, _) = Params::read(&jd.params(0)).unwrap();
-                    let next = compute::apply(&cfg, &base, &reduced, &jd.dir).unwrap();
+                    let next = compute::apply(&cfg, 0, &base, &reduced, &jd.dir).unwrap();
                     next.publish(&jd.params(1), &json!({"round": 1})).unwrap();
                     t.elapsed()
                 })
@@ -152,7 +152,7 @@ fn round_tail(c: &mut Criterion) {
                         stats: lml_kernel::trainer::Evaluation { loss_sum: 0.0, correct: 0, count: 8 * n },
                         compute_ms: 0,
                     };
-                    let next = compute::apply(&cfg, &base, &reduced, &jd.dir).unwrap();
+                    let next = compute::apply(&cfg, 0, &base, &reduced, &jd.dir).unwrap();
                     next.publish(&jd.params(1), &json!({"round": 1})).unwrap();
                     t.elapsed()
                 })

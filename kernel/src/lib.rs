@@ -14,6 +14,12 @@
 //! * **Gradients are sums.** Every backward returns `∂(Σ_batch loss)/∂·` and
 //!   [`optim::Sgd::step`] divides by the example count, so gradient sums
 //!   from several workers add up to exactly the large-batch gradient.
+//! * **Training defaults.** The head starts at zero and by default trains on
+//!   standardised features ([`standardize`]: per-feature mean and scale
+//!   from the training data, so every example's squared norm is about 1
+//!   whatever the features' scale) with SGD at [`optim::Sgd::default`] under a
+//!   cosine schedule ([`optim::LrSchedule`]); a loss far above `ln classes` or
+//!   a non-finite value is divergence ([`trainer::divergence`]).
 //! * **Threads.** One level: rayon tasks across images, tiles or output
 //!   features, with single-threaded GEMM inside. Run inside a
 //!   [`parallel::thread_pool`] to choose the thread count. Results do not
@@ -51,6 +57,7 @@ pub mod optim;
 pub mod parallel;
 pub mod preprocess;
 pub mod reference;
+pub mod standardize;
 pub mod trainer;
 pub mod vgg;
 pub mod weights;

@@ -55,54 +55,9 @@ impl MappedNpy {
     /// The parsed header: dtype descriptor, shape and where the data starts.
     ///
     /// # Errors
-    /// [`KernelError::Npy`] naming the file if the header is malformed, the
-    /// array is Fortran-ordered, or the data is shorter than the header says.
+    /// As [`parse_header`].
     pub fn header(&self) -> Result<NpyHeader> {
-        let bad = |reason: String| KernelError::Npy { path: self.path.clone(), expected_dtype: "any", reason };
-        let b = &self.map[..];
-        if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
-            return Err(bad("not a .npy file (bad magic)".into()));
-        }
-        let (len, start) = match b[6] {
-            1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
-            2 | 3 if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
-            v => return Err(bad(format!("unsupported .npy version {v}"))),
-        };
-        let text = b.get(start..start + len).ok_or_else(|| bad("truncated header".into()))?;
-        let text = String::from_utf8_lossy(text);
-        let field = |key: &str| -> Option<String> {
-            let at = text.find(&format!("'{key}'"))? + key.len() + 2;
-            let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
-            Some(rest.to_string())
-        };
-        let descr = field("descr")
-            .and_then(|r| r.strip_prefix('\'').and_then(|r| r.split('\'').next()).map(String::from))
-            .ok_or_else(|| bad("header has no descr".into()))?;
-        if field("fortran_order").is_some_and(|r| r.starts_with("True")) {
-            return Err(bad("Fortran-ordered arrays are not supported".into()));
-        }
-        let shape_text =
-            field("shape").and_then(|r| r.strip_prefix('(').and_then(|r| r.split(')').next()).map(String::from));
-        let shape: Vec<usize> = shape_text
-            .ok_or_else(|| bad("header has no shape".into()))?
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(|t| t.parse().map_err(|_| bad(format!("bad shape entry {t:?}"))))
-            .collect::<Result<_>>()?;
-        let data_offset = start + len;
-        let item = match descr.as_str() {
-            "<f4" | "<i4" | "<u4" => 4,
-            "<f2" | "<i2" | "<u2" => 2,
-            "|u1" | "|i1" | "|b1" => 1,
-            "<f8" | "<i8" | "<u8" => 8,
-            other => return Err(bad(format!("unsupported dtype {other:?}"))),
-        };
-        let need = shape.iter().product::<usize>() * item;
-        if b.len() - data_offset != need {
-            return Err(bad(format!("{} data bytes, the header needs {need} (truncated?)", b.len() - data_offset)));
-        }
-        Ok(NpyHeader { descr, shape, data_offset })
+        parse_header(&self.path, &self.map)
     }
 
     /// The mapped bytes from `offset` (a data offset from [`header`](Self::header)).
@@ -125,12 +80,97 @@ impl MappedNpy {
     /// dtype is not `A`'s (little-endian), the data is truncated or has extra
     /// bytes, or the data is not aligned for `A`.
     pub fn view<A: ViewElement>(&self) -> Result<ArrayViewD<'_, A>> {
-        ArrayViewD::<A>::view_npy(&self.map).map_err(|e| KernelError::Npy {
-            path: self.path.clone(),
-            expected_dtype: std::any::type_name::<A>(),
-            reason: e.to_string(),
-        })
+        view_bytes(&self.path, &self.map)
     }
+}
+
+/// Parses the header of the `.npy` file `bytes` (named `path` in errors) and
+/// checks that the data after it is exactly `product(shape) · item size`
+/// bytes. Sizes come from the file, so every one is checked: a shape whose
+/// byte count overflows is an error, never a wrapped (small) size.
+///
+/// # Errors
+/// [`KernelError::Npy`] naming the file, the header field and its value if
+/// the magic, version, header length, `descr`, `fortran_order` or `shape` is
+/// malformed or unsupported, or the data length disagrees with the header.
+pub fn parse_header(path: &Path, b: &[u8]) -> Result<NpyHeader> {
+    let bad = |reason: String| KernelError::Npy { path: path.to_path_buf(), expected_dtype: "any", reason };
+    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
+        return Err(bad("not a .npy file (bad magic)".into()));
+    }
+    let (len, start) = match b[6] {
+        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10usize),
+        2 | 3 if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
+        v => return Err(bad(format!("unsupported .npy version {v}"))),
+    };
+    let text = start.checked_add(len).and_then(|end| b.get(start..end)).ok_or_else(|| {
+        bad(format!("header length {len} runs past the end of the {}-byte file (truncated?)", b.len()))
+    })?;
+    let data_offset = start + text.len();
+    let text = String::from_utf8_lossy(text);
+    let field = |key: &str| -> Option<String> {
+        let at = text.find(&format!("'{key}'"))? + key.len() + 2;
+        let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
+        Some(rest.to_string())
+    };
+    let descr = field("descr")
+        .and_then(|r| r.strip_prefix('\'').and_then(|r| r.split('\'').next()).map(String::from))
+        .ok_or_else(|| bad("header has no descr".into()))?;
+    if field("fortran_order").is_some_and(|r| r.starts_with("True")) {
+        return Err(bad("Fortran-ordered arrays are not supported".into()));
+    }
+    let shape_text =
+        field("shape").and_then(|r| r.strip_prefix('(').and_then(|r| r.split(')').next()).map(String::from));
+    let shape: Vec<usize> = shape_text
+        .ok_or_else(|| bad("header has no shape".into()))?
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse().map_err(|_| bad(format!("field 'shape': bad entry {t:?}"))))
+        .collect::<Result<_>>()?;
+    let item = dtype_size(&descr).ok_or_else(|| bad(format!("field 'descr': unsupported dtype {descr:?}")))?;
+    // ndarray's rule, so that every accepted shape can be viewed: the
+    // product of the non-zero lengths, in bytes, fits in an isize.
+    let nonzero = shape.iter().filter(|&&d| d != 0).try_fold(item, |acc: usize, &d| acc.checked_mul(d));
+    let need = match nonzero.filter(|&n| isize::try_from(n).is_ok()) {
+        Some(_) if shape.contains(&0) => 0,
+        Some(n) => n,
+        None => {
+            return Err(bad(format!(
+                "field 'shape': {shape:?} of {item}-byte {descr} is more than {} bytes",
+                isize::MAX
+            )))
+        }
+    };
+    let have = b.len() - data_offset;
+    if have != need {
+        return Err(bad(format!("{have} data bytes, the header needs {need} for {descr} {shape:?} (truncated?)")));
+    }
+    Ok(NpyHeader { descr, shape, data_offset })
+}
+
+/// Bytes per element of the little-endian numeric dtypes [`parse_header`] accepts.
+pub fn dtype_size(descr: &str) -> Option<usize> {
+    match descr {
+        "<f4" | "<i4" | "<u4" => Some(4),
+        "<f2" | "<i2" | "<u2" => Some(2),
+        "|u1" | "|i1" | "|b1" => Some(1),
+        "<f8" | "<i8" | "<u8" => Some(8),
+        _ => None,
+    }
+}
+
+/// A view of the `.npy` file `bytes` (named `path` in errors) as elements of
+/// type `A`: what [`MappedNpy::view`] does on its mapping.
+///
+/// # Errors
+/// As [`MappedNpy::view`].
+pub fn view_bytes<'a, A: ViewElement>(path: &Path, bytes: &'a [u8]) -> Result<ArrayViewD<'a, A>> {
+    ArrayViewD::<A>::view_npy(bytes).map_err(|e| KernelError::Npy {
+        path: path.to_path_buf(),
+        expected_dtype: std::any::type_name::<A>(),
+        reason: e.to_string(),
+    })
 }
 
 /// A `.npy` header: what [`MappedNpy::header`] returns.

@@ -9,7 +9,9 @@
 //!
 //! Features come from a [`FeatureSource`]: either images run through the
 //! frozen VGG19 at every step (the seed's way, [`ImageFeatures`]) or a cache of
-//! precomputed features.
+//! precomputed features; by default the head sees them standardised
+//! ([`crate::standardize`]), and the learning rate follows a schedule
+//! ([`LrSchedule`]) over the run.
 
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
 use rand::seq::SliceRandom;
@@ -19,7 +21,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::dataset::ImageDataset;
 use crate::error::{KernelError, Result};
 use crate::layers::{dense_backward, dense_forward, softmax_cross_entropy};
-use crate::optim::Sgd;
+use crate::optim::{LrSchedule, Sgd};
+use crate::standardize::{FeatureStats, Standardized};
 use crate::vgg::{init_head, Vgg19};
 
 /// Something that yields feature vectors and labels for example indices.
@@ -220,10 +223,20 @@ pub const HEAD_WEIGHT: &str = "head.weight";
 pub const HEAD_BIAS: &str = "head.bias";
 
 impl Head {
-    /// A freshly initialised head (see [`init_head`]).
+    /// A freshly initialised head (see [`init_head`]): small random weights.
     pub fn new(classes: usize, features: usize, seed: u64) -> Self {
         let (weight, bias) = init_head(classes, features, seed);
         Head { weight, bias }
+    }
+
+    /// A head of zeros, where training starts ([`Trainer::new`], a job's
+    /// round 0): softmax regression is convex, so no symmetry needs
+    /// breaking, and an untrained head gives every class probability `1/C`,
+    /// so its loss is exactly `ln C` whatever the features' scale: the
+    /// reference divergence is measured against ([`loss_limit`]). Weights of
+    /// features constant over the training data receive no gradient and stay 0.
+    pub fn zeros(classes: usize, features: usize) -> Self {
+        Head { weight: Array2::zeros((classes, features)), bias: Array1::zeros(classes) }
     }
 
     /// Number of classes.
@@ -391,18 +404,103 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
+/// Epochs of a training run unless told otherwise (`lml train`, a job spec,
+/// `lml train-head`).
+pub const DEFAULT_EPOCHS: u64 = 10;
+
+/// Training losses above this many times the untrained level count as diverged.
+pub const EXPLODED_LOSS_FACTOR: f64 = 10.0;
+
+/// The highest training loss that is not divergence for `classes` classes:
+/// [`EXPLODED_LOSS_FACTOR`] × `max(ln classes, 1)`. The untrained head
+/// ([`Head::zeros`]) has loss exactly `ln classes` (2.30 for 10 classes,
+/// limit 23.0); training lowers it, so a loss far above it means the steps
+/// overshoot (the learning rate is too large for the features' scale) and
+/// the weights are blowing up.
+pub fn loss_limit(classes: usize) -> f64 {
+    EXPLODED_LOSS_FACTOR * (classes.max(1) as f64).ln().max(1.0)
+}
+
+/// Why training counts as diverged.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Divergence {
+    /// The training loss is NaN or infinite.
+    NonFiniteLoss(f64),
+    /// The training loss is far above the untrained level (see [`loss_limit`]).
+    Exploded { loss: f64, limit: f64 },
+    /// A parameter (weight, bias or momentum) is NaN or infinite.
+    NonFiniteParameters,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Divergence::NonFiniteLoss(l) => write!(f, "training loss became {l}"),
+            Divergence::Exploded { loss, limit } => {
+                write!(
+                    f,
+                    "training loss {loss:.4} exploded (above {limit:.2}, {EXPLODED_LOSS_FACTOR}× the untrained level)"
+                )
+            }
+            Divergence::NonFiniteParameters => write!(f, "the head's parameters became NaN or infinite"),
+        }
+    }
+}
+
+/// Whether a step whose (pre-update) mean training loss was `loss` and
+/// which left `head` and `velocity` has diverged.
+pub fn divergence(loss: f64, head: &Head, velocity: &HeadVelocity) -> Option<Divergence> {
+    if !loss.is_finite() {
+        return Some(Divergence::NonFiniteLoss(loss));
+    }
+    let limit = loss_limit(head.classes());
+    if loss > limit {
+        return Some(Divergence::Exploded { loss, limit });
+    }
+    let finite = |a: &[f32]| a.iter().all(|v| v.is_finite());
+    let all = [
+        head.weight.as_slice_memory_order(),
+        head.bias.as_slice_memory_order(),
+        velocity.weight.as_slice_memory_order(),
+        velocity.bias.as_slice_memory_order(),
+    ];
+    if all.iter().all(|a| a.is_none_or(finite)) {
+        None
+    } else {
+        Some(Divergence::NonFiniteParameters)
+    }
+}
+
 /// Single-process mini-batch SGD of the head over a [`FeatureSource`].
+///
+/// [`Trainer::new`] trains on the features as given with a constant
+/// learning rate; [`with_schedule`](Trainer::with_schedule) and
+/// [`with_stats`](Trainer::with_stats) add what every entry point uses by
+/// default: a schedule over the run's steps and standardised features.
+/// Step `t` of the run uses `sgd.at_step(schedule, t, total_steps)`, exactly
+/// as round `t` of a distributed job does, so a gradient-sum job equals this
+/// trainer with batch `workers × batch`.
 #[derive(Clone, Debug)]
 pub struct Trainer {
     pub head: Head,
     pub velocity: HeadVelocity,
+    /// Base SGD settings (the learning rate before the schedule).
     pub sgd: Sgd,
     pub batch_size: usize,
     pub seed: u64,
+    pub schedule: LrSchedule,
+    /// Steps the schedule spans.
+    pub total_steps: u64,
+    /// Steps taken so far.
+    pub steps_done: u64,
+    /// Standardisation of every batch, if any.
+    pub stats: Option<FeatureStats>,
 }
 
 impl Trainer {
-    /// A trainer with a fresh head for `classes` over `features`-long inputs.
+    /// A trainer with a zero head ([`Head::zeros`]) for `classes` over
+    /// `features`-long inputs, constant learning rate, raw features; `seed`
+    /// decides the example order.
     ///
     /// # Errors
     /// [`KernelError::Invalid`] on a zero batch size, zero classes, or bad SGD settings.
@@ -411,9 +509,52 @@ impl Trainer {
         if batch_size == 0 || classes == 0 {
             return Err(KernelError::invalid("trainer", "batch size and classes must be positive"));
         }
-        let head = Head::new(classes, features, seed);
+        let head = Head::zeros(classes, features);
         let velocity = HeadVelocity::zeros_like(&head);
-        Ok(Trainer { head, velocity, sgd, batch_size, seed })
+        Ok(Trainer {
+            head,
+            velocity,
+            sgd,
+            batch_size,
+            seed,
+            schedule: LrSchedule::Constant,
+            total_steps: 0,
+            steps_done: 0,
+            stats: None,
+        })
+    }
+
+    /// The learning rate follows `schedule` over a run of `total_steps` steps.
+    pub fn with_schedule(mut self, schedule: LrSchedule, total_steps: u64) -> Self {
+        self.schedule = schedule;
+        self.total_steps = total_steps;
+        self
+    }
+
+    /// Every batch (training and [`evaluate`](Self::evaluate)) is standardised by `stats`.
+    ///
+    /// # Errors
+    /// [`KernelError::Shape`] if the feature lengths differ.
+    pub fn with_stats(mut self, stats: FeatureStats) -> Result<Self> {
+        if stats.dim() != self.head.feature_dim() {
+            return Err(KernelError::shape(
+                "feature statistics",
+                format!("[{}]", self.head.feature_dim()),
+                &[stats.dim()],
+            ));
+        }
+        self.stats = Some(stats);
+        Ok(self)
+    }
+
+    /// Steps in an epoch over `examples` examples: `ceil(examples / batch_size)`.
+    pub fn steps_per_epoch(&self, examples: usize) -> u64 {
+        examples.div_ceil(self.batch_size) as u64
+    }
+
+    /// The SGD settings of the next step (the schedule applied).
+    pub fn current_sgd(&self) -> Sgd {
+        self.sgd.at_step(self.schedule, self.steps_done, self.total_steps)
     }
 
     /// One SGD step on the examples `indices`; returns the batch's gradient stats.
@@ -421,9 +562,14 @@ impl Trainer {
     /// # Errors
     /// As [`FeatureSource::batch`] and [`Head::gradient`].
     pub fn step(&mut self, source: &dyn FeatureSource, indices: &[usize]) -> Result<HeadGradient> {
-        let (x, y) = source.batch(indices)?;
+        let (x, y) = match &self.stats {
+            Some(stats) => Standardized::new(source, stats)?.batch(indices)?,
+            None => source.batch(indices)?,
+        };
         let g = self.head.gradient(x.view(), &y)?;
-        self.head.apply(&g, &self.sgd, &mut self.velocity)?;
+        let sgd = self.current_sgd();
+        self.head.apply(&g, &sgd, &mut self.velocity)?;
+        self.steps_done += 1;
         Ok(g)
     }
 
@@ -452,11 +598,21 @@ impl Trainer {
         Ok(total)
     }
 
-    /// Evaluates the head on every example of `source`, in batches.
+    /// Whether training has diverged, given the loss of the last steps.
+    pub fn divergence(&self, loss: f64) -> Option<Divergence> {
+        divergence(loss, &self.head, &self.velocity)
+    }
+
+    /// Evaluates the head on every example of `source`, in batches
+    /// (standardised if the trainer has statistics).
     ///
     /// # Errors
     /// As [`FeatureSource::batch`].
     pub fn evaluate(&self, source: &dyn FeatureSource) -> Result<Evaluation> {
-        self.head.evaluate_source(source, None, self.batch_size.max(256))
+        let chunk = self.batch_size.max(256);
+        match &self.stats {
+            Some(stats) => self.head.evaluate_source(&Standardized::new(source, stats)?, None, chunk),
+            None => self.head.evaluate_source(source, None, chunk),
+        }
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! | `rec` | attributes | written with |
 //! |---|---|---|
-//! | `job` | `data` (the [`JobRecord`] as JSON), `status` | `PutItem` (replaces) |
+//! | `job` | `data` (the [`JobRecord`] as JSON: counts, class names, last evaluation, why it ended), `status` (`running`, `finished`, `stopped`, or `failed`: diverged, `data.reason` says what to change) | `PutItem` (replaces) |
 //! | `round#000012` | `data` ([`RoundRecord`]) | `PutItem` if `attribute_not_exists(rec)` |
 //! | `worker#000012#0003` | `data` ([`WorkerRecord`]) | `PutItem` if `attribute_not_exists(rec)` |
 //! | `done#000012` | `workers` (NS) | `UpdateItem ADD workers :w`: idempotent under retries |

@@ -3,8 +3,9 @@
 //! folder, no async.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use lml_kernel::standardize::{FeatureStats, Standardized, STATS_CHUNK, STATS_MEAN, STATS_SCALE};
 use lml_kernel::trainer::{Evaluation, FeatureSource, Head, HeadGradient, HeadVelocity, HEAD_BIAS, HEAD_WEIGHT};
 use ndarray::{ArrayD, ArrayViewD, Ix1, Ix2};
 use serde_json::{json, Value};
@@ -14,6 +15,77 @@ use crate::layout::{present, publish_bundle, read_bundle, Bundle, JobDir};
 use crate::progress::Score;
 use crate::services::{Clock, Probe};
 use crate::spec::{JobConfig, SyncMode};
+
+/// Images whose features the statistics of a job on images are computed
+/// over (spread evenly over the training set, [`FeatureStats::sample_indices`]):
+/// running all of them through VGG19 at start would cost as much as an
+/// epoch (at 224×224, 256 images take about a minute on 2 vCPUs).
+pub const STATS_SAMPLE_IMAGES: usize = 256;
+
+/// Images per VGG19 forward while computing a job's statistics.
+const STATS_IMAGE_CHUNK: usize = 8;
+
+/// The job's feature statistics bundle (`stats/`: `stats.mean.npy`,
+/// `stats.scale.npy`, `meta.json`), published by start inside the staged
+/// job folder, so it exists before any worker can look for it.
+pub fn stats_path(jd: &JobDir) -> PathBuf {
+    jd.dir.join("stats")
+}
+
+/// The statistics start computes for a job on `source` (its training data):
+/// over every example of a feature cache, over [`STATS_SAMPLE_IMAGES`]
+/// evenly spread images when features come from images through VGG19.
+///
+/// # Errors
+/// As [`FeatureStats::compute`] (e.g. a non-finite feature, naming it).
+pub fn feature_stats(cfg: &JobConfig, source: &dyn FeatureSource) -> Result<FeatureStats> {
+    let stats = if cfg.spec.data.images.is_some() {
+        let idx = FeatureStats::sample_indices(source.len(), STATS_SAMPLE_IMAGES);
+        FeatureStats::compute(source, &idx, STATS_IMAGE_CHUNK)?
+    } else {
+        FeatureStats::compute(source, &(0..source.len()).collect::<Vec<_>>(), STATS_CHUNK)?
+    };
+    Ok(stats)
+}
+
+/// Publishes `stats` as the bundle at `path`.
+///
+/// # Errors
+/// As [`publish_bundle`].
+pub fn publish_stats(path: &Path, stats: &FeatureStats, examples: usize) -> Result<bool> {
+    publish_bundle(path, &stats.tensors(), &json!({"examples": examples}))
+}
+
+/// The job's statistics if it trains on standardised features.
+///
+/// # Errors
+/// [`ProtocolError::BadJob`] naming the bundle if it is missing or malformed
+/// or does not fit the job's feature length.
+pub fn read_stats(jd: &JobDir, cfg: &JobConfig) -> Result<Option<FeatureStats>> {
+    if !cfg.spec.standardize {
+        return Ok(None);
+    }
+    let path = stats_path(jd);
+    let b = read_bundle(&path)?;
+    let stats = FeatureStats::from_arrays(b.tensor(&path, STATS_MEAN)?.view(), b.tensor(&path, STATS_SCALE)?.view())
+        .map_err(|e| ProtocolError::job(&path, e.to_string()))?;
+    if stats.dim() != cfg.feature_dim {
+        return Err(ProtocolError::job(&path, format!("{} features, the job has {}", stats.dim(), cfg.feature_dim)));
+    }
+    Ok(Some(stats))
+}
+
+/// Runs `f` on `source` as the head sees it: standardised by `stats` if given.
+fn with_view<T>(
+    source: &dyn FeatureSource,
+    stats: Option<&FeatureStats>,
+    f: impl FnOnce(&dyn FeatureSource) -> Result<T>,
+) -> Result<T> {
+    match stats {
+        Some(s) => f(&Standardized::new(source, s)?),
+        None => f(source),
+    }
+}
 
 /// Momentum buffer tensor names in parameter bundles.
 pub const VELOCITY_WEIGHT: &str = "velocity.head.weight";
@@ -28,9 +100,10 @@ pub struct Params {
 }
 
 impl Params {
-    /// A fresh head with zero momentum.
-    pub fn init(classes: usize, features: usize, seed: u64) -> Self {
-        let head = Head::new(classes, features, seed);
+    /// The untrained head ([`Head::zeros`]) with zero momentum: where
+    /// every job starts, as [`lml_kernel::trainer::Trainer`] does.
+    pub fn init(classes: usize, features: usize) -> Self {
+        let head = Head::zeros(classes, features);
         let velocity = HeadVelocity::zeros_like(&head);
         Params { head, velocity }
     }
@@ -95,13 +168,20 @@ impl Local {
     }
 
     /// Runs one unit (a micro-batch of a gradient sum, or one local SGD step).
-    fn step(&mut self, base: &Head, source: &dyn FeatureSource, indices: &[usize], cfg: &JobConfig) -> Result<()> {
+    fn step(
+        &mut self,
+        base: &Head,
+        source: &dyn FeatureSource,
+        indices: &[usize],
+        cfg: &JobConfig,
+        k: u64,
+    ) -> Result<()> {
         let (x, y) = source.batch(indices)?;
         match self {
             Local::Sum(acc) => acc.add(&base.gradient(x.view(), &y)?)?,
             Local::Model { params, stats } => {
                 let g = params.head.gradient(x.view(), &y)?;
-                params.head.apply(&g, &cfg.spec.sgd(), &mut params.velocity)?;
+                params.head.apply(&g, &cfg.sgd_at(k), &mut params.velocity)?;
                 stats.loss_sum += g.loss_sum;
                 stats.correct += g.correct;
                 stats.count += g.count;
@@ -219,7 +299,8 @@ fn latest_partial(jd: &JobDir, k: u64, w: usize) -> Option<u64> {
 /// runs units (micro-batches, or local steps) until done or until the next
 /// unit might not finish `safety_ms` before `deadline_ms`, and returns the
 /// result or publishes a continuation save. At least one
-/// unit runs per call, so a job always moves forward.
+/// unit runs per call, so a job always moves forward. The features are
+/// standardised by the job's statistics when it has them.
 ///
 /// # Errors
 /// Kernel errors from the data; [`ProtocolError::BadJob`] for malformed bundles; I/O errors.
@@ -235,6 +316,22 @@ pub fn run_slice(
     probe: &dyn Probe,
 ) -> Result<SliceEnd> {
     let (base, _) = Params::read(&jd.params(k))?;
+    let stats = read_stats(jd, cfg)?;
+    with_view(source, stats.as_ref(), |source| run_units(jd, cfg, k, w, &base, source, clock, deadline_ms, probe))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_units(
+    jd: &JobDir,
+    cfg: &JobConfig,
+    k: u64,
+    w: usize,
+    base: &Params,
+    source: &dyn FeatureSource,
+    clock: &dyn Clock,
+    deadline_ms: u64,
+    probe: &dyn Probe,
+) -> Result<SliceEnd> {
     let indices = cfg.worker_slice(k, w);
     let unit = match cfg.spec.sync {
         SyncMode::GradientSum => cfg.spec.micro_batch,
@@ -249,7 +346,7 @@ pub fn run_slice(
             if cursor > units.len() {
                 return Err(ProtocolError::job(&path, format!("cursor {cursor} beyond {} units", units.len())));
             }
-            (Local::restore(cfg, &base, &path, &b)?, cursor, b.meta_u64(&path, "compute_ms")?, seq)
+            (Local::restore(cfg, base, &path, &b)?, cursor, b.meta_u64(&path, "compute_ms")?, seq)
         }
         None => {
             let fresh = match cfg.spec.sync {
@@ -275,7 +372,7 @@ pub fn run_slice(
             probe.at("worker.saved", k)?;
             return Ok(SliceEnd::Continue { seq: seq + 1 });
         }
-        state.step(&base.head, source, units[cursor], cfg)?;
+        state.step(&base.head, source, units[cursor], cfg, k)?;
         let took = clock.now_ms().saturating_sub(now);
         slowest = slowest.max(took);
         compute_ms += took;
@@ -393,11 +490,13 @@ pub fn read_root(jd: &JobDir, cfg: &JobConfig, k: u64) -> Result<Reduced> {
     Ok(Reduced { bundle, stats, compute_ms })
 }
 
-/// The next parameters from round `k`'s start and its reduced result.
+/// The next parameters from round `k`'s start and its reduced result (a
+/// gradient sum takes one SGD step with round `k`'s learning rate,
+/// [`JobConfig::sgd_at`]).
 ///
 /// # Errors
 /// [`ProtocolError::BadJob`] on mis-shaped tensors; kernel errors from the update.
-pub fn apply(cfg: &JobConfig, base: &Params, reduced: &Reduced, root: &Path) -> Result<Params> {
+pub fn apply(cfg: &JobConfig, k: u64, base: &Params, reduced: &Reduced, root: &Path) -> Result<Params> {
     let b = &reduced.bundle;
     let dims = (base.head.weight.dim(), base.head.bias.len());
     match cfg.spec.sync {
@@ -410,7 +509,7 @@ pub fn apply(cfg: &JobConfig, base: &Params, reduced: &Reduced, root: &Path) -> 
                 count: reduced.stats.count,
             };
             let mut next = base.clone();
-            next.head.apply(&grad, &cfg.spec.sgd(), &mut next.velocity)?;
+            next.head.apply(&grad, &cfg.sgd_at(k), &mut next.velocity)?;
             Ok(next)
         }
         SyncMode::ModelAverage => {
@@ -425,11 +524,45 @@ pub fn apply(cfg: &JobConfig, base: &Params, reduced: &Reduced, root: &Path) -> 
     }
 }
 
-/// Loss and accuracy of `head` over the first `limit` examples of `source` (all if `None`).
+/// Loss and accuracy of `head` over the first `limit` examples of `source`
+/// (all if `None`), standardised by `stats` if given.
 ///
 /// # Errors
 /// Kernel errors from the data.
-pub fn evaluate(head: &Head, source: &dyn FeatureSource, limit: Option<usize>) -> Result<Score> {
-    let total = head.evaluate_source(source, limit, 256)?;
+pub fn evaluate(
+    head: &Head,
+    source: &dyn FeatureSource,
+    stats: Option<&FeatureStats>,
+    limit: Option<usize>,
+) -> Result<Score> {
+    let total = with_view(source, stats, |s| Ok(head.evaluate_source(s, limit, 256)?))?;
     Ok(Score { loss: total.loss(), accuracy: total.accuracy(), examples: total.count })
+}
+
+/// Why round `k` diverged, if it did: its training loss (measured before
+/// the update) is not finite or far above the untrained level
+/// ([`lml_kernel::trainer::loss_limit`]), or the next parameters are not
+/// finite. The reason says what to change.
+pub fn divergence(cfg: &JobConfig, k: u64, train: &Evaluation, next: &Params) -> Option<String> {
+    let what = lml_kernel::trainer::divergence(train.loss(), &next.head, &next.velocity)?;
+    let spec = &cfg.spec;
+    let advice = if spec.standardize {
+        format!(
+            "lower the learning rate (--lr, spec \"lr\": now {}) or raise the weight decay \
+             (--weight-decay, spec \"weight_decay\": now {})",
+            spec.lr, spec.weight_decay
+        )
+    } else {
+        format!(
+            "train on standardised features (drop --no-standardize; spec \"standardize\": true) \
+             or lower the learning rate (--lr, spec \"lr\": now {})",
+            spec.lr
+        )
+    };
+    Some(format!(
+        "diverged: {what} at round {k} with lr {} ({} schedule from {}): {advice}",
+        cfg.sgd_at(k).lr,
+        spec.schedule,
+        spec.lr
+    ))
 }

@@ -38,6 +38,7 @@ use crate::spec::JobConfig;
 ///
 /// ```text
 /// config.json                      the resolved job (written once, by start)
+/// stats/                           feature standardisation (mean, scale), written by start
 /// params/000012/                   parameters + momentum after 12 rounds (the checkpoint)
 /// rounds/000012/
 ///     fanout                       marker: round 12's workers were invoked
@@ -139,10 +140,7 @@ impl JobDir {
         if cfg.job != self.job.as_str() {
             return Err(ProtocolError::job(&path, format!("belongs to job {:?}", cfg.job)));
         }
-        if cfg.workers == 0 || cfg.rounds_per_epoch == 0 {
-            return Err(ProtocolError::job(&path, "workers and rounds_per_epoch must be positive"));
-        }
-        cfg.spec.validate().map_err(|e| ProtocolError::job(&path, e.to_string()))?;
+        cfg.validate().map_err(|e| ProtocolError::job(&path, e.to_string()))?;
         Ok(cfg)
     }
 

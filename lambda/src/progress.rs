@@ -25,6 +25,8 @@ pub enum JobStatus {
     Running,
     Finished,
     Stopped,
+    /// Ended by divergence: `reason` says what happened and what to change.
+    Failed,
 }
 
 /// Loss and accuracy over a set of examples.
@@ -50,12 +52,36 @@ pub struct JobRecord {
     pub rounds_done: Option<u64>,
     #[serde(default)]
     pub finished_ms: Option<u64>,
-    /// Why it ended: `rounds`, `target loss`, `stop request`.
+    /// Why it ended: `rounds`, `target loss`, `stop request`, or (failed)
+    /// what went wrong and what to change.
     #[serde(default)]
     pub reason: Option<String>,
     /// The last held-out evaluation, if any.
     #[serde(default)]
     pub eval: Option<Score>,
+    /// Classes of the head (0 in records written before it was kept).
+    #[serde(default)]
+    pub classes: usize,
+    /// Their names, when the data has a class list and they fit
+    /// [`MAX_RECORD_NAME_BYTES`] (a DynamoDB item holds at most 400 KB);
+    /// `config.json` always has them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
+}
+
+/// Most bytes of class names a job record carries.
+pub const MAX_RECORD_NAME_BYTES: usize = 64 * 1024;
+
+impl JobRecord {
+    /// `names` if their total length fits [`MAX_RECORD_NAME_BYTES`], else none.
+    pub fn names_for_record(names: &[String]) -> Vec<String> {
+        let bytes: usize = names.iter().map(|n| n.len() + 1).sum();
+        if bytes <= MAX_RECORD_NAME_BYTES {
+            names.to_vec()
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// One applied round (key `round#NNNNNN`).

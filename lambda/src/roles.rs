@@ -70,14 +70,9 @@ async fn start<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, 
         None => JobSpec::default(),
     };
     spec.validate()?;
-    // Resolve everything from the data before anything is written.
+    // Resolve everything from the data before anything is written: the
+    // sources open, every label file is checked and the classes counted.
     let source = svc.source(&spec.data)?;
-    let labels = lml_kernel::dataset::read_labels(&svc.root.join(&spec.data.labels))?;
-    let max_label = labels.iter().copied().max().unwrap_or(0) as usize;
-    let classes = spec.classes.unwrap_or(max_label + 1);
-    if max_label >= classes {
-        return Err(ProtocolError::spec("classes", format!("{classes}, but the data has label {max_label}")));
-    }
     if let Some(eval) = &spec.eval {
         let e = svc.source(eval)?;
         if e.feature_dim() != source.feature_dim() {
@@ -87,10 +82,17 @@ async fn start<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, 
             ));
         }
     }
+    let classes = crate::spec::resolve_classes(&svc.root, &spec)?;
     let cfg = JobConfig::resolve(&ev.job, ev.workers, spec, source.len(), source.feature_dim(), classes)?;
     let jd = JobDir::new(&svc.root, &ev.job);
     if !jd.exists() {
-        create_job(svc, &jd, &cfg)?;
+        // The statistics are part of the job folder from its first moment:
+        // computed here (one pass over the data), published in the staging.
+        let stats = match cfg.spec.standardize {
+            true => Some(blocking(|| svc.pool()?.install(|| compute::feature_stats(&cfg, &*source)))?),
+            false => None,
+        };
+        create_job(svc, &jd, &cfg, stats.as_ref())?;
     }
     let existing = jd.read_config()?;
     if existing != cfg {
@@ -98,30 +100,41 @@ async fn start<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, 
     }
     let duplicate = svc.progress.load(&ev.job).await?.job.is_some();
     if !duplicate {
-        let record = JobRecord {
-            job: ev.job.to_string(),
-            status: JobStatus::Running,
-            workers: cfg.workers,
-            examples: cfg.examples,
-            rounds_per_epoch: cfg.rounds_per_epoch,
-            total_rounds: cfg.total_rounds,
-            started_ms: svc.clock.now_ms(),
-            rounds_done: None,
-            finished_ms: None,
-            reason: None,
-            eval: None,
-        };
-        svc.progress.put_job(&ev.job, &record).await?;
+        svc.progress.put_job(&ev.job, &job_record(&cfg, svc.clock.now_ms())).await?;
     }
     svc.probe.at("start.created", 0)?;
     fanout(svc, &jd, &cfg, 0, false).await?;
     Ok(Outcome::Started { job: ev.job, duplicate })
 }
 
+/// A new job's record (status running).
+fn job_record(cfg: &JobConfig, started_ms: u64) -> JobRecord {
+    JobRecord {
+        job: cfg.job.clone(),
+        status: JobStatus::Running,
+        workers: cfg.workers,
+        examples: cfg.examples,
+        rounds_per_epoch: cfg.rounds_per_epoch,
+        total_rounds: cfg.total_rounds,
+        started_ms,
+        rounds_done: None,
+        finished_ms: None,
+        reason: None,
+        eval: None,
+        classes: cfg.classes,
+        class_names: JobRecord::names_for_record(&cfg.class_names),
+    }
+}
+
 /// Creates the job folder whole: staged under a temp name, renamed into
 /// place. The staging folder goes whatever happens (an error, a full disk,
 /// a panic); one left by a process that died is swept once the job exists.
-fn create_job<I, P, C: Clock>(svc: &Services<I, P, C>, jd: &JobDir, cfg: &JobConfig) -> Result<()> {
+fn create_job<I, P, C: Clock>(
+    svc: &Services<I, P, C>,
+    jd: &JobDir,
+    cfg: &JobConfig,
+    stats: Option<&lml_kernel::standardize::FeatureStats>,
+) -> Result<()> {
     let jobs = jd.dir.parent().expect("jobs/<id>");
     std::fs::create_dir_all(jobs).map_err(|e| ProtocolError::io(jobs, e))?;
     let staging = TempGuard::new(temp_beside(&jd.dir));
@@ -131,7 +144,10 @@ fn create_job<I, P, C: Clock>(svc: &Services<I, P, C>, jd: &JobDir, cfg: &JobCon
             std::fs::create_dir_all(&d).map_err(|e| ProtocolError::io(&d, e))?;
         }
         crate::layout::write_json(&staged.config(), cfg)?;
-        let params = Params::init(cfg.classes, cfg.feature_dim, cfg.spec.seed);
+        if let Some(stats) = stats {
+            compute::publish_stats(&compute::stats_path(&staged), stats, cfg.examples)?;
+        }
+        let params = Params::init(cfg.classes, cfg.feature_dim);
         params.publish(&staged.params(0), &json!({"round": 0, "published_ms": svc.clock.now_ms()}))?;
         svc.probe.at("start.staged", 0)?;
         std::fs::rename(staging.path(), &jd.dir).map_err(|e| ProtocolError::io(&jd.dir, e))
@@ -322,12 +338,18 @@ fn apply_once<I: Invoker, P: ProgressStore, C: Clock>(
         let (base, base_bundle) = Params::read(&jd.params(k))?;
         let root = jd.sum(k, 0, cfg.workers);
         let reduced = compute::read_root(jd, cfg, k)?;
-        let next = svc.pool()?.install(|| compute::apply(cfg, &base, &reduced, &root))?;
+        let next = svc.pool()?.install(|| compute::apply(cfg, k, &base, &reduced, &root))?;
         let combine_ms = svc.clock.now_ms().saturating_sub(t0);
-        let eval = match (&cfg.spec.eval, cfg.evaluates_after(k)) {
+        // A diverged round ends the job (in `after_apply`): nothing to evaluate.
+        let failure = compute::divergence(cfg, k, &reduced.stats, &next);
+        let eval = match (&cfg.spec.eval, cfg.evaluates_after(k) && failure.is_none()) {
             (Some(spec), true) => {
                 let source = svc.source(spec)?;
-                Some(svc.pool()?.install(|| compute::evaluate(&next.head, &*source, cfg.spec.eval_examples))?)
+                let stats = compute::read_stats(jd, cfg)?;
+                Some(
+                    svc.pool()?
+                        .install(|| compute::evaluate(&next.head, &*source, stats.as_ref(), cfg.spec.eval_examples))?,
+                )
             }
             _ => None,
         };
@@ -347,7 +369,7 @@ fn apply_once<I: Invoker, P: ProgressStore, C: Clock>(
             round_ms: now.saturating_sub(started),
             finished_ms: now,
         };
-        let meta = json!({"round": k + 1, "published_ms": now, "record": record});
+        let meta = json!({"round": k + 1, "published_ms": now, "record": record, "failure": failure});
         if next.publish(&jd.params(k + 1), &meta)? {
             svc.probe.at("combine.applied", k)?;
         }
@@ -379,59 +401,52 @@ async fn after_apply<I: Invoker, P: ProgressStore, C: Clock>(
         }
     }
     let loss = record.eval.map_or(record.train.loss, |e| e.loss);
-    let reason = if k + 1 >= cfg.total_rounds {
-        Some("rounds")
+    let end = if let Some(failure) = meta["failure"].as_str() {
+        Some((failure, JobStatus::Failed))
+    } else if k + 1 >= cfg.total_rounds {
+        Some(("rounds", JobStatus::Finished))
     } else if cfg.spec.target_loss.is_some_and(|t| loss <= t) {
-        Some("target loss")
+        Some(("target loss", JobStatus::Finished))
     } else if present(&jd.stop()) {
-        Some("stop request")
+        Some(("stop request", JobStatus::Stopped))
     } else {
         None
     };
-    match reason {
-        Some(reason) => {
-            finish(svc, jd, cfg, k + 1, reason).await?;
+    match end {
+        Some((reason, status)) => {
+            finish(svc, jd, cfg, k + 1, reason, status).await?;
             Ok(true)
         }
         None => Ok(false),
     }
 }
 
-/// Ends the job after `rounds` applied rounds: `final.json` once, then the job record.
+/// Ends the job after `rounds` applied rounds with `status` (finished,
+/// stopped or failed) and why: `final.json` once, then the job record. The
+/// first `final.json` decides; a concurrent or later call records what it says.
 async fn finish<I: Invoker, P: ProgressStore, C: Clock>(
     svc: &Services<I, P, C>,
     jd: &JobDir,
     cfg: &JobConfig,
     rounds: u64,
     reason: &str,
+    status: JobStatus,
 ) -> Result<()> {
     let progress = svc.progress.load(&jd.job).await?;
     let eval = progress.rounds.values().rev().find_map(|r| r.eval);
-    let summary = json!({"rounds": rounds, "reason": reason, "finished_ms": svc.clock.now_ms(), "eval": eval});
+    let summary = json!({"rounds": rounds, "reason": reason, "status": status,
+                         "finished_ms": svc.clock.now_ms(), "eval": eval});
     claim(&jd.final_json(), &serde_json::to_string_pretty(&summary).expect("serialisable"))?;
     let summary: Value = serde_json::from_str(
         &std::fs::read_to_string(jd.final_json()).map_err(|e| ProtocolError::io(jd.final_json(), e))?,
     )
     .map_err(|e| ProtocolError::job(jd.final_json(), e.to_string()))?;
-    let mut record = progress.job.unwrap_or(JobRecord {
-        job: jd.job.to_string(),
-        status: JobStatus::Running,
-        workers: cfg.workers,
-        examples: cfg.examples,
-        rounds_per_epoch: cfg.rounds_per_epoch,
-        total_rounds: cfg.total_rounds,
-        started_ms: 0,
-        rounds_done: None,
-        finished_ms: None,
-        reason: None,
-        eval: None,
-    });
-    let reason = summary["reason"].as_str().unwrap_or(reason).to_string();
-    record.status = if reason == "stop request" { JobStatus::Stopped } else { JobStatus::Finished };
+    let mut record = progress.job.unwrap_or_else(|| job_record(cfg, 0));
+    record.status = serde_json::from_value(summary["status"].clone()).unwrap_or(status);
     record.rounds_done = summary["rounds"].as_u64();
     record.finished_ms = summary["finished_ms"].as_u64();
     record.eval = serde_json::from_value(summary["eval"].clone()).ok().flatten();
-    record.reason = Some(reason);
+    record.reason = Some(summary["reason"].as_str().unwrap_or(reason).to_string());
     svc.progress.put_job(&jd.job, &record).await
 }
 

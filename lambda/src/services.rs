@@ -14,7 +14,7 @@ use lml_kernel::Vgg19;
 
 use crate::error::{ProtocolError, Result};
 use crate::event::Event;
-use crate::spec::{relative_path, DataSpec};
+use crate::spec::{relative_path, resolve_inside, DataSpec};
 
 /// Sends an event to the function asynchronously (Lambda's `Event` invocation
 /// type): returns once the event is accepted, not when it has run. Delivery
@@ -308,26 +308,12 @@ impl DataPaths {
     /// is returned as joined, for the open to report it by name.
     fn resolve(&self, field: &'static str) -> Result<Option<PathBuf>> {
         let Some((_, written, joined)) = self.files.iter().find(|(f, _, _)| *f == field) else { return Ok(None) };
-        let root = self.root.canonicalize().map_err(|e| ProtocolError::io(&self.root, e))?;
-        let Ok(resolved) = joined.canonicalize() else { return Ok(Some(joined.clone())) };
-        let outside = |what: &Path| {
-            ProtocolError::spec(
-                field,
-                format!("{written:?} resolves to {}, outside the storage root {}", what.display(), root.display()),
-            )
-        };
-        if !resolved.starts_with(&root) {
-            return Err(outside(&resolved));
-        }
+        let resolved = resolve_inside(&self.root, field, written, joined)?;
         if field == "weights" && resolved.is_dir() {
             // The weight store opens the files inside by name: each must stay inside too.
             for entry in std::fs::read_dir(&resolved).map_err(|e| ProtocolError::io(&resolved, e))? {
                 let entry = entry.map_err(|e| ProtocolError::io(&resolved, e))?;
-                if let Ok(target) = entry.path().canonicalize() {
-                    if !target.starts_with(&root) {
-                        return Err(outside(&target));
-                    }
-                }
+                resolve_inside(&self.root, field, written, &entry.path())?;
             }
         }
         Ok(Some(resolved))

@@ -3,7 +3,9 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use lml_kernel::optim::Sgd;
+use lml_kernel::dataset::{class_count, read_class_list, read_labels, CLASS_LIST, MAX_CLASSES};
+use lml_kernel::optim::{LrSchedule, Sgd};
+use lml_kernel::trainer::DEFAULT_EPOCHS;
 use lml_kernel::Cut;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +25,15 @@ pub enum SyncMode {
     /// parameters; combine averages the models (and momentum buffers),
     /// weighted by the examples each worker saw.
     ModelAverage,
+}
+
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMode::GradientSum => "gradient-sum",
+            SyncMode::ModelAverage => "model-average",
+        })
+    }
 }
 
 /// Where a job's examples come from, paths relative to the storage root.
@@ -125,9 +136,33 @@ pub(crate) fn relative_path(field: &str, p: &str) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
+/// `joined` (the spec's `written` path under `root`) with every symbolic
+/// link resolved, refused if that leaves the storage root. A path that does
+/// not resolve (a missing file) is returned as joined, for the open to report
+/// it by name.
+///
+/// # Errors
+/// [`ProtocolError::BadSpec`] naming `field`, the path as written, where it
+/// resolves and the root; an I/O error if the root itself cannot be resolved.
+pub(crate) fn resolve_inside(root: &Path, field: &str, written: &str, joined: &Path) -> Result<PathBuf> {
+    let root = root.canonicalize().map_err(|e| ProtocolError::io(root, e))?;
+    let Ok(resolved) = joined.canonicalize() else { return Ok(joined.to_path_buf()) };
+    if !resolved.starts_with(&root) {
+        return Err(ProtocolError::spec(
+            field,
+            format!("{written:?} resolves to {}, outside the storage root {}", resolved.display(), root.display()),
+        ));
+    }
+    Ok(resolved)
+}
+
 /// What a job does: data, schedule, optimiser, synchronisation, time budget.
 /// Every field has a default, so `{}` is a valid spec (cached features at
-/// `features/train_features.npy`, one epoch, batch 64 per worker, gradient sum).
+/// `features/train_features.npy`, 10 epochs, batch 64 per worker, gradient
+/// sum, standardised features, SGD with the kernel's defaults
+/// ([`Sgd::default`]: lr 3, momentum 0.9, weight decay 5e-4) under a cosine
+/// schedule over the job's rounds). [`JobSpec::default`] is the one source of
+/// these defaults: `lml train`'s flags take theirs from it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobSpec {
@@ -135,7 +170,9 @@ pub struct JobSpec {
     pub data: DataSpec,
     /// Held-out examples, evaluated after rounds (see `eval_every`).
     pub eval: Option<DataSpec>,
-    /// Classes of the head; default: largest training label + 1.
+    /// Classes of the head; default: the length of the class list
+    /// (`classes.txt` beside the training labels) if there is one, else the
+    /// largest training or held-out label + 1.
     pub classes: Option<usize>,
     /// Epochs to train (ignored when `rounds` is set).
     pub epochs: u64,
@@ -150,10 +187,17 @@ pub struct JobSpec {
     pub sync: SyncMode,
     /// SGD steps per worker per round in model averaging (must be 1 for gradient sum).
     pub local_steps: usize,
+    /// Base learning rate (of standardised features; see [`Sgd::default`]).
     pub lr: f32,
     pub momentum: f32,
+    /// L2 regularisation of the head.
     pub weight_decay: f32,
-    /// Seed of the head's initialisation and of the example order.
+    /// How the learning rate changes over the job's rounds.
+    pub schedule: LrSchedule,
+    /// Train on standardised features (per-feature mean and scale computed
+    /// by start over the training data, see [`lml_kernel::standardize`]).
+    pub standardize: bool,
+    /// Seed of the example order.
     pub seed: u64,
     /// Stop once a round's loss (held-out if evaluated, else training) is at or below this.
     pub target_loss: Option<f64>,
@@ -171,19 +215,22 @@ pub struct JobSpec {
 
 impl Default for JobSpec {
     fn default() -> Self {
+        let sgd = Sgd::default();
         JobSpec {
             data: DataSpec::default(),
             eval: None,
             classes: None,
-            epochs: 1,
+            epochs: DEFAULT_EPOCHS,
             rounds: None,
             batch: 64,
             micro_batch: 32,
             sync: SyncMode::GradientSum,
             local_steps: 1,
-            lr: 0.01,
-            momentum: 0.9,
-            weight_decay: 0.0,
+            lr: sgd.lr,
+            momentum: sgd.momentum,
+            weight_decay: sgd.weight_decay,
+            schedule: LrSchedule::default(),
+            standardize: true,
             seed: 1,
             target_loss: None,
             time_limit_ms: 900_000,
@@ -245,8 +292,8 @@ impl JobSpec {
             return Err(ProtocolError::spec("eval_examples", "must be positive when set"));
         }
         if let Some(c) = self.classes {
-            if c == 0 || c > 100_000 {
-                return Err(ProtocolError::spec("classes", format!("{c} is outside 1..=100000")));
+            if c == 0 || c > MAX_CLASSES {
+                return Err(ProtocolError::spec("classes", format!("{c} is outside 1..={MAX_CLASSES}")));
             }
         }
         if let Some(t) = self.target_loss {
@@ -267,8 +314,14 @@ impl JobSpec {
     }
 }
 
-/// Version tag of `config.json`.
-pub const CONFIG_FORMAT: &str = "lml-job/1";
+/// Version tag of `config.json`. Version 2: jobs start from a zero head,
+/// may standardise features (`stats/`) and follow a learning-rate schedule;
+/// a version-1 job would resume under other rules, so it is refused.
+pub const CONFIG_FORMAT: &str = "lml-job/2";
+
+/// Most rounds a job may have. At tens of rounds per second this is weeks;
+/// more is a mistake (e.g. `epochs` 2⁶³), refused before anything is written.
+pub const MAX_ROUNDS: u64 = 100_000_000;
 
 /// A job as start resolved it: the spec plus facts from the data. Written once
 /// to `config.json`; every role reads it.
@@ -285,31 +338,82 @@ pub struct JobConfig {
     pub feature_dim: usize,
     /// Head classes.
     pub classes: usize,
+    /// Names of the classes (from the class list), empty if the data has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
     /// Rounds per pass over the data: `ceil(examples / (workers · batch · local_steps))`.
     pub rounds_per_epoch: u64,
     /// Rounds the job runs unless stopped earlier.
     pub total_rounds: u64,
 }
 
+/// The classes of a job's data: how many, and their names if there is a class list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Classes {
+    pub count: usize,
+    pub names: Vec<String>,
+}
+
+/// `rounds_per_epoch` and `total_rounds` for `examples` examples, by
+/// checked arithmetic: every product of sizes from a spec or an event is
+/// checked, and an error names the field and its value.
+fn round_counts(workers: usize, spec: &JobSpec, examples: usize) -> Result<(u64, u64)> {
+    if examples == 0 {
+        return Err(ProtocolError::spec("data", "has no examples"));
+    }
+    if workers == 0 {
+        return Err(ProtocolError::spec("workers", "must be positive"));
+    }
+    let per_round =
+        workers.checked_mul(spec.batch).and_then(|p| p.checked_mul(spec.local_steps)).filter(|&p| p > 0).ok_or_else(
+            || {
+                ProtocolError::spec(
+                    "batch",
+                    format!(
+                        "{} × {workers} workers × {} local steps does not fit a round (overflows)",
+                        spec.batch, spec.local_steps
+                    ),
+                )
+            },
+        )?;
+    let rounds_per_epoch = examples.div_ceil(per_round) as u64;
+    let total_rounds = match spec.rounds {
+        Some(r) => (r, "rounds", r.to_string()),
+        None => match spec.epochs.checked_mul(rounds_per_epoch) {
+            Some(t) => (t, "epochs", format!("{} (× {rounds_per_epoch} rounds per epoch = {t} rounds)", spec.epochs)),
+            None => {
+                return Err(ProtocolError::spec(
+                    "epochs",
+                    format!("{} × {rounds_per_epoch} rounds per epoch overflows", spec.epochs),
+                ))
+            }
+        },
+    };
+    match total_rounds {
+        (0, field, v) => Err(ProtocolError::spec(field, format!("{v}: a job needs at least one round"))),
+        (t, field, v) if t > MAX_ROUNDS => {
+            Err(ProtocolError::spec(field, format!("{v} is more than the {MAX_ROUNDS} rounds a job may have")))
+        }
+        (t, _, _) => Ok((rounds_per_epoch, t)),
+    }
+}
+
 impl JobConfig {
     /// Resolves `spec` for `workers` workers over data of `examples` × `feature_dim`.
     ///
     /// # Errors
-    /// [`ProtocolError::BadSpec`] if there are no examples.
+    /// [`ProtocolError::BadSpec`] naming the field if there are no examples,
+    /// a round's size (`workers × batch × local_steps`) overflows, or the job
+    /// would have no round or more than [`MAX_ROUNDS`].
     pub fn resolve(
         job: &JobId,
         workers: usize,
         spec: JobSpec,
         examples: usize,
         feature_dim: usize,
-        classes: usize,
+        classes: Classes,
     ) -> Result<Self> {
-        if examples == 0 {
-            return Err(ProtocolError::spec("data", "has no examples"));
-        }
-        let per_round = (workers * spec.batch * spec.local_steps) as u64;
-        let rounds_per_epoch = (examples as u64).div_ceil(per_round);
-        let total_rounds = spec.rounds.unwrap_or(spec.epochs * rounds_per_epoch);
+        let (rounds_per_epoch, total_rounds) = round_counts(workers, &spec, examples)?;
         Ok(JobConfig {
             format: CONFIG_FORMAT.into(),
             job: job.to_string(),
@@ -317,13 +421,48 @@ impl JobConfig {
             spec,
             examples,
             feature_dim,
-            classes,
+            classes: classes.count,
+            class_names: classes.names,
             rounds_per_epoch,
             total_rounds,
         })
     }
 
-    /// Examples one round covers across all workers.
+    /// Checks a config read back from a file: the spec's ranges, and that the
+    /// derived counts are what [`resolve`](Self::resolve) computes (so no
+    /// size from the file can overflow later).
+    ///
+    /// # Errors
+    /// [`ProtocolError::BadSpec`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        self.spec.validate()?;
+        let (rpe, total) = round_counts(self.workers, &self.spec, self.examples)?;
+        if (rpe, total) != (self.rounds_per_epoch, self.total_rounds) {
+            return Err(ProtocolError::spec(
+                "rounds_per_epoch/total_rounds",
+                format!(
+                    "{}/{} disagree with the spec and data ({rpe}/{total})",
+                    self.rounds_per_epoch, self.total_rounds
+                ),
+            ));
+        }
+        if self.classes == 0 || self.classes > MAX_CLASSES {
+            return Err(ProtocolError::spec("classes", format!("{} is outside 1..={MAX_CLASSES}", self.classes)));
+        }
+        if !self.class_names.is_empty() && self.class_names.len() != self.classes {
+            return Err(ProtocolError::spec(
+                "class_names",
+                format!("{} names for {} classes", self.class_names.len(), self.classes),
+            ));
+        }
+        if self.feature_dim == 0 {
+            return Err(ProtocolError::spec("feature_dim", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Examples one round covers across all workers (fits: checked by
+    /// [`resolve`](Self::resolve) and [`validate`](Self::validate)).
     pub fn round_examples(&self) -> usize {
         self.workers * self.spec.batch * self.spec.local_steps
     }
@@ -331,6 +470,12 @@ impl JobConfig {
     /// The epoch of round `k`.
     pub fn epoch_of(&self, round: u64) -> u64 {
         round / self.rounds_per_epoch
+    }
+
+    /// The SGD settings of round `k`: the spec's, with the learning rate of
+    /// round `k` of `total_rounds` under the spec's schedule.
+    pub fn sgd_at(&self, round: u64) -> Sgd {
+        self.spec.sgd().at_step(self.spec.schedule, round, self.total_rounds)
     }
 
     /// Example indices worker `w` trains on in round `k`.
@@ -344,11 +489,13 @@ impl JobConfig {
     /// [`lml_kernel::trainer::Trainer`] takes with batch `workers × batch`.
     pub fn worker_slice(&self, round: u64, worker: usize) -> Vec<usize> {
         let order = lml_kernel::trainer::epoch_order(self.examples, self.spec.seed, self.epoch_of(round));
+        // (k mod rounds_per_epoch) · round_examples < examples: no overflow.
         let start = (round % self.rounds_per_epoch) as usize * self.round_examples();
         let per_worker = self.spec.batch * self.spec.local_steps;
-        let lo = (start + worker * per_worker).min(self.examples);
-        let hi = (start + (worker + 1) * per_worker).min(self.examples).min(start + self.round_examples());
-        order[lo..hi.max(lo)].to_vec()
+        let end = start.saturating_add(self.round_examples()).min(self.examples);
+        let lo = start.saturating_add(worker.saturating_mul(per_worker)).min(end);
+        let hi = lo.saturating_add(per_worker).min(end);
+        order[lo..hi].to_vec()
     }
 
     /// Whether the combine of round `k` (producing parameters `k + 1`) evaluates.
@@ -364,6 +511,67 @@ impl JobConfig {
     }
 }
 
+/// The classes of `spec`'s data under `root`, every label file checked
+/// before anything is written.
+///
+/// The class list is `classes.txt` beside the training labels (or, failing
+/// that, beside the held-out labels; if both exist they must agree). The
+/// count is `spec.classes` if given (it must agree with a class list), else
+/// the class list's length, else the largest label of the training *and*
+/// held-out data + 1, so a held-out class the training split lacks still has
+/// a row in the head. Every label must be below the count, or below
+/// [`MAX_CLASSES`] when the count is derived from the labels.
+///
+/// # Errors
+/// Kernel errors naming the file (and the position and value of a bad
+/// label); [`ProtocolError::BadSpec`] if the class lists or `classes` disagree.
+pub fn resolve_classes(root: &Path, spec: &JobSpec) -> Result<Classes> {
+    // Every file read here is resolved under the root first, as the sources
+    // are: the label files and the class lists beside them.
+    let mut written = vec![("data.labels", spec.data.labels.as_str())];
+    if let Some(e) = &spec.eval {
+        written.push(("eval.labels", e.labels.as_str()));
+    }
+    let mut label_files = Vec::new();
+    let mut list: Option<(PathBuf, Vec<String>)> = None;
+    for (field, labels) in written {
+        let rel = relative_path(field, labels)?;
+        label_files.push((field, resolve_inside(root, field, labels, &root.join(&rel))?));
+        let beside = rel.with_file_name(CLASS_LIST);
+        let path = resolve_inside(root, field, &beside.to_string_lossy(), &root.join(&beside))?;
+        let Some(names) = read_class_list(&path)? else { continue };
+        match &list {
+            Some((first, n)) if *n != names => {
+                return Err(ProtocolError::spec(field, format!("{} differs from {}", path.display(), first.display())))
+            }
+            Some(_) => {}
+            None => list = Some((path, names)),
+        }
+    }
+    let labels = label_files
+        .iter()
+        .map(|(_, path)| read_labels(path).map(|l| (path.clone(), l)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let files: Vec<(&Path, &[u32])> = labels.iter().map(|(p, l)| (p.as_path(), l.as_slice())).collect();
+    let names = list.as_ref().map(|(_, n)| n.as_slice());
+    let count = match (spec.classes, names) {
+        (Some(c), Some(n)) if c != n.len() => {
+            return Err(ProtocolError::spec(
+                "classes",
+                format!("{c}, but the class list {} names {}", list.as_ref().expect("some").0.display(), n.len()),
+            ))
+        }
+        (Some(c), _) => {
+            for (path, l) in &files {
+                lml_kernel::dataset::check_labels(path, l, c, &format!("the spec says classes = {c}"))?;
+            }
+            c
+        }
+        (None, names) => class_count(&files, names)?,
+    };
+    Ok(Classes { count, names: list.map(|(_, n)| n).unwrap_or_default() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,7 +584,7 @@ mod tests {
         for (n, workers, batch, steps) in [(10, 1, 3, 1), (61, 3, 4, 1), (61, 5, 2, 3), (7, 4, 8, 1), (100, 7, 1, 2)] {
             let sync = if steps > 1 { SyncMode::ModelAverage } else { SyncMode::GradientSum };
             let spec = JobSpec { batch, local_steps: steps, sync, epochs: 2, ..JobSpec::default() };
-            let cfg = JobConfig::resolve(&job, workers, spec, n, 4, 2).unwrap();
+            let cfg = JobConfig::resolve(&job, workers, spec, n, 4, Classes { count: 2, names: vec![] }).unwrap();
             for epoch in 0..2 {
                 let mut seen = vec![0; n];
                 for k in epoch * cfg.rounds_per_epoch..(epoch + 1) * cfg.rounds_per_epoch {
@@ -389,5 +597,48 @@ mod tests {
                 assert!(seen.iter().all(|&c| c == 1), "n {n} workers {workers}: {seen:?}");
             }
         }
+    }
+
+    /// The cases: sizes whose products overflow are errors naming
+    /// the field and the value, never a division by zero, a wrapped round
+    /// size or a job of zero rounds.
+    #[test]
+    fn sizes_are_combined_by_checked_arithmetic() {
+        let job = JobId::new("t").unwrap();
+        let classes = || Classes { count: 2, names: vec![] };
+        let with = |f: &dyn Fn(&mut JobSpec)| {
+            let mut s = JobSpec::default();
+            f(&mut s);
+            s
+        };
+        let err = |workers, spec| JobConfig::resolve(&job, workers, spec, 100, 4, classes()).unwrap_err().to_string();
+        let e = err(2, with(&|s| s.batch = 1 << 63));
+        assert!(e.contains("batch: 9223372036854775808 × 2 workers"), "{e}");
+        let e = err(4, with(&|s| s.batch = (1 << 62) + 1));
+        assert!(e.contains("batch: 4611686018427387905 × 4 workers"), "{e}");
+        let e = err(4, with(&|s| s.epochs = 1 << 63));
+        assert!(e.contains("epochs: 9223372036854775808") && e.contains("more than"), "{e}");
+        let e = err(
+            1,
+            with(&|s| {
+                s.batch = 1;
+                s.epochs = 1 << 63
+            }),
+        );
+        assert!(e.contains("epochs: 9223372036854775808 × 100 rounds per epoch overflows"), "{e}");
+        assert!(err(0, JobSpec::default()).contains("workers"));
+        // A batch larger than the data: one round per epoch, workers past the data get nothing.
+        let cfg = JobConfig::resolve(&job, 4, with(&|s| s.batch = 1 << 40), 100, 4, classes()).unwrap();
+        assert_eq!((cfg.rounds_per_epoch, cfg.total_rounds), (1, JobSpec::default().epochs));
+        assert_eq!(cfg.worker_slice(0, 0).len(), 100);
+        assert!(cfg.worker_slice(0, 3).is_empty());
+        // A config file whose counts do not follow from its spec is refused.
+        cfg.validate().unwrap();
+        let mut bad = cfg.clone();
+        bad.total_rounds = 0;
+        assert!(bad.validate().unwrap_err().to_string().contains("total_rounds"));
+        let mut bad = cfg;
+        bad.class_names = vec!["a".into()];
+        assert!(bad.validate().unwrap_err().to_string().contains("class_names"));
     }
 }

@@ -68,6 +68,15 @@ async fn bad_events_are_rejected_and_write_nothing() {
             "nope.npy",
         ),
         (json!({"start": true, "workers": 2, "spec": {"classes": 2}}), "label 2"),
+        // Sizes whose products overflow: the field and the value are named.
+        (json!({"start": true, "workers": 2, "spec": {"batch": 1u64 << 63}}), "batch: 9223372036854775808 × 2 workers"),
+        (json!({"start": true, "workers": 4, "spec": {"batch": (1u64 << 62) + 1}}), "batch: 4611686018427387905 × 4"),
+        (
+            json!({"start": true, "workers": 2, "spec": {"batch": 3, "epochs": 1u64 << 63}}),
+            "epochs: 9223372036854775808 × 4 rounds per epoch overflows",
+        ),
+        (json!({"start": true, "workers": 2, "spec": {"epochs": 1u64 << 40}}), "epochs: 1099511627776"),
+        (json!({"start": true, "workers": 2, "spec": {"rounds": 1u64 << 40}}), "rounds: 1099511627776 is more than"),
         (json!({"start": true, "workers": 2, "spec": {"safety_ms": 900000}}), "safety_ms"),
         (json!({"workerno": 4, "workers": 4}), "workerno: 4 must be < workers (4)"),
         (json!({"workerno": -1, "workers": 4}), "invalid value"),
@@ -118,16 +127,16 @@ async fn events_that_contradict_the_job_are_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_job_folders_are_reported_and_left_alone() {
     type Damage = fn(&JobDir);
-    let damages: [(&str, Damage, Value, &str); 6] = [
+    let damages: [(&str, Damage, Value, &str); 8] = [
         ("config truncated", |jd| truncate(&jd.config()), worker0(), "config.json: malformed"),
         (
             "config of another format",
             |jd| {
-                let t = std::fs::read_to_string(jd.config()).unwrap().replace("lml-job/1", "lml-job/9");
+                let t = std::fs::read_to_string(jd.config()).unwrap().replace("lml-job/2", "lml-job/1");
                 std::fs::write(jd.config(), t).unwrap();
             },
             worker0(),
-            "expected \"lml-job/1\"",
+            "format \"lml-job/1\", expected \"lml-job/2\"",
         ),
         (
             "parameters missing",
@@ -146,6 +155,18 @@ async fn bad_job_folders_are_reported_and_left_alone() {
             |jd| std::fs::remove_file(jd.params(0).join("meta.json")).unwrap(),
             worker0(),
             "no meta.json",
+        ),
+        ("feature statistics missing", |jd| std::fs::remove_dir_all(jd.dir.join("stats")).unwrap(), worker0(), "stats"),
+        (
+            "config counts that do not follow from the spec",
+            |jd| {
+                let t = std::fs::read_to_string(jd.config())
+                    .unwrap()
+                    .replace("\"total_rounds\": 40", "\"total_rounds\": 0");
+                std::fs::write(jd.config(), t).unwrap();
+            },
+            worker0(),
+            "rounds_per_epoch/total_rounds: 4/0 disagree",
         ),
         (
             "no parameters at all",
@@ -188,4 +209,83 @@ fn worker0() -> Value {
 fn truncate(path: &std::path::Path) {
     let bytes = std::fs::read(path).unwrap();
     std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+}
+
+/// Label files and class lists are checked before anything is written: an
+/// absurd label, a label outside the class list, lists that disagree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_labels_and_class_lists_are_rejected_before_anything_is_written() {
+    type Setup = fn(&std::path::Path);
+    let eval = json!({"features": "features/test_features.npy", "labels": "features/test_y.npy"});
+    let cases: [(&str, Setup, &str); 6] = [
+        (
+            "a label too large to be a class",
+            |root| {
+                let (x, mut y) = blobs(20, 4, 3, 5);
+                y[7] = 4_000_000_000;
+                write_features(root, "train", &x, &y);
+            },
+            "train_y.npy: label 4000000000 at position 7 is outside 0..100000",
+        ),
+        (
+            "a held-out label outside the class list",
+            |root| {
+                let (x, mut y) = blobs(20, 4, 3, 6);
+                y[3] = 3;
+                write_features(root, "test", &x, &y);
+                std::fs::write(root.join("features/classes.txt"), "a\nb\nc\n").unwrap();
+            },
+            "test_y.npy: label 3 at position 3 is outside 0..3 (the class list names 3 classes)",
+        ),
+        (
+            "a class list naming a class twice",
+            |root| std::fs::write(root.join("features/classes.txt"), "a\nb\na\n").unwrap(),
+            "classes.txt line 3: class \"a\" is listed twice",
+        ),
+        (
+            "class lists that disagree",
+            |root| {
+                std::fs::create_dir_all(root.join("held-out")).unwrap();
+                std::fs::write(root.join("features/classes.txt"), "a\nb\nc\n").unwrap();
+                std::fs::write(root.join("held-out/classes.txt"), "a\nb\nd\n").unwrap();
+                let (x, y) = blobs(20, 4, 3, 7);
+                lml_kernel::npy::write_npy_atomic(root.join("held-out/test_features.npy"), &x).unwrap();
+                lml_kernel::npy::write_npy_atomic(root.join("held-out/test_y.npy"), &y).unwrap();
+            },
+            "eval.labels: ",
+        ),
+        (
+            "spec classes against the class list",
+            |root| std::fs::write(root.join("features/classes.txt"), "a\nb\nc\nd\n").unwrap(),
+            "classes: 3, but the class list",
+        ),
+        (
+            "a held-out label outside the spec's classes",
+            |root| {
+                let (x, mut y) = blobs(20, 4, 3, 8);
+                y[11] = 5;
+                write_features(root, "test", &x, &y);
+            },
+            "test_y.npy: label 5 at position 11 is outside 0..3 (the spec says classes = 3)",
+        ),
+    ];
+    for (what, setup, needle) in cases {
+        let dir = root_with_data();
+        let (x, y) = blobs(20, 4, 3, 9);
+        write_features(dir.path(), "test", &x, &y);
+        setup(dir.path());
+        let (svc, rec) = manual(dir.path());
+        let mut s = spec("train", json!({}));
+        s["eval"] = if what == "class lists that disagree" {
+            json!({"features": "held-out/test_features.npy", "labels": "held-out/test_y.npy"})
+        } else {
+            eval.clone()
+        };
+        if what.contains("spec") {
+            s["classes"] = json!(3);
+        }
+        let err = expect_error(&svc, json!({"start": true, "workers": 2, "spec": s}), needle).await;
+        assert!(!err.is_retryable(), "{what}: {err}");
+        assert!(rec.events().is_empty(), "{what}: nothing invoked");
+    }
 }

@@ -10,7 +10,7 @@ use common::*;
 use lml_lambda::aws::emulator::Moto;
 use lml_lambda::event::JobId;
 use lml_lambda::layout::Claim;
-use lml_lambda::progress::{JobStatus, LocalProgress, ProgressStore, RoundRecord, Score, WorkerRecord};
+use lml_lambda::progress::{JobRecord, JobStatus, LocalProgress, ProgressStore, RoundRecord, Score, WorkerRecord};
 use lml_lambda::services::SystemClock;
 use lml_lambda::LocalRuntime;
 use serde_json::json;
@@ -69,6 +69,25 @@ async fn conditional_puts_sets_and_claims_hold_against_dynamodb() {
     assert_eq!(p.workers[&(0, 3)], w);
     assert_eq!(p.done[&0].iter().copied().collect::<Vec<_>>(), vec![1, 3]);
     assert!(store.load(&JobId::new("other").unwrap()).await.unwrap().rounds.is_empty());
+
+    // A failed job's record (status, reason, classes and their names) round-trips.
+    let failed = JobRecord {
+        job: "j".into(),
+        status: JobStatus::Failed,
+        workers: 4,
+        examples: 100,
+        rounds_per_epoch: 1,
+        total_rounds: 10,
+        started_ms: 1,
+        rounds_done: Some(3),
+        finished_ms: Some(2),
+        reason: Some("diverged: training loss became NaN at round 2 with lr 3: lower the learning rate".into()),
+        eval: None,
+        classes: 3,
+        class_names: vec!["cat".into(), "dog".into(), "bird".into()],
+    };
+    store.put_job(&job, &failed).await.unwrap();
+    assert_eq!(store.load(&job).await.unwrap().job, Some(failed));
 }
 
 /// The same job with progress in DynamoDB and in local files: the same

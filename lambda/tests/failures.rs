@@ -228,6 +228,20 @@ async fn data_paths_that_resolve_outside_the_root_are_refused() {
         assert!(snapshot(dir.path()) == before, "a refused start changed the root");
     }
 
+    // The class list beside the labels is read at start too: a link out of
+    // the root there is refused the same way.
+    std::fs::create_dir(dir.path().join("listed")).unwrap();
+    std::fs::write(outside.path().join("classes.txt"), "a\nb\nc\n").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("classes.txt"), dir.path().join("listed/classes.txt")).unwrap();
+    std::fs::copy(dir.path().join("features/train_y.npy"), dir.path().join("listed/train_y.npy")).unwrap();
+    let before = snapshot(dir.path());
+    let data = json!({"features": "features/train_features.npy", "labels": "listed/train_y.npy"});
+    let start = json!({"start": true, "workers": 2, "job": "j", "spec": {"data": data, "batch": 3}});
+    let msg = handle(&svc, &start, &Invocation::default()).await.unwrap_err().to_string();
+    let target = out.join("classes.txt");
+    assert!(msg.contains(&format!("\"listed/classes.txt\" resolves to {}", target.display())), "{msg}");
+    assert!(snapshot(dir.path()) == before, "a refused start changed the root");
+
     let data = json!({"features": "inside.npy", "labels": "features/train_y.npy"});
     let start = json!({"start": true, "workers": 2, "job": "j", "spec": {"data": data, "batch": 3}});
     handle(&svc, &start, &Invocation::default()).await.unwrap();

@@ -4,23 +4,24 @@ mod common;
 
 use common::*;
 use lml_kernel::approx::{assert_close, Approximation};
-use lml_kernel::optim::Sgd;
-use lml_kernel::trainer::{InMemoryFeatures, Trainer};
+use lml_kernel::optim::{LrSchedule, Sgd};
+use lml_kernel::standardize::{FeatureStats, Standardized};
+use lml_kernel::trainer::{FeatureSource, InMemoryFeatures, Trainer};
 use lml_lambda::event::JobId;
 use lml_lambda::progress::{JobStatus, LocalProgress, ProgressStore};
 use lml_lambda::services::{SystemClock, TickClock};
 use lml_lambda::LocalRuntime;
 use serde_json::json;
 
-const SGD: Sgd = Sgd { lr: 0.05, momentum: 0.9, weight_decay: 1e-3 };
-
+/// The job's sizes and seed; every optimiser setting is the default
+/// (standardised features, the kernel's SGD, a cosine schedule).
 fn hyper(batch: usize, epochs: u64) -> serde_json::Value {
-    json!({"batch": batch, "micro_batch": 3, "epochs": epochs, "lr": SGD.lr, "momentum": SGD.momentum,
-           "weight_decay": SGD.weight_decay, "seed": 7})
+    json!({"batch": batch, "micro_batch": 3, "epochs": epochs, "seed": 7})
 }
 
 /// N-worker gradient-sum rounds are large-batch SGD steps: same examples per
-/// step (the round's), same update, only the summation order differs.
+/// step (the round's), same update, the same standardisation and learning
+/// rate schedule; only the summation order differs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gradient_sum_equals_large_batch_sgd() {
     let (x, y) = blobs(61, 12, 3, 1);
@@ -30,9 +31,13 @@ async fn gradient_sum_equals_large_batch_sgd() {
         let rt = LocalRuntime::start(dir.path(), SystemClock, local_config());
         run_job(&rt, "gs", workers, spec("train", hyper(4, 2))).await;
 
-        let mut t = Trainer::new(3, 12, SGD, workers * 4, 7).unwrap();
         let data = InMemoryFeatures { features: x.clone(), labels: y.to_vec() };
         let steps = 2 * 61usize.div_ceil(workers * 4) as u64;
+        let mut t = Trainer::new(3, 12, Sgd::default(), workers * 4, 7)
+            .unwrap()
+            .with_schedule(LrSchedule::default(), steps)
+            .with_stats(FeatureStats::compute_all(&data).unwrap())
+            .unwrap();
         for e in 0..2 {
             t.epoch(&data, e, |_, _| {}).unwrap();
         }
@@ -76,21 +81,25 @@ async fn model_averaging_matches_a_direct_computation() {
         run_job(&rt, "ma", workers, spec("train", h)).await;
         let jd = lml_lambda::layout::JobDir::new(dir.path(), &JobId::new("ma").unwrap());
         let cfg = jd.read_config().unwrap();
+        let stats = FeatureStats::compute_all(&data).unwrap();
+        let standardized = Standardized::new(&data, &stats).unwrap();
 
         // Direct: every round, each worker runs its steps from the shared
-        // start; the next start is the example-weighted mean (f64) of the
-        // local models and momentum buffers.
-        let mut global = lml_lambda::compute::Params::init(3, 6, 7);
+        // start on standardised features with the round's learning rate; the
+        // next start is the example-weighted mean (f64) of the local models
+        // and momentum buffers.
+        let mut global = lml_lambda::compute::Params::init(3, 6);
         for k in 0..cfg.total_rounds {
+            let sgd = Sgd::default().at_step(LrSchedule::Cosine, k, cfg.total_rounds);
             let mut sum: Vec<ndarray::ArrayD<f64>> = Vec::new();
             let mut count = 0usize;
             for w in 0..workers {
                 let slice = cfg.worker_slice(k, w);
                 let mut local = global.clone();
                 for batch in slice.chunks(3) {
-                    let (bx, by) = lml_kernel::trainer::FeatureSource::batch(&data, batch).unwrap();
+                    let (bx, by) = standardized.batch(batch).unwrap();
                     let g = local.head.gradient(bx.view(), &by).unwrap();
-                    local.head.apply(&g, &SGD, &mut local.velocity).unwrap();
+                    local.head.apply(&g, &sgd, &mut local.velocity).unwrap();
                 }
                 let parts = [
                     local.head.weight.view().into_dyn(),
@@ -139,7 +148,7 @@ async fn converges_on_learnable_data() {
         &y.slice(ndarray::s![1000..]).to_owned(),
     );
     let rt = LocalRuntime::start(dir.path(), SystemClock, local_config());
-    let mut s = spec("train", json!({"batch": 25, "micro_batch": 25, "epochs": 5, "lr": 0.1, "momentum": 0.9}));
+    let mut s = spec("train", json!({"batch": 25, "micro_batch": 25, "epochs": 5}));
     s["eval"] = json!({"features": "features/test_features.npy", "labels": "features/test_y.npy"});
     run_job(&rt, "conv", 4, s).await;
     let p = LocalProgress::new(dir.path()).load(&JobId::new("conv").unwrap()).await.unwrap();
@@ -209,4 +218,93 @@ async fn images_through_vgg19_match_cached_features() {
     let (kb, b) = final_params(root, "cached");
     assert_eq!((ka, a.head.weight.dim()), (kb, (3, 512)));
     assert_close("weight", a.head.weight.view(), b.head.weight.mapv(f64::from).view(), Approximation::Close);
+}
+
+/// The held-out split has a class the training split lacks: the head has a
+/// row for it (classes = largest label of both + 1, or the class list's
+/// length), so evaluation and `resume` work, and the names travel with the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_out_class_the_training_split_lacks_is_a_class_of_the_head() {
+    use lml_lambda::services::Invocation;
+    let (x, y) = blobs(240, 8, 9, 11);
+    let (train, test): (Vec<usize>, Vec<usize>) = (0..240).partition(|&i| i < 180 && y[i] != 8);
+    assert!(test.iter().any(|&i| y[i] == 8) && train.iter().all(|&i| y[i] < 8));
+    let pick = |idx: &[usize]| (x.select(ndarray::Axis(0), idx), y.select(ndarray::Axis(0), idx));
+    for class_list in [None, Some(10usize)] {
+        let dir = temp_root();
+        let (tx, ty) = pick(&train);
+        let (ex, ey) = pick(&test);
+        write_features(dir.path(), "train", &tx, &ty);
+        write_features(dir.path(), "test", &ex, &ey);
+        if let Some(n) = class_list {
+            let names: String = (0..n).map(|c| format!("class-{c}\n")).collect();
+            std::fs::write(dir.path().join("features/classes.txt"), names).unwrap();
+        }
+        let mut s = spec("train", json!({"batch": 16, "epochs": 2}));
+        s["eval"] = json!({"features": "features/test_features.npy", "labels": "features/test_y.npy"});
+
+        // Round 0's workers run, then every invocation dies before the combine.
+        let (svc, rec) = manual(dir.path());
+        let start = json!({"start": true, "workers": 2, "job": "j", "spec": s});
+        lml_lambda::handle(&svc, &start, &Invocation::default()).await.unwrap();
+        for e in rec.events() {
+            lml_lambda::handle(&svc, &e.to_json(), &Invocation::default()).await.unwrap();
+        }
+        let jd = lml_lambda::layout::JobDir::new(dir.path(), &JobId::new("j").unwrap());
+        let cfg = jd.read_config().unwrap();
+        assert_eq!(cfg.classes, class_list.unwrap_or(9), "class list {class_list:?}");
+        assert_eq!(cfg.class_names.len(), class_list.unwrap_or(0));
+
+        // Resumed on a runtime, it runs to the end, evaluating at each epoch.
+        let rt = LocalRuntime::start(dir.path(), SystemClock, local_config());
+        rt.invoke_payload(lml_lambda::Event::Resume { job: JobId::new("j").unwrap() }.to_json()).unwrap();
+        rt.idle().await;
+        assert!(rt.dead_letters().is_empty(), "{:?}", rt.dead_letters());
+        let p = LocalProgress::new(dir.path()).load(&JobId::new("j").unwrap()).await.unwrap();
+        let job = p.job.unwrap();
+        assert_eq!(job.status, JobStatus::Finished);
+        assert_eq!(job.classes, cfg.classes);
+        assert_eq!(job.class_names.first().map(String::as_str), class_list.map(|_| "class-0"));
+        let eval = job.eval.expect("evaluated");
+        assert_eq!(eval.examples, test.len());
+        assert_eq!(p.rounds.values().filter(|r| r.eval.is_some()).count(), 2, "one evaluation per epoch");
+    }
+}
+
+/// The failure mode: raw features at ×100 with the old defaults
+/// (lr 0.003, 4 × 32, no weight decay, constant rate) diverge. The job ends
+/// as failed after the first diverged round with a reason that says what to
+/// change; the defaults train the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverging_job_fails_with_a_reason_that_says_what_to_change() {
+    // All-positive like fc7 (a ReLU after a shared offset), ×100.
+    let (x, y) = blobs(400, 64, 10, 12);
+    let x = x.mapv(|v| (v + 1.0).max(0.0) * 100.0);
+    let dir = temp_root();
+    write_features(dir.path(), "train", &x, &y);
+    let rt = LocalRuntime::start(dir.path(), SystemClock, local_config());
+    let old = json!({"batch": 32, "epochs": 3, "lr": 0.003, "weight_decay": 0.0, "schedule": "constant",
+                     "standardize": false});
+    run_job(&rt, "old", 4, spec("train", old)).await;
+    let p = LocalProgress::new(dir.path()).load(&JobId::new("old").unwrap()).await.unwrap();
+    let job = p.job.unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    let reason = job.reason.unwrap();
+    assert!(reason.contains("diverged") && reason.contains("--no-standardize") && reason.contains("--lr"), "{reason}");
+    let failed_at = job.rounds_done.unwrap();
+    assert!(failed_at < job.total_rounds, "ended at round {failed_at} of {}", job.total_rounds);
+    assert!(reason.contains(&format!("at round {}", failed_at - 1)), "{reason}");
+    assert_eq!(p.rounds.len() as u64, failed_at, "no round after the diverged one");
+    let jd = lml_lambda::layout::JobDir::new(dir.path(), &JobId::new("old").unwrap());
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(jd.final_json()).unwrap()).unwrap();
+    assert_eq!(summary["status"], "failed");
+    let out = rt.call(&lml_lambda::Event::Resume { job: JobId::new("old").unwrap() }.to_json()).await.unwrap();
+    assert!(matches!(out, lml_lambda::Outcome::Skipped(_)), "{out:?}");
+
+    run_job(&rt, "new", 4, spec("train", json!({"batch": 32, "epochs": 3}))).await;
+    let p = LocalProgress::new(dir.path()).load(&JobId::new("new").unwrap()).await.unwrap();
+    let job = p.job.unwrap();
+    assert_eq!(job.status, JobStatus::Finished, "{:?}", job.reason);
+    let last = p.rounds.values().last().unwrap().train;
+    assert!(last.loss < 1.0, "the defaults train the same data: last loss {}", last.loss);
 }

@@ -41,6 +41,13 @@ pub const ARCHIVE_DIR: &str = "cifar-10-batches-bin";
 pub const PYTHON_DIR: &str = "cifar-10-batches-py";
 /// Number of classes.
 pub const CLASSES: u8 = 10;
+/// The most bytes a python batch may take per record: 3,072 pixels, the
+/// label, the file name and their opcodes (the official batches take
+/// about 3,104). Bounds what is read into memory for one member.
+pub const PYTHON_BYTES_PER_RECORD: u64 = 4096;
+/// Bytes a python batch may hold besides its records, and the most a meta
+/// member (`batches.meta`, `batches.meta.txt`, ~160 bytes officially) may hold.
+pub const MEMBER_OVERHEAD: u64 = 1 << 20;
 
 /// What can go wrong reading CIFAR-10.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +74,10 @@ pub enum CifarError {
     Pickle { input: PathBuf, member: String, reason: String },
     #[error("{} already exists (use --force to replace it)", .0.display())]
     Exists(PathBuf),
+    #[error("{}: member {member} is larger than the {limit} bytes a batch of its records can take", input.display())]
+    TooLarge { input: PathBuf, member: String, limit: u64 },
+    #[error("records_per_batch = {value}: {reason}")]
+    RecordsPerBatch { value: usize, reason: String },
 }
 
 type Result<T> = std::result::Result<T, CifarError>;
@@ -112,23 +123,36 @@ impl Source {
             }
             Source::Archive(path) => {
                 let file = File::open(path).map_err(io)?;
-                let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
-                for entry in archive.entries().map_err(io)? {
-                    let mut entry = entry.map_err(io)?;
-                    let entry_path = entry.path().map_err(io)?.to_string_lossy().into_owned();
-                    let entry_path = entry_path.trim_start_matches("./");
-                    if entry_path == name
-                        || entry_path == format!("{ARCHIVE_DIR}/{name}")
-                        || entry_path == format!("{PYTHON_DIR}/{name}")
-                    {
-                        let size = entry.header().size().map_err(io)?;
-                        return f(&mut entry, size);
-                    }
-                }
-                Err(missing())
+                let archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+                member_in_tar(path, archive, name, f)
             }
         }
     }
+}
+
+/// Calls `f(reader, size)` on the first member of the tar stream `archive`
+/// (named `path` in errors) called `name`, at the top or under one of the
+/// two archive folders.
+pub(crate) fn member_in_tar<R: Read, T>(
+    path: &Path,
+    mut archive: tar::Archive<R>,
+    name: &str,
+    f: impl FnOnce(&mut dyn Read, u64) -> Result<T>,
+) -> Result<T> {
+    let io = |source| CifarError::Io { path: path.to_path_buf(), source };
+    for entry in archive.entries().map_err(io)? {
+        let mut entry = entry.map_err(io)?;
+        let entry_path = entry.path().map_err(io)?.to_string_lossy().into_owned();
+        let entry_path = entry_path.trim_start_matches("./");
+        if entry_path == name
+            || entry_path == format!("{ARCHIVE_DIR}/{name}")
+            || entry_path == format!("{PYTHON_DIR}/{name}")
+        {
+            let size = entry.header().size().map_err(io)?;
+            return f(&mut entry, size);
+        }
+    }
+    Err(CifarError::Missing { input: path.to_path_buf(), member: name.to_string() })
 }
 
 /// Which CIFAR-10 distribution the input is.
@@ -149,16 +173,31 @@ impl Format {
     }
 }
 
-/// Reads a whole member (one python batch is ~31 MB), naming where it ended early.
-fn read_member(source: &Source, member: &str, reader: &mut dyn Read, size: u64) -> Result<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(size as usize);
-    reader.read_to_end(&mut bytes).map_err(|e| CifarError::Truncated {
+/// Reads a whole member (one python batch is ~31 MB) of at most `limit`
+/// bytes, naming where it ended early. `size` is what the archive claims,
+/// so it only sizes the buffer up to `limit`.
+pub(crate) fn read_member(
+    source: &Source,
+    member: &str,
+    reader: &mut dyn Read,
+    size: u64,
+    limit: u64,
+) -> Result<Vec<u8>> {
+    let too_large = || CifarError::TooLarge { input: source.path().to_path_buf(), member: member.into(), limit };
+    if size > limit {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).map_err(|_| too_large())?);
+    reader.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| CifarError::Truncated {
         input: source.path().to_path_buf(),
         member: member.into(),
         offset: bytes.len() as u64,
         record: 0,
         reason: e.to_string(),
     })?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
     if (bytes.len() as u64) < size {
         return Err(CifarError::Truncated {
             input: source.path().to_path_buf(),
@@ -174,7 +213,7 @@ fn read_member(source: &Source, member: &str, reader: &mut dyn Read, size: u64) 
 /// Converts one pickled python batch: checks it holds `expected` images of
 /// 3,072 `u8` and as many labels, then writes them like binary records.
 #[allow(clippy::too_many_arguments)]
-fn convert_python_member(
+pub(crate) fn convert_python_member(
     source: &Source,
     member: &str,
     reader: &mut dyn Read,
@@ -185,7 +224,8 @@ fn convert_python_member(
     progress: &mut dyn FnMut(usize),
 ) -> Result<()> {
     let bad = |reason: String| CifarError::Pickle { input: source.path().to_path_buf(), member: member.into(), reason };
-    let bytes = read_member(source, member, reader, size)?;
+    let limit = python_member_limit(expected)?;
+    let bytes = read_member(source, member, reader, size, limit)?;
     let batch = crate::pickle::parse(&bytes).map_err(bad)?;
     let Some(crate::pickle::Value::Array(data)) = batch.get("data") else {
         return Err(bad("no 'data' array".into()));
@@ -195,7 +235,7 @@ fn convert_python_member(
         return Err(bad(format!("'data' is {} {:?}, expected uint8 [N, 3072]", data.descr, data.shape)));
     }
     let n = data.shape[0];
-    if data.data.len() != n * 3072 {
+    if n.checked_mul(3072) != Some(data.data.len()) {
         return Err(bad(format!("'data' holds {} bytes for shape {:?}", data.data.len(), data.shape)));
     }
     let Some(crate::pickle::Value::List(list)) = batch.get("labels") else {
@@ -225,26 +265,14 @@ fn convert_python_member(
 }
 
 /// The class names and the format, from whichever meta member exists.
-fn read_meta(source: &Source, input: &Path) -> Result<(Format, Vec<String>)> {
+pub(crate) fn read_meta(source: &Source, input: &Path) -> Result<(Format, Vec<String>)> {
     let meta = |reason: String| CifarError::Meta { input: input.to_path_buf(), reason };
-    match source.with_member(META_MEMBER, |r, _| {
-        let mut text = String::new();
-        r.read_to_string(&mut text).map_err(|e| meta(format!("{META_MEMBER}: {e}")))?;
-        Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
-    }) {
+    match source.with_member(META_MEMBER, |r, _| read_meta_text(r).map_err(meta)) {
         Ok(names) => Ok((Format::Binary, names)),
         Err(CifarError::Missing { .. }) => {
             let names = source.with_member(PYTHON_META, |r, size| {
-                let bytes = read_member(source, PYTHON_META, r, size)?;
-                let value = crate::pickle::parse(&bytes).map_err(|e| meta(format!("{PYTHON_META}: {e}")))?;
-                match value.get("label_names") {
-                    Some(crate::pickle::Value::List(l)) => Ok(l
-                        .borrow()
-                        .iter()
-                        .filter_map(|v| v.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()))
-                        .collect()),
-                    _ => Err(meta(format!("{PYTHON_META}: no label_names list"))),
-                }
+                let bytes = read_member(source, PYTHON_META, r, size, MEMBER_OVERHEAD)?;
+                parse_meta_pickle(&bytes).map_err(meta)
             });
             match names {
                 Err(CifarError::Missing { .. }) => Err(meta(format!(
@@ -257,12 +285,71 @@ fn read_meta(source: &Source, input: &Path) -> Result<(Format, Vec<String>)> {
     }
 }
 
-/// Number of records in a member of `size` bytes.
-fn records_in(source: &Source, member: &str, size: u64) -> Result<usize> {
-    if !size.is_multiple_of(RECORD as u64) {
-        return Err(CifarError::Size { input: source.path().to_path_buf(), member: member.into(), size });
+/// Checks a records-per-batch count (`--records-per-batch`): at least 1, and
+/// small enough that every size derived from it — six members of records
+/// of up to [`PYTHON_BYTES_PER_RECORD`] bytes — is representable. A count
+/// the archive does not hold is found member by member
+/// ([`CifarError::Count`]); nothing is allocated by the count alone.
+///
+/// # Errors
+/// [`CifarError::RecordsPerBatch`] naming the value.
+pub fn check_records_per_batch(n: usize) -> Result<usize> {
+    let bad = |reason: String| CifarError::RecordsPerBatch { value: n, reason };
+    if n == 0 {
+        return Err(bad("must be at least 1".into()));
     }
-    Ok((size / RECORD as u64) as usize)
+    let members = TRAIN_MEMBERS.len() as u64 + 1;
+    let bytes = (n as u64)
+        .checked_mul(members)
+        .and_then(|r| r.checked_mul(PYTHON_BYTES_PER_RECORD))
+        .and_then(|b| b.checked_add(MEMBER_OVERHEAD))
+        .filter(|&b| usize::try_from(b).is_ok());
+    if bytes.is_none() {
+        return Err(bad(format!(
+            "too large: {members} batches of that many records of up to {PYTHON_BYTES_PER_RECORD} bytes overflow"
+        )));
+    }
+    Ok(n)
+}
+
+/// The most bytes a python batch of `records` records may take.
+fn python_member_limit(records: usize) -> Result<u64> {
+    (records as u64)
+        .checked_mul(PYTHON_BYTES_PER_RECORD)
+        .and_then(|b| b.checked_add(MEMBER_OVERHEAD))
+        .ok_or_else(|| CifarError::RecordsPerBatch { value: records, reason: "too large".into() })
+}
+
+/// The class names of `batches.meta.txt`: one per non-blank line.
+pub(crate) fn read_meta_text(r: &mut dyn Read) -> std::result::Result<Vec<String>, String> {
+    let mut text = String::new();
+    r.take(MEMBER_OVERHEAD + 1).read_to_string(&mut text).map_err(|e| format!("{META_MEMBER}: {e}"))?;
+    if text.len() as u64 > MEMBER_OVERHEAD {
+        return Err(format!("{META_MEMBER} is larger than {MEMBER_OVERHEAD} bytes"));
+    }
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+}
+
+/// The class names of `batches.meta`: its `label_names` list of strings.
+pub(crate) fn parse_meta_pickle(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
+    let value = crate::pickle::parse(bytes).map_err(|e| format!("{PYTHON_META}: {e}"))?;
+    match value.get("label_names") {
+        Some(crate::pickle::Value::List(l)) => Ok(l
+            .borrow()
+            .iter()
+            .filter_map(|v| v.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()))
+            .collect()),
+        _ => Err(format!("{PYTHON_META}: no label_names list")),
+    }
+}
+
+/// Number of records in a member of `size` bytes.
+pub(crate) fn records_in(source: &Source, member: &str, size: u64) -> Result<usize> {
+    let bad = || CifarError::Size { input: source.path().to_path_buf(), member: member.into(), size };
+    if !size.is_multiple_of(RECORD as u64) {
+        return Err(bad());
+    }
+    usize::try_from(size / RECORD as u64).map_err(|_| bad())
 }
 
 /// Checks one record's label and writes its planar image as HWC.
@@ -296,7 +383,7 @@ fn put_record(
 
 /// Streams one member's records: images (converted to HWC) to `images`,
 /// labels appended to `labels`. Calls `progress(records)` now and then.
-fn convert_member(
+pub(crate) fn convert_member(
     source: &Source,
     member: &str,
     reader: &mut dyn Read,
@@ -307,7 +394,7 @@ fn convert_member(
 ) -> Result<()> {
     let mut rec = [0u8; RECORD];
     for r in 0..records {
-        let offset = (r * RECORD) as u64;
+        let offset = r as u64 * RECORD as u64;
         if let Err(e) = reader.read_exact(&mut rec) {
             return Err(CifarError::Truncated {
                 input: source.path().to_path_buf(),
@@ -343,8 +430,11 @@ pub struct Prepared {
 ///
 /// # Errors
 /// A [`CifarError`] naming the archive, the member and the byte offset for a
-/// missing, truncated, mis-sized or mislabelled member; nothing is published
-/// for the split being written when it fails.
+/// missing, truncated, mis-sized, oversized or mislabelled member or a bad
+/// pickle, and [`CifarError::RecordsPerBatch`] for a count
+/// [`check_records_per_batch`] refuses. On any error nothing is published and
+/// nothing is left behind: no staging folder, and no `out` folder if this
+/// call created it.
 pub fn prepare(
     input: &Path,
     out: &Path,
@@ -352,8 +442,8 @@ pub fn prepare(
     force: bool,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Prepared> {
+    check_records_per_batch(records_per_batch)?;
     let source = Source::new(input);
-    std::fs::create_dir_all(out).map_err(|e| CifarError::Io { path: out.to_path_buf(), source: e })?;
     let outputs = ["train_x.npy", "train_y.npy", "test_x.npy", "test_y.npy", "classes.txt"].map(|f| out.join(f));
     if !force {
         if let Some(existing) = outputs.iter().find(|p| p.exists()) {
@@ -371,19 +461,48 @@ pub fn prepare(
     }
 
     // Everything is written into a staging folder and moved into place only
-    // when all of it is complete, so a failure publishes nothing at all.
+    // when all of it is complete, so a failure publishes nothing at all; the
+    // guard removes the staging folder, and on failure the folders this call
+    // created, however it returns (an unwinding panic included).
+    let mut cleanup = Cleanup { stage: None, created: missing_dirs(out), succeeded: false };
+    std::fs::create_dir_all(out).map_err(|e| CifarError::Io { path: out.to_path_buf(), source: e })?;
     let stage = out.join(format!(".prepare-cifar10-{}", std::process::id()));
+    cleanup.stage = Some(stage.clone());
     std::fs::create_dir_all(&stage).map_err(|e| CifarError::Io { path: stage.clone(), source: e })?;
-    let result = write_all(&source, format, input, &stage, records_per_batch, &classes, progress);
-    if result.is_ok() {
-        for path in &outputs {
-            let from = stage.join(path.file_name().expect("output names are files"));
-            std::fs::rename(&from, path).map_err(|e| CifarError::Io { path: path.clone(), source: e })?;
+    let (train, test) = write_all(&source, format, input, &stage, records_per_batch, &classes, progress)?;
+    for path in &outputs {
+        let from = stage.join(path.file_name().expect("output names are files"));
+        std::fs::rename(&from, path).map_err(|e| CifarError::Io { path: path.clone(), source: e })?;
+    }
+    cleanup.succeeded = true;
+    Ok(Prepared { train, test, classes })
+}
+
+/// `dir` and those of its ancestors that do not exist yet, deepest first.
+fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
+    dir.ancestors().filter(|d| !d.as_os_str().is_empty()).take_while(|d| !d.exists()).map(Path::to_path_buf).collect()
+}
+
+/// Removes [`prepare`]'s staging folder, and after a failure the (empty)
+/// folders it created, when dropped.
+struct Cleanup {
+    stage: Option<PathBuf>,
+    created: Vec<PathBuf>,
+    succeeded: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(stage) = &self.stage {
+            let _ = std::fs::remove_dir_all(stage);
+        }
+        if !self.succeeded {
+            // remove_dir only removes empty folders: anything else put there stays.
+            for dir in &self.created {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
     }
-    let _ = std::fs::remove_dir_all(&stage);
-    let (train, test) = result?;
-    Ok(Prepared { train, test, classes })
 }
 
 /// Writes the five outputs into `out`; returns the train and test counts.
@@ -399,8 +518,12 @@ fn write_all(
 ) -> Result<(usize, usize)> {
     let mut counts = Vec::new();
     for (split, members) in [("train", &TRAIN_MEMBERS[..]), ("test", &[TEST_MEMBER][..])] {
-        let n = members.len() * records_per_batch;
-        let mut labels = Vec::with_capacity(n);
+        let n = members.len().checked_mul(records_per_batch).ok_or_else(|| CifarError::RecordsPerBatch {
+            value: records_per_batch,
+            reason: format!("{} members of that many records overflow", members.len()),
+        })?;
+        // Grows as records are read: the count is a flag, not data.
+        let mut labels = Vec::new();
         let x_path = out.join(format!("{split}_x.npy"));
         let mut failure: Option<CifarError> = None;
         let published = publish_atomic(&x_path, |w: &mut BufWriter<&File>| {

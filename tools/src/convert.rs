@@ -56,12 +56,13 @@ pub enum ConvertError {
 
 type Result<T> = std::result::Result<T, ConvertError>;
 
+/// One tensor of a safetensors header: offsets relative to the data start.
 #[derive(Clone, Debug)]
-struct Entry {
-    dtype: String,
-    shape: Vec<usize>,
-    begin: u64,
-    end: u64,
+pub(crate) struct Entry {
+    pub(crate) dtype: String,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) begin: u64,
+    pub(crate) end: u64,
 }
 
 /// An open `.safetensors` file with a validated header.
@@ -85,55 +86,12 @@ impl SafeTensors {
     /// Opens `path` and validates its header against the file size.
     ///
     /// # Errors
-    /// [`ConvertError::Header`] for an absurd header length, invalid JSON, or a
-    /// tensor whose offsets disagree with its shape and dtype or run past the
-    /// end of the file (a truncated download).
+    /// As [`parse_safetensors_header`]; I/O errors.
     pub fn open(path: &Path) -> Result<Self> {
         let io = |e| ConvertError::Io { path: path.to_path_buf(), source: e };
-        let bad = |reason: String| ConvertError::Header { path: path.to_path_buf(), reason };
         let mut file = File::open(path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
-        let mut len = [0u8; 8];
-        file.read_exact(&mut len).map_err(|_| bad(format!("file of {file_len} bytes has no 8-byte header length")))?;
-        let n = u64::from_le_bytes(len);
-        if n > 100 << 20 || 8 + n > file_len {
-            return Err(bad(format!("header length {n} does not fit a {file_len}-byte file")));
-        }
-        let mut header = vec![0u8; n as usize];
-        file.read_exact(&mut header).map_err(io)?;
-        let json: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&header).map_err(|e| bad(format!("JSON: {e}")))?;
-        let data_start = 8 + n;
-        let mut entries = BTreeMap::new();
-        for (key, v) in json {
-            if key == "__metadata__" {
-                continue;
-            }
-            let e: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_value(v).map_err(|e| bad(format!("{key}: {e}")))?;
-            let dtype = e.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad(format!("{key}: no dtype")))?;
-            let shape: Vec<usize> = e
-                .get("shape")
-                .and_then(|s| serde_json::from_value(s.clone()).ok())
-                .ok_or_else(|| bad(format!("{key}: no shape")))?;
-            let offsets: [u64; 2] = e
-                .get("data_offsets")
-                .and_then(|s| serde_json::from_value(s.clone()).ok())
-                .ok_or_else(|| bad(format!("{key}: no data_offsets")))?;
-            let [begin, end] = offsets;
-            if end < begin || data_start + end > file_len {
-                return Err(bad(format!(
-                    "{key}: bytes {begin}..{end} after the header run past the end of the {file_len}-byte file (truncated?)"
-                )));
-            }
-            if let Some(size) = dtype_size(dtype) {
-                let want = shape.iter().product::<usize>() as u64 * size;
-                if end - begin != want {
-                    return Err(bad(format!("{key}: {} bytes for {dtype} {shape:?} ({want} expected)", end - begin)));
-                }
-            }
-            entries.insert(key, Entry { dtype: dtype.into(), shape, begin, end });
-        }
+        let (data_start, entries) = parse_safetensors_header(path, file_len, &mut file)?;
         Ok(SafeTensors { path: path.to_path_buf(), file, data_start, entries })
     }
 
@@ -157,25 +115,112 @@ impl SafeTensors {
             tried: key.into(),
         })?;
         if dtype_size(&e.dtype).is_none() {
-            return Err(ConvertError::Tensor {
-                path: self.path.clone(),
-                key: key.into(),
-                reason: format!("dtype {} (expected F32, F16 or BF16)", e.dtype),
-            });
+            return decode_tensor(&self.path, key, &e, &[]);
         }
         let io = |err| ConvertError::Io { path: self.path.clone(), source: err };
+        // Both fit: the header check put begin ≤ end inside the file.
         let mut bytes = vec![0u8; (e.end - e.begin) as usize];
         self.file.seek(SeekFrom::Start(self.data_start + e.begin)).map_err(io)?;
         self.file.read_exact(&mut bytes).map_err(io)?;
-        let values: Vec<f32> = match e.dtype.as_str() {
-            "F32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            "BF16" => {
-                bytes.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect()
-            }
-            _ => bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
-        };
-        Ok(ArrayD::from_shape_vec(IxDyn(&e.shape), values).expect("size checked at open"))
+        decode_tensor(&self.path, key, &e, &bytes)
     }
+}
+
+/// Most bytes a safetensors JSON header may take (real VGG19 headers take ~4 KB).
+pub const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+/// Reads and validates the header of a `.safetensors` file of `file_len`
+/// bytes (named `path` in errors) from `r`, positioned at the file's start.
+/// Returns where the data starts and the tensors by name. Every size in the
+/// header comes from the file and is checked without wrapping: each tensor's
+/// `data_offsets` lie inside the data that follows the header, and match its
+/// `shape` and `dtype`.
+///
+/// # Errors
+/// [`ConvertError::Header`] naming the field and value for an absurd header
+/// length, invalid JSON, a missing field, offsets that run past the end of the
+/// file (a truncated download) or disagree with the shape and dtype, or a shape
+/// whose size overflows.
+pub(crate) fn parse_safetensors_header(
+    path: &Path,
+    file_len: u64,
+    r: &mut dyn Read,
+) -> Result<(u64, BTreeMap<String, Entry>)> {
+    let bad = |reason: String| ConvertError::Header { path: path.to_path_buf(), reason };
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len).map_err(|_| bad(format!("file of {file_len} bytes has no 8-byte header length")))?;
+    let n = u64::from_le_bytes(len);
+    let data_len = file_len.checked_sub(8).and_then(|rest| rest.checked_sub(n));
+    let Some(data_len) = data_len.filter(|_| n <= MAX_HEADER_BYTES) else {
+        return Err(bad(format!(
+            "header length {n} does not fit a {file_len}-byte file (at most {MAX_HEADER_BYTES} bytes)"
+        )));
+    };
+    let mut header = vec![0u8; n as usize];
+    r.read_exact(&mut header).map_err(|e| ConvertError::Io { path: path.to_path_buf(), source: e })?;
+    let json: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("JSON: {e}")))?;
+    let mut entries = BTreeMap::new();
+    for (key, v) in json {
+        if key == "__metadata__" {
+            continue;
+        }
+        let e: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_value(v).map_err(|e| bad(format!("{key}: {e}")))?;
+        let dtype = e.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad(format!("{key}: no dtype")))?;
+        let shape: Vec<usize> = e
+            .get("shape")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .ok_or_else(|| bad(format!("{key}: no shape (a list of sizes)")))?;
+        let [begin, end]: [u64; 2] = e
+            .get("data_offsets")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .ok_or_else(|| bad(format!("{key}: no data_offsets (two byte offsets)")))?;
+        if begin > end || end > data_len {
+            return Err(bad(format!(
+                "{key}: data_offsets [{begin}, {end}] are not inside the {data_len} data bytes after the header \
+                 (truncated?)"
+            )));
+        }
+        if let Some(size) = dtype_size(dtype) {
+            let want = shape
+                .iter()
+                .try_fold(size, |acc, &d| acc.checked_mul(d as u64))
+                .ok_or_else(|| bad(format!("{key}: shape {shape:?} of {dtype} is more than {} bytes", u64::MAX)))?;
+            if end - begin != want {
+                return Err(bad(format!(
+                    "{key}: data_offsets [{begin}, {end}] hold {} bytes; {dtype} {shape:?} needs {want}",
+                    end - begin
+                )));
+            }
+        }
+        entries.insert(key, Entry { dtype: dtype.into(), shape, begin, end });
+    }
+    Ok((8 + n, entries))
+}
+
+/// Decodes tensor `key`'s little-endian bytes (exactly its entry's size, as
+/// [`parse_safetensors_header`] checked) to f32.
+pub(crate) fn decode_tensor(path: &Path, key: &str, e: &Entry, bytes: &[u8]) -> Result<ArrayD<f32>> {
+    let values: Vec<f32> = match e.dtype.as_str() {
+        "F32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        "BF16" => {
+            bytes.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect()
+        }
+        "F16" => bytes.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+        other => {
+            return Err(ConvertError::Tensor {
+                path: path.to_path_buf(),
+                key: key.into(),
+                reason: format!("dtype {other} (expected F32, F16 or BF16)"),
+            })
+        }
+    };
+    ArrayD::from_shape_vec(IxDyn(&e.shape), values).map_err(|err| ConvertError::Tensor {
+        path: path.to_path_buf(),
+        key: key.into(),
+        reason: format!("{} bytes for shape {:?}: {err}", bytes.len(), e.shape),
+    })
 }
 
 /// IEEE half → single (exact: every f16 is an f32).

@@ -8,6 +8,7 @@
 //! {split}_features.npy             f32 [N, D]: the shards concatenated (when all exist)
 //! {split}_y.npy                    the labels, copied
 //! {split}_features.json            what produced them (cut, input size, weights, dims)
+//! classes.txt                      the class names, carried from the images' folder
 //! ```
 //! Shards are independent (`--shard i/n` lets many workers share the work)
 //! and each is published atomically, so an interrupted run is resumed by
@@ -173,7 +174,8 @@ pub fn extract_shard(
 /// shards are missing.
 ///
 /// # Errors
-/// I/O and format errors naming the file.
+/// [`FeatureError::Shard`] for a `count` of 0 (there is nothing to merge,
+/// and an empty cache is not a result); I/O and format errors naming the file.
 pub fn merge(
     out: &Path,
     split: &str,
@@ -181,6 +183,9 @@ pub fn merge(
     labels: &Path,
     note: &serde_json::Value,
 ) -> Result<Option<PathBuf>> {
+    if count == 0 {
+        return Err(FeatureError::Shard { index: 0, count, reason: "the shard count must be at least 1".into() });
+    }
     let paths: Vec<PathBuf> = (0..count).map(|i| shard_path(out, split, i, count)).collect();
     if paths.iter().any(|p| !p.exists()) {
         return Ok(None);
@@ -198,7 +203,10 @@ pub fn merge(
             });
         }
         first.get_or_insert((h.descr.clone(), h.shape[1]));
-        rows += h.shape[0];
+        rows = usize::checked_add(rows, h.shape[0]).ok_or_else(|| FeatureError::Existing {
+            path: m.path().to_path_buf(),
+            reason: format!("{} rows bring the merged row count past {}", h.shape[0], usize::MAX),
+        })?;
     }
     let (descr, dim) = first.unwrap_or_else(|| ("<f4".into(), 0));
     let merged = out.join(format!("{split}_features.npy"));
@@ -217,4 +225,31 @@ pub fn merge(
     let text = serde_json::to_string_pretty(note).expect("json value serialises");
     publish_atomic(&meta, |w| w.write_all(text.as_bytes()))?;
     Ok(Some(merged))
+}
+
+/// Carries the class list (`classes.txt`, from `prepare-cifar10`) from the
+/// images' folder `data` into the cache folder `out`, where training finds
+/// it beside the labels. Nothing to do if `data` has none; an identical copy
+/// is kept.
+///
+/// # Errors
+/// Kernel errors if the list is unreadable or malformed;
+/// [`FeatureError::Existing`] if `out` holds a different class list.
+pub fn carry_class_list(data: &Path, out: &Path) -> Result<bool> {
+    use lml_kernel::dataset::{read_class_list, CLASS_LIST};
+    let (from, to) = (data.join(CLASS_LIST), out.join(CLASS_LIST));
+    let Some(names) = read_class_list(&from)? else { return Ok(false) };
+    match read_class_list(&to)? {
+        Some(existing) if existing == names => return Ok(false),
+        Some(_) => {
+            return Err(FeatureError::Existing {
+                path: to,
+                reason: format!("differs from {} (features of another dataset? delete it)", from.display()),
+            })
+        }
+        None => {}
+    }
+    let text = names.join("\n") + "\n";
+    publish_atomic(&to, |w| w.write_all(text.as_bytes()))?;
+    Ok(true)
 }

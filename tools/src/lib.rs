@@ -5,6 +5,7 @@ pub mod cifar;
 pub mod convert;
 pub mod features;
 pub mod fetch;
+pub mod fuzz;
 pub mod keras;
 pub mod pickle;
 pub mod synth;

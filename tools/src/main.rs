@@ -107,7 +107,7 @@ struct PrepareArgs {
     #[arg(long)]
     out: PathBuf,
     /// Records each .bin must hold (10000 in the official archive).
-    #[arg(long, default_value_t = lml_tools::cifar::OFFICIAL_RECORDS_PER_BATCH)]
+    #[arg(long, default_value_t = lml_tools::cifar::OFFICIAL_RECORDS_PER_BATCH, value_parser = parse_records_per_batch)]
     records_per_batch: usize,
     /// Replace existing outputs.
     #[arg(long)]
@@ -138,7 +138,7 @@ struct ExtractArgs {
     #[arg(long, value_parser = parse_shard)]
     shard: Option<(usize, usize)>,
     /// Number of shards when --shard is not given (all missing ones are computed).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     shards: usize,
     /// Storage type of the cache: f32, or f16 (half the size, ≤ 2⁻¹¹ relative rounding).
     #[arg(long, default_value = "f32")]
@@ -153,33 +153,46 @@ struct TrainHeadArgs {
     /// Folder with train_features.npy / train_y.npy (and test_* to evaluate), from extract-features.
     #[arg(long)]
     features: PathBuf,
-    /// Number of classes.
-    #[arg(long, default_value_t = 10)]
-    classes: usize,
+    /// Number of classes (default: the class list `classes.txt` in --features,
+    /// else the largest train or test label + 1).
+    #[arg(long)]
+    classes: Option<usize>,
     /// Epochs.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = lml_kernel::trainer::DEFAULT_EPOCHS)]
     epochs: u64,
-    /// Mini-batch size.
+    /// Mini-batch size (the distributed default is 4 workers × 64).
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// Learning rate.
-    #[arg(long, default_value_t = 0.01)]
+    /// Base learning rate, for standardised features.
+    #[arg(long, default_value_t = Sgd::default().lr)]
     lr: f32,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = Sgd::default().momentum)]
     momentum: f32,
     /// L2 weight decay.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = Sgd::default().weight_decay)]
     weight_decay: f32,
-    /// Seed for initialisation and batch order.
+    /// Learning-rate schedule over the run: cosine (decays to 0) or constant.
+    #[arg(long, default_value_t = lml_kernel::optim::LrSchedule::default())]
+    schedule: lml_kernel::optim::LrSchedule,
+    /// Train on the features as they are instead of standardised.
+    #[arg(long)]
+    no_standardize: bool,
+    /// Seed of the example order.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Folder to save head.weight.npy and head.bias.npy into.
+    /// Folder to save the head into: head.weight.npy, head.bias.npy, the
+    /// standardisation (stats.mean.npy, stats.scale.npy), classes.txt, head.json.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+fn parse_records_per_batch(s: &str) -> std::result::Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|_| format!("{s:?} is not a count of records"))?;
+    lml_tools::cifar::check_records_per_batch(n).map_err(|e| e.to_string())
 }
 
 fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
@@ -414,7 +427,7 @@ fn main() -> Result<()> {
 }
 
 fn prepare_cifar10(args: &PrepareArgs) -> Result<()> {
-    let total = 6 * args.records_per_batch as u64;
+    let total = (args.records_per_batch as u64).saturating_mul(6);
     let pb = bar(total, "records");
     let prepared = lml_tools::cifar::prepare(&args.input, &args.out, args.records_per_batch, args.force, &mut |n| {
         pb.inc(n as u64)
@@ -437,6 +450,10 @@ fn extract_features(args: &ExtractArgs) -> Result<()> {
     let data = ImageDataset::open(&x, &y)?;
     let vgg = Vgg19::open(&args.weights, args.input_size, args.cut)
         .with_context(|| format!("opening VGG19 weights in {}", args.weights.display()))?;
+    let count = args.shard.map_or(args.shards, |(_, n)| n);
+    if count > data.len().max(1) {
+        bail!("--shards {count}: more shards than the {} images in {}", data.len(), x.display());
+    }
     let (todo, count): (Vec<usize>, usize) = match args.shard {
         Some((i, n)) => (vec![i], n),
         None => ((0..args.shards).collect(), args.shards),
@@ -470,29 +487,88 @@ fn extract_features(args: &ExtractArgs) -> Result<()> {
         "shards": count,
     });
     match merge(&args.out, &args.split, count, &y, &note)? {
-        Some(p) => println!("features ready: {} ({} × {})", p.display(), data.len(), vgg.feature_dim()),
+        Some(p) => {
+            if lml_tools::features::carry_class_list(&args.data, &args.out)? {
+                println!("class list copied to {}", args.out.join(lml_kernel::dataset::CLASS_LIST).display());
+            }
+            println!("features ready: {} ({} × {})", p.display(), data.len(), vgg.feature_dim())
+        }
         None => println!("waiting for the other shards before merging into {}_features.npy", args.split),
     }
     Ok(())
 }
 
 fn train_head(args: &TrainHeadArgs) -> Result<()> {
+    use lml_kernel::dataset::{class_count, read_class_list, CLASS_LIST};
+    use lml_kernel::standardize::FeatureStats;
     use lml_kernel::trainer::CachedFeatures;
+    let paths = |split: &str| {
+        (args.features.join(format!("{split}_features.npy")), args.features.join(format!("{split}_y.npy")))
+    };
     let open = |split: &str| {
-        let (f, y) =
-            (args.features.join(format!("{split}_features.npy")), args.features.join(format!("{split}_y.npy")));
+        let (f, y) = paths(split);
         CachedFeatures::open(&f, &y)
             .with_context(|| format!("opening cached {split} features in {}", args.features.display()))
     };
     let train = open("train")?;
     let test = if args.features.join("test_features.npy").exists() { Some(open("test")?) } else { None };
+    // Classes: every label file checked against the class list (or a sane
+    // bound) before a head is allocated.
+    let names = read_class_list(&args.features.join(CLASS_LIST))?;
+    let mut label_files = vec![(paths("train").1, lml_kernel::dataset::read_labels(&paths("train").1)?)];
+    if test.is_some() {
+        label_files.push((paths("test").1, lml_kernel::dataset::read_labels(&paths("test").1)?));
+    }
+    let files: Vec<(&Path, &[u32])> = label_files.iter().map(|(p, l)| (p.as_path(), l.as_slice())).collect();
+    let classes = match args.classes {
+        Some(c) => {
+            if names.as_ref().is_some_and(|n| n.len() != c) {
+                bail!(
+                    "--classes {c}, but {} names {}",
+                    args.features.join(CLASS_LIST).display(),
+                    names.map_or(0, |n| n.len())
+                );
+            }
+            for (p, l) in &files {
+                lml_kernel::dataset::check_labels(p, l, c, &format!("--classes {c}"))?;
+            }
+            c
+        }
+        None => class_count(&files, names.as_deref())?,
+    };
     let sgd = Sgd { lr: args.lr, momentum: args.momentum, weight_decay: args.weight_decay };
-    let mut trainer = Trainer::new(args.classes, train.feature_dim(), sgd, args.batch, args.seed)?;
-    eprintln!("{} training examples × {} features, {} classes", train.len(), train.feature_dim(), args.classes);
+    let mut trainer = Trainer::new(classes, train.feature_dim(), sgd, args.batch, args.seed)?;
+    let total_steps =
+        trainer.steps_per_epoch(train.len()).checked_mul(args.epochs).context("--epochs: too many steps")?;
+    trainer = trainer.with_schedule(args.schedule, total_steps);
+    if !args.no_standardize {
+        trainer = trainer.with_stats(FeatureStats::compute_all(&train)?)?;
+    }
+    eprintln!(
+        "{} training examples × {} features, {classes} classes; lr {} ({} schedule), weight decay {}, {} features",
+        train.len(),
+        train.feature_dim(),
+        args.lr,
+        args.schedule,
+        args.weight_decay,
+        if args.no_standardize { "raw" } else { "standardised" }
+    );
     for epoch in 0..args.epochs {
         let t = Instant::now();
         let e = trainer.epoch(&train, epoch, |_, _| {})?;
         let secs = t.elapsed().as_secs_f64();
+        if let Some(d) = trainer.divergence(e.loss()) {
+            bail!(
+                "diverged: {d} in epoch {} (lr {}): {}",
+                epoch + 1,
+                args.lr,
+                if args.no_standardize {
+                    "drop --no-standardize, or lower --lr"
+                } else {
+                    "lower --lr or raise --weight-decay"
+                }
+            );
+        }
         let test_part = match &test {
             Some(t) => {
                 let v = trainer.evaluate(t)?;
@@ -510,12 +586,45 @@ fn train_head(args: &TrainHeadArgs) -> Result<()> {
         );
     }
     if let Some(out) = &args.out {
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        for (name, t) in trainer.head.tensors() {
-            write_npy_atomic(out.join(format!("{name}.npy")), &t)?;
-        }
+        save_head(out, &trainer, names.as_deref())?;
         println!("saved the head to {}", out.display());
     }
+    Ok(())
+}
+
+/// Writes a trained head: its tensors, the standardisation it expects
+/// (`logits = ((x − mean) / scale)·Wᵀ + b`), the class names, and
+/// `head.json` saying which is which.
+fn save_head(out: &Path, trainer: &Trainer, names: Option<&[String]>) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for (name, t) in trainer.head.tensors() {
+        write_npy_atomic(out.join(format!("{name}.npy")), &t)?;
+    }
+    if let Some(stats) = &trainer.stats {
+        for (name, t) in stats.tensors() {
+            write_npy_atomic(out.join(format!("{name}.npy")), &t)?;
+        }
+    }
+    if let Some(names) = names {
+        let text = names.join("\n") + "\n";
+        lml_kernel::npy::publish_atomic(&out.join(lml_kernel::dataset::CLASS_LIST), |w| {
+            std::io::Write::write_all(w, text.as_bytes())
+        })?;
+    }
+    let manifest = serde_json::json!({
+        "format": "lml-head/1",
+        "classes": trainer.head.classes(),
+        "features": trainer.head.feature_dim(),
+        "standardized": trainer.stats.is_some(),
+        "logits": if trainer.stats.is_some() {
+            "((x - stats.mean) / stats.scale) · head.weightᵀ + head.bias"
+        } else {
+            "x · head.weightᵀ + head.bias"
+        },
+        "class_names": names.map_or(serde_json::Value::Null, |n| serde_json::json!(n)),
+    });
+    let text = serde_json::to_vec_pretty(&manifest)?;
+    lml_kernel::npy::publish_atomic(&out.join("head.json"), |w| std::io::Write::write_all(w, &text))?;
     Ok(())
 }
 

@@ -9,8 +9,21 @@
 //! Python 3 re-pickles at protocol 2 (`X` strings, `_codecs.encode`) and at
 //! protocol 4/5 (frames, memoize, `STACK_GLOBAL`, short unicode and bytes).
 
-use std::cell::RefCell;
+//!
+//! # Bounds
+//! Every size comes from the input and is checked: a length runs no further
+//! than the input, a memo index is at most the number of opcodes read so far
+//! (what a pickler numbering its memo from 0 can have stored), containers nest
+//! at most [`MAX_DEPTH`] deep, and a container already inside another one
+//! cannot be changed again, so the values form no cycles. Memory is therefore
+//! proportional to the input, and dropping a value never recurses.
+
+use std::cell::{Cell, Ref, RefCell};
 use std::rc::Rc;
+
+/// Deepest nesting of lists, tuples and dicts accepted. A CIFAR-10 batch
+/// nests 3 deep; Python's own pickler gives up near 1,000.
+pub const MAX_DEPTH: usize = 256;
 
 /// A decoded pickle value (only what CIFAR-10 batches hold).
 #[derive(Clone, Debug)]
@@ -21,15 +34,89 @@ pub enum Value {
     Float(f64),
     /// Python 2 `str` / Python 3 `bytes` or `str` (as UTF-8 bytes).
     Bytes(Rc<Vec<u8>>),
-    List(Rc<RefCell<Vec<Value>>>),
-    Tuple(Rc<Vec<Value>>),
-    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    List(Rc<Container<Vec<Value>>>),
+    Tuple(Rc<Container<Vec<Value>>>),
+    Dict(Rc<Container<Vec<(Value, Value)>>>),
     Global(String, String),
     /// `numpy.dtype(descr, …)`.
     Dtype(String),
     /// A numpy array: dtype descriptor, shape, raw C-order bytes.
     Array(Rc<RefCell<Array>>),
     Mark,
+}
+
+/// The items of a list, tuple or dict, with its nesting depth.
+#[derive(Debug, Default)]
+pub struct Container<T: Items> {
+    items: RefCell<T>,
+    /// 1 + the depth of the deepest item (scalars have depth 0). Exact,
+    /// because only unsealed containers change, and nothing holds those.
+    depth: Cell<usize>,
+    /// Set when the container becomes an item of another one (a tuple is
+    /// sealed from birth); a sealed container is never changed again.
+    sealed: Cell<bool>,
+}
+
+impl<T: Items> Container<T> {
+    fn new(items: T, depth: usize, sealed: bool) -> Rc<Self> {
+        Rc::new(Container { items: RefCell::new(items), depth: Cell::new(depth), sealed: Cell::new(sealed) })
+    }
+
+    /// The items.
+    pub fn borrow(&self) -> Ref<'_, T> {
+        self.items.borrow()
+    }
+
+    /// Nesting depth: 1 + the depth of the deepest item.
+    pub fn depth(&self) -> usize {
+        self.depth.get()
+    }
+}
+
+/// What a [`Container`] holds: values, or key-value pairs.
+pub trait Items: Default {
+    /// Moves every value out into `out`.
+    fn drain_into(&mut self, out: &mut Vec<Value>);
+}
+
+impl Items for Vec<Value> {
+    fn drain_into(&mut self, out: &mut Vec<Value>) {
+        out.append(self);
+    }
+}
+
+impl Items for Vec<(Value, Value)> {
+    fn drain_into(&mut self, out: &mut Vec<Value>) {
+        for (k, v) in self.drain(..) {
+            out.push(k);
+            out.push(v);
+        }
+    }
+}
+
+/// Frees nested containers with a work list instead of recursion, so no
+/// nesting depth can overflow the stack (parsing bounds it too): each
+/// container dropped here has been emptied first.
+impl<T: Items> Drop for Container<T> {
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        self.items.get_mut().drain_into(&mut pending);
+        while let Some(mut v) = pending.pop() {
+            match &mut v {
+                Value::List(c) | Value::Tuple(c) => {
+                    if let Some(c) = Rc::get_mut(c) {
+                        c.items.get_mut().drain_into(&mut pending);
+                    }
+                }
+                Value::Dict(c) => {
+                    if let Some(c) = Rc::get_mut(c) {
+                        c.items.get_mut().drain_into(&mut pending);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// A numpy array rebuilt by `_reconstruct` + `BUILD`.
@@ -58,6 +145,82 @@ impl Value {
             _ => None,
         }
     }
+
+    /// Nesting depth: 0 for a scalar, 1 + the deepest item for a container.
+    pub fn depth(&self) -> usize {
+        match self {
+            Value::List(c) | Value::Tuple(c) => c.depth(),
+            Value::Dict(c) => c.depth(),
+            _ => 0,
+        }
+    }
+
+    /// Seals `self` if it is a container (it is becoming another one's item).
+    fn seal(&self) {
+        match self {
+            Value::List(c) | Value::Tuple(c) => c.sealed.set(true),
+            Value::Dict(c) => c.sealed.set(true),
+            _ => {}
+        }
+    }
+}
+
+/// Makes `items` the items of a new tuple.
+fn tuple(items: Vec<Value>, at: usize) -> Result<Value, String> {
+    let depth = 1 + items.iter().map(Value::depth).max().unwrap_or(0);
+    if depth > MAX_DEPTH {
+        return Err(format!("tuple nested {depth} deep at byte {at} (at most {MAX_DEPTH})"));
+    }
+    items.iter().for_each(Value::seal);
+    Ok(Value::Tuple(Container::new(items, depth, true)))
+}
+
+/// Adds `items` to the list or dict `target` (pairs for a dict).
+fn extend(target: Option<&Value>, items: Vec<Value>, op: &str, at: usize) -> Result<(), String> {
+    let (depth, sealed) = match target {
+        Some(Value::List(c)) if op.starts_with("APPEND") => (&c.depth, &c.sealed),
+        Some(Value::Dict(c)) if op.starts_with("SETITEM") => (&c.depth, &c.sealed),
+        _ => return Err(format!("{op} to a {} at byte {at}", kind(target))),
+    };
+    if matches!(target, Some(Value::Dict(_))) && !items.len().is_multiple_of(2) {
+        return Err(format!("{op} of an odd number of items at byte {at}"));
+    }
+    // Sealing the items first also refuses a container added to itself.
+    items.iter().for_each(Value::seal);
+    if sealed.get() {
+        return Err(format!(
+            "{op} at byte {at} changes a container already inside another one (recursive pickles are not supported)"
+        ));
+    }
+    let new_depth = items.iter().map(|v| 1 + v.depth()).fold(depth.get(), usize::max);
+    if new_depth > MAX_DEPTH {
+        return Err(format!("{op} at byte {at} nests containers {new_depth} deep (at most {MAX_DEPTH})"));
+    }
+    depth.set(new_depth);
+    match target {
+        Some(Value::List(c)) => c.items.borrow_mut().extend(items),
+        Some(Value::Dict(c)) => {
+            let mut d = c.items.borrow_mut();
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                d.push((k, v));
+            }
+        }
+        _ => unreachable!("checked above"),
+    }
+    Ok(())
+}
+
+fn kind(v: Option<&Value>) -> &'static str {
+    match v {
+        None => "empty stack",
+        Some(Value::List(_)) => "list",
+        Some(Value::Tuple(_)) => "tuple",
+        Some(Value::Dict(_)) => "dict",
+        Some(Value::Array(_)) => "array",
+        Some(Value::Mark) => "MARK",
+        Some(_) => "scalar",
+    }
 }
 
 /// Parses one pickle. Errors say which opcode at which byte offset failed.
@@ -79,15 +242,25 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
         stack.pop();
         Ok(items)
     };
-    let put = |memo: &mut Vec<Option<Value>>, i: usize, v: Value| {
+    // A memo index is at most the number of opcodes read so far: a pickler
+    // numbers its memo from 0 and stores one entry per opcode at most, so a
+    // larger index cannot be honest, and the memo stays as small as the input.
+    let put = |memo: &mut Vec<Option<Value>>, i: u64, ops: usize, v: Option<&Value>, at: usize| {
+        let v = v.cloned().ok_or_else(|| format!("memo put on an empty stack at byte {at}"))?;
+        let i = usize::try_from(i).ok().filter(|&i| i <= ops).ok_or_else(|| {
+            format!("memo index {i} at byte {at} exceeds the {ops} opcodes read so far (corrupt pickle)")
+        })?;
         if memo.len() <= i {
             memo.resize(i + 1, None);
         }
         memo[i] = Some(v);
+        Ok::<(), String>(())
     };
+    let mut ops = 0usize;
     loop {
         let at = pos;
-        let op = *take(&mut pos, 1)?.first().expect("one byte");
+        let op = take(&mut pos, 1)?[0];
+        ops += 1;
         match op {
             0x80 => {
                 take(&mut pos, 1)?; // PROTO
@@ -97,9 +270,9 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
             }
             b'.' => return pop(&mut stack, at),
             b'(' => stack.push(Value::Mark),
-            b'}' => stack.push(Value::Dict(Rc::default())),
-            b']' => stack.push(Value::List(Rc::default())),
-            b')' => stack.push(Value::Tuple(Rc::default())),
+            b'}' => stack.push(Value::Dict(Container::new(Vec::new(), 1, false))),
+            b']' => stack.push(Value::List(Container::new(Vec::new(), 1, false))),
+            b')' => stack.push(tuple(Vec::new(), at)?),
             b'N' => stack.push(Value::None),
             0x88 => stack.push(Value::Bool(true)),
             0x89 => stack.push(Value::Bool(false)),
@@ -108,13 +281,16 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
             b'J' => stack.push(Value::Int(i32::from_le_bytes(take(&mut pos, 4)?.try_into().expect("4 bytes")) as i64)),
             0x8a => {
                 let n = take(&mut pos, 1)?[0] as usize;
-                let b = take(&mut pos, n)?;
                 if n > 8 {
                     return Err(format!("LONG1 of {n} bytes at byte {at}"));
                 }
-                let v = le(b) as i64;
-                let shift = 64 - 8 * n as u32;
-                stack.push(Value::Int(if n == 0 { 0 } else { (v << shift) >> shift }));
+                let v = le(take(&mut pos, n)?) as i64;
+                stack.push(Value::Int(if n == 0 {
+                    0
+                } else {
+                    let shift = 64 - 8 * n as u32; // sign-extend the n-byte two's complement
+                    (v << shift) >> shift
+                }));
             }
             b'G' => stack.push(Value::Float(f64::from_be_bytes(take(&mut pos, 8)?.try_into().expect("8 bytes")))),
             b'U' | b'C' | 0x8c => {
@@ -122,28 +298,33 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
                 stack.push(Value::Bytes(Rc::new(take(&mut pos, n)?.to_vec())));
             }
             b'T' | b'X' | b'B' => {
-                let n = le(take(&mut pos, 4)?) as usize;
+                let n = le(take(&mut pos, 4)?);
+                let n = usize::try_from(n).map_err(|_| format!("string of {n} bytes at byte {at}"))?;
                 stack.push(Value::Bytes(Rc::new(take(&mut pos, n)?.to_vec())));
             }
             0x8e | 0x8d => {
-                let n = le(take(&mut pos, 8)?) as usize;
+                let n = le(take(&mut pos, 8)?);
+                let n = usize::try_from(n).map_err(|_| format!("string of {n} bytes at byte {at}"))?;
                 stack.push(Value::Bytes(Rc::new(take(&mut pos, n)?.to_vec())));
             }
             b'q' => {
-                let i = take(&mut pos, 1)?[0] as usize;
-                put(&mut memo, i, stack.last().cloned().ok_or("BINPUT on empty stack")?);
+                let i = take(&mut pos, 1)?[0] as u64;
+                put(&mut memo, i, ops, stack.last(), at)?;
             }
             b'r' => {
-                let i = le(take(&mut pos, 4)?) as usize;
-                put(&mut memo, i, stack.last().cloned().ok_or("LONG_BINPUT on empty stack")?);
+                let i = le(take(&mut pos, 4)?);
+                put(&mut memo, i, ops, stack.last(), at)?;
             }
             0x94 => {
-                let i = memo.len();
-                put(&mut memo, i, stack.last().cloned().ok_or("MEMOIZE on empty stack")?);
+                let next = memo.len() as u64;
+                put(&mut memo, next, ops, stack.last(), at)?;
             }
             b'h' | b'j' => {
-                let i = if op == b'h' { take(&mut pos, 1)?[0] as usize } else { le(take(&mut pos, 4)?) as usize };
-                let v = memo.get(i).cloned().flatten().ok_or_else(|| format!("memo {i} unset at byte {at}"))?;
+                let i = if op == b'h' { take(&mut pos, 1)?[0] as u64 } else { le(take(&mut pos, 4)?) };
+                let v = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| memo.get(i).cloned().flatten())
+                    .ok_or_else(|| format!("memo {i} unset at byte {at}"))?;
                 stack.push(v);
             }
             b'c' => {
@@ -175,43 +356,28 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
                     return Err(format!("TUPLE{n} on a short stack at byte {at}"));
                 }
                 let items = stack.split_off(stack.len() - n);
-                stack.push(Value::Tuple(Rc::new(items)));
+                stack.push(tuple(items, at)?);
             }
             b't' => {
                 let items = pop_mark(&mut stack, at)?;
-                stack.push(Value::Tuple(Rc::new(items)));
+                stack.push(tuple(items, at)?);
             }
             b'a' => {
                 let v = pop(&mut stack, at)?;
-                match stack.last() {
-                    Some(Value::List(l)) => l.borrow_mut().push(v),
-                    _ => return Err(format!("APPEND to a non-list at byte {at}")),
-                }
+                extend(stack.last(), vec![v], "APPEND", at)?;
             }
             b'e' => {
                 let items = pop_mark(&mut stack, at)?;
-                match stack.last() {
-                    Some(Value::List(l)) => l.borrow_mut().extend(items),
-                    _ => return Err(format!("APPENDS to a non-list at byte {at}")),
-                }
+                extend(stack.last(), items, "APPENDS", at)?;
             }
-            b's' | b'u' => {
-                let items = if op == b's' {
-                    let v = pop(&mut stack, at)?;
-                    let k = pop(&mut stack, at)?;
-                    vec![k, v]
-                } else {
-                    pop_mark(&mut stack, at)?
-                };
-                match stack.last() {
-                    Some(Value::Dict(d)) => {
-                        let mut d = d.borrow_mut();
-                        for kv in items.chunks_exact(2) {
-                            d.push((kv[0].clone(), kv[1].clone()));
-                        }
-                    }
-                    _ => return Err(format!("SETITEM on a non-dict at byte {at}")),
-                }
+            b's' => {
+                let v = pop(&mut stack, at)?;
+                let k = pop(&mut stack, at)?;
+                extend(stack.last(), vec![k, v], "SETITEM", at)?;
+            }
+            b'u' => {
+                let items = pop_mark(&mut stack, at)?;
+                extend(stack.last(), items, "SETITEMS", at)?;
             }
             b'R' => {
                 let args = pop(&mut stack, at)?;
@@ -236,6 +402,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
 fn reduce(func: &Value, args: &Value) -> Result<Value, String> {
     let Value::Global(module, name) = func else { return Err("REDUCE of a non-callable".into()) };
     let Value::Tuple(args) = args else { return Err("REDUCE without an argument tuple".into()) };
+    let args = args.borrow();
     match (module.as_str(), name.as_str()) {
         ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct") => {
             Ok(Value::Array(Rc::new(RefCell::new(Array::default()))))
@@ -248,7 +415,8 @@ fn reduce(func: &Value, args: &Value) -> Result<Value, String> {
             // Python 3's protocol-2 form of bytes: encode(str, 'latin1').
             let text = args.first().and_then(Value::as_bytes).ok_or("encode without text")?;
             let s = std::str::from_utf8(text).map_err(|_| "encode of invalid UTF-8")?;
-            Ok(Value::Bytes(Rc::new(s.chars().map(|c| c as u32 as u8).collect())))
+            let latin1: Option<Vec<u8>> = s.chars().map(|c| u8::try_from(c).ok()).collect();
+            Ok(Value::Bytes(Rc::new(latin1.ok_or("encode of a character outside latin-1")?)))
         }
         _ => Err(format!("refusing to call {module}.{name}")),
     }
@@ -257,15 +425,17 @@ fn reduce(func: &Value, args: &Value) -> Result<Value, String> {
 /// `ndarray.__setstate__((version, shape, dtype, fortran, data))`.
 fn build_array(a: &mut Array, state: &Value) -> Result<(), String> {
     let Value::Tuple(t) = state else { return Err("array state is not a tuple".into()) };
+    let t = t.borrow();
     let [_, shape, dtype, fortran, data] = t.as_slice() else {
         return Err(format!("array state of {} items", t.len()));
     };
     let Value::Tuple(dims) = shape else { return Err("array shape is not a tuple".into()) };
     a.shape = dims
+        .borrow()
         .iter()
         .map(|d| match d {
-            Value::Int(i) if *i >= 0 => Ok(*i as usize),
-            _ => Err("bad array dimension".to_string()),
+            Value::Int(i) => usize::try_from(*i).map_err(|_| format!("array dimension {i}")),
+            _ => Err("array dimension is not an integer".to_string()),
         })
         .collect::<Result<_, _>>()?;
     let Value::Dtype(descr) = dtype else { return Err("array dtype missing".into()) };
@@ -351,4 +521,25 @@ pub fn write_meta(names: &[&str], per_batch: usize) -> Vec<u8> {
     o.extend_from_slice(&(per_batch as i32).to_le_bytes());
     o.extend_from_slice(b"U\x07num_visM\x00\x0cu.");
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Built directly, past the depth limit parsing enforces: dropping it
+    /// must not recurse once per level (10⁶ frames overflow a test thread's stack).
+    #[test]
+    fn dropping_a_value_nested_a_million_deep_does_not_recurse() {
+        let mut v = Value::None;
+        for i in 0..1_000_000 {
+            let items = vec![v, Value::Int(i)];
+            v = if i % 2 == 0 {
+                Value::List(Container::new(items, 0, true))
+            } else {
+                Value::Dict(Container::new(vec![(Value::None, Value::Tuple(Container::new(items, 0, true)))], 0, true))
+            };
+        }
+        drop(v);
+    }
 }

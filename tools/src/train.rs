@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use lml_kernel::npy::write_npy_atomic;
+use lml_kernel::optim::LrSchedule;
 use lml_kernel::Cut;
 use lml_lambda::event::{Event, JobId, StartEvent};
 use lml_lambda::layout::JobDir;
@@ -14,6 +15,12 @@ use lml_lambda::progress::{JobStatus, LocalProgress, Progress, ProgressStore, Ro
 use lml_lambda::services::{lambda_threads, SystemClock};
 use lml_lambda::{DataSpec, JobSpec, LocalConfig, LocalRuntime, SyncMode};
 use serde_json::json;
+
+/// Every default of a job comes from [`JobSpec::default`] (one source: the
+/// spec an event without fields gets is what `lml train` runs).
+fn spec_default() -> JobSpec {
+    JobSpec::default()
+}
 
 #[derive(Parser)]
 pub struct TrainArgs {
@@ -31,35 +38,45 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 4)]
     workers: usize,
     /// Epochs (passes over the training data).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = spec_default().epochs)]
     epochs: u64,
     /// Total rounds, overriding --epochs.
     #[arg(long)]
     rounds: Option<u64>,
-    /// Examples per worker per SGD step.
-    #[arg(long, default_value_t = 32)]
+    /// Examples per worker per SGD step (a round is one step over workers × batch).
+    #[arg(long, default_value_t = spec_default().batch)]
     batch: usize,
     /// Examples per forward pass inside a worker (the unit of continuation).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = spec_default().micro_batch)]
     micro_batch: usize,
-    /// Learning rate (fc7 features have squared norms in the thousands: keep it small).
-    #[arg(long, default_value_t = 0.003)]
+    /// Base learning rate, for standardised features (every example's squared
+    /// norm about 1, whatever the features' scale).
+    #[arg(long, default_value_t = spec_default().lr)]
     lr: f32,
-    #[arg(long, default_value_t = 0.9)]
+    /// SGD momentum.
+    #[arg(long, default_value_t = spec_default().momentum)]
     momentum: f32,
-    #[arg(long, default_value_t = 0.0)]
+    /// L2 regularisation of the head.
+    #[arg(long, default_value_t = spec_default().weight_decay)]
     weight_decay: f32,
+    /// Learning-rate schedule over the job's rounds: cosine (decays to 0) or constant.
+    #[arg(long, default_value_t = spec_default().schedule)]
+    schedule: LrSchedule,
+    /// Train on the features as they are instead of standardised (per-feature
+    /// mean and scale computed at start); the learning rate must then suit their scale.
+    #[arg(long)]
+    no_standardize: bool,
     /// gradient-sum (one large-batch step per round, the seed's) or model-average.
-    #[arg(long, default_value = "gradient-sum", value_parser = parse_sync)]
+    #[arg(long, default_value_t = spec_default().sync, value_parser = parse_sync)]
     sync: SyncMode,
     /// SGD steps per worker per round (model-average).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = spec_default().local_steps)]
     local_steps: usize,
     /// Stop when a round's loss (held-out if evaluated) reaches this.
     #[arg(long)]
     target_loss: Option<f64>,
-    /// Seed of the head's initialisation and the example order.
-    #[arg(long, default_value_t = 1)]
+    /// Seed of the example order (and of generated data).
+    #[arg(long, default_value_t = spec_default().seed)]
     seed: u64,
     /// Function memory in MB: 1,769 MB buys one vCPU (compute thread), at most 6.
     #[arg(long, default_value_t = 3538)]
@@ -207,12 +224,14 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                     lr: args.lr,
                     momentum: args.momentum,
                     weight_decay: args.weight_decay,
+                    schedule: args.schedule,
+                    standardize: !args.no_standardize,
                     seed: args.seed,
                     target_loss: args.target_loss,
                     time_limit_ms: ((args.time_limit * 1000.0) as u64).min(lml_lambda::spec::LAMBDA_MAX_MS),
                     safety_ms: ((args.time_limit * 1000.0) as u64 / 10).min(5_000),
-                    eval_every: 0,
                     eval_examples: args.eval_examples,
+                    ..spec_default()
                 };
                 let id = args.job.clone().unwrap_or_else(|| format!("train-{}", lml_lambda::services::Clock::now_ms(&SystemClock) / 1000));
                 let job = JobId::new(&id)?;
@@ -235,6 +254,15 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             args.memory,
             lambda_threads(args.memory),
             jd.dir.display()
+        );
+        eprintln!(
+            "lr {} ({} schedule), momentum {}, weight decay {}, {} features; {}",
+            cfg.spec.lr,
+            cfg.spec.schedule,
+            cfg.spec.momentum,
+            cfg.spec.weight_decay,
+            if cfg.spec.standardize { "standardised" } else { "raw" },
+            classes_line(cfg.classes, &cfg.class_names)
         );
         let store = LocalProgress::new(&args.root);
         let bar = ProgressBar::new(cfg.total_rounds);
@@ -284,8 +312,21 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             bail!("job {job} stopped before the end; fix the cause and run `lml train --root {} --resume {job}`", args.root.display());
         }
         print_summary(&p);
+        if let Some(job_record) = p.job.as_ref().filter(|j| j.status == JobStatus::Failed) {
+            bail!("job {job} failed: {}", job_record.reason.as_deref().unwrap_or("no reason recorded"));
+        }
         Ok(())
     })
+}
+
+/// `10 classes: airplane, automobile, …` (at most 20 names shown).
+fn classes_line(count: usize, names: &[String]) -> String {
+    const SHOWN: usize = 20;
+    if names.is_empty() {
+        return format!("{count} classes");
+    }
+    let more = if names.len() > SHOWN { format!(", … ({} more)", names.len() - SHOWN) } else { String::new() };
+    format!("{count} classes: {}{more}", names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "))
 }
 
 fn round_line(r: &RoundRecord) -> String {
@@ -310,6 +351,7 @@ fn print_summary(p: &Progress) {
         JobStatus::Running => "running",
         JobStatus::Finished => "finished",
         JobStatus::Stopped => "stopped",
+        JobStatus::Failed => "failed",
     };
     let last = p.rounds.values().last();
     println!(
@@ -321,6 +363,9 @@ fn print_summary(p: &Progress) {
         job.workers,
         job.examples
     );
+    if job.classes > 0 {
+        println!("{}", classes_line(job.classes, &job.class_names));
+    }
     if let Some(r) = last {
         println!("last round: training loss {:.4}, accuracy {:.3}", r.train.loss, r.train.accuracy);
     }

@@ -108,11 +108,33 @@ fn cli_synth_prepare_extract() {
         serde_json::from_str(&fs::read_to_string(tmp.path().join("feats/test_features.json")).unwrap()).unwrap();
     assert_eq!(meta["dim"], 512);
     lml(&[&base[..], &["--cut", "pool5", "--split", "train", "--shards", "3"]].concat());
+    // The class list travels with the cache (prepare-cifar10 wrote it beside the images).
+    let classes = fs::read_to_string(tmp.path().join("feats/classes.txt")).unwrap();
+    assert_eq!(classes, fs::read_to_string(tmp.path().join("data/classes.txt")).unwrap());
+    assert_eq!(classes.lines().next(), Some("airplane"));
     let trained =
         lml(&["train-head", "--features", &p("feats"), "--epochs", "3", "--batch", "16", "--out", &p("head")]);
     assert!(trained.contains("epoch   3") && trained.contains("test acc"), "{trained}");
-    let head_w = lml_kernel::npy::MappedNpy::open(tmp.path().join("head/head.weight.npy")).unwrap();
-    assert_eq!(head_w.view::<f32>().unwrap().shape(), &[10, 512]);
+    assert!(trained.contains("10 classes") && trained.contains("standardised"), "{trained}");
+    // The saved head: its tensors, the standardisation it expects, the names.
+    let open = |name: &str| lml_kernel::npy::MappedNpy::open(tmp.path().join("head").join(name)).unwrap();
+    assert_eq!(open("head.weight.npy").view::<f32>().unwrap().shape(), &[10, 512]);
+    assert_eq!(open("stats.mean.npy").view::<f32>().unwrap().shape(), &[512]);
+    assert_eq!(open("stats.scale.npy").view::<f32>().unwrap().shape(), &[512]);
+    assert_eq!(fs::read_to_string(tmp.path().join("head/classes.txt")).unwrap(), classes);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("head/head.json")).unwrap()).unwrap();
+    assert_eq!((manifest["standardized"].as_bool(), manifest["classes"].as_u64()), (Some(true), Some(10)));
+    assert_eq!(manifest["class_names"][9], "truck");
+    // A class list that contradicts the cache's is refused, not overwritten.
+    fs::write(tmp.path().join("data/classes.txt"), "a\nb\n").unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_lml"))
+        .args([&base[..], &["--cut", "pool5", "--split", "test", "--shards", "2"]].concat())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("classes.txt") && err.contains("differs"), "{err}");
     let bad = Command::new(env!("CARGO_BIN_EXE_lml")).args([&base[..], &["--shard", "2/2"]].concat()).output().unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("need 0 <= i < n"));
