@@ -173,5 +173,51 @@ fn conv_algorithms(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, packed_gemm, fc6_batch1, conv_layers, conv_algorithms);
+/// Where `matrixmultiply` still serves: dense layers past the dot-product
+/// path's batch (`DOT_MAX_BATCH` = 16). The head step's product (batch 256,
+/// 4096 → 10) and fc7 at batch 64 (4096 → 4096), one thread, by
+/// `matrixmultiply`, by the dot-product kernel on every kernel this CPU runs,
+/// and by the packed GEMM (filters-as-A: `W` packed once, `xᵀ` packed per call).
+fn dense_large_batch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dense_large_batch");
+    g.sample_size(10);
+    for (name, batch, inputs, outputs) in [("head_256x4096x10", 256, 4096, 10), ("fc7_64x4096x4096", 64, 4096, 4096)] {
+        let x = Array2::from_shape_fn((batch, inputs), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.1 - 0.5);
+        let w = Array2::from_shape_fn((outputs, inputs), |(i, j)| ((i * 5 + j * 2) % 7) as f32 * 0.01 - 0.03);
+        g.throughput(Throughput::Elements(lml_kernel::gemm::flops(batch, inputs, outputs)));
+        let mut y = Array2::<f32>::zeros((batch, outputs));
+        g.bench_function(format!("{name}/matrixmultiply/1t"), |b| {
+            b.iter(|| lml_kernel::gemm::sgemm(1.0, x.view(), w.t(), 0.0, y.view_mut()))
+        });
+        let xr: Vec<&[f32]> = x.outer_iter().map(|r| r.to_slice().unwrap()).collect();
+        let wr: Vec<&[f32]> = w.outer_iter().map(|r| r.to_slice().unwrap()).collect();
+        let mut yd = vec![0.0f32; batch * outputs];
+        for kernel in Microkernel::runnable() {
+            g.bench_function(format!("{name}/dot_{kernel}/1t"), |b| {
+                b.iter(|| lml_kernel::gemm::dense_rows(kernel, inputs, &xr, &wr, &mut yd))
+            });
+            let packed = PackedA::pack(w.view(), kernel);
+            let mut out = vec![0.0f32; outputs * batch];
+            let mut scratch = Scratch::default();
+            g.bench_function(format!("{name}/packed_{kernel}/1t"), |b| {
+                b.iter(|| {
+                    gemm_packed(
+                        &packed,
+                        batch,
+                        |kk, row| {
+                            for (j, v) in x.column(kk).iter().enumerate() {
+                                row.set(j, *v);
+                            }
+                        },
+                        &mut out,
+                        &mut scratch,
+                    )
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, packed_gemm, fc6_batch1, conv_layers, conv_algorithms, dense_large_batch);
 criterion_main!(benches);

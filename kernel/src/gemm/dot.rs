@@ -118,8 +118,9 @@ mod tests {
         }
         let missing: Vec<String> = Microkernel::unavailable().iter().map(|k| k.to_string()).collect();
         eprintln!(
-            "dense_rows_exact_on_every_kernel: ran on {}; not supported by this CPU: {missing:?}",
-            ran.join(", ")
+            "dense_rows_exact_on_every_kernel: ran on {}; not supported by this CPU: {}",
+            ran.join(", "),
+            if missing.is_empty() { "none".to_string() } else { missing.join(", ") }
         );
     }
 }
