@@ -130,8 +130,13 @@ impl Speeds {
 /// * 32: `LML_MICROKERNEL=avx2 cargo bench -p lml-benches --bench vgg -- vgg19_32_pool5` (2 threads, batch 64, ×2);
 /// * head: `cargo bench -p lml-benches --bench head -- head_epoch_cached/50000` (50,000 rows, batch 256).
 ///
-/// Lambda's x86_64 CPUs differ from this machine (clock, AVX-512 or not):
-/// `lml plan --calibrate` on the target replaces these.
+/// One thread here has a whole Zen 4 core; Lambda's x86_64 CPUs differ
+/// (clock, AVX-512 or not), and an x86 vCPU is one hyperthread of a core
+/// ("each vCPU is a thread of a CPU core, except for T2 instances and
+/// instances powered by AWS Graviton processors": Amazon EC2 User Guide,
+/// "CPU options"), which two busy FMA-bound threads share. So this is an
+/// optimistic default for Lambda x86_64; `lml plan --calibrate` on the
+/// target replaces it.
 pub const X86_64_DEFAULT: Speeds =
     Speeds { image_224_fc7_s: 3.034 / 8.0, image_32_pool5_s: 2.0 / 175.0, feature_row_s: 0.24 / 50_000.0 };
 

@@ -218,6 +218,17 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
         dear.0,
         100.0 * (1.0 - per_image(&cheap.2) / per_image(&dear.2))
     );
+    let defaults: Vec<&str> = Arch::ALL
+        .iter()
+        .filter(|&&a| args.sec_per_example.is_none() && file.get(a).is_none())
+        .map(|a| a.lambda_name())
+        .collect();
+    if !defaults.is_empty() {
+        println!(
+            "  ({} from defaults, not measured on Lambda: `lml plan --calibrate` on each architecture replaces them)",
+            defaults.join(" and ")
+        );
+    }
     if data == "features" {
         println!("plus extracting the features once: see `lml plan --data images --epochs 1`");
     }
@@ -227,7 +238,7 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
 /// Says which default `plan` used for `arch` and where it comes from.
 fn default_note(arch: Arch) -> String {
     match arch {
-        Arch::X86_64 => "default: measured on an AMD EPYC Zen 4 with the AVX2 kernel (lml_tools::calibrate::X86_64_DEFAULT)".into(),
+        Arch::X86_64 => "default: measured on an AMD EPYC Zen 4 with the AVX2 kernel, one thread on a whole core (lml_tools::calibrate::X86_64_DEFAULT); optimistic for Lambda, whose x86_64 vCPUs are hyperthreads".into(),
         Arch::Aarch64 => format!(
             "default: a model, Graviton2 at the x86_64 default's fraction of peak ({DEVELOPMENT_PEAK_GFLOPS} → {GRAVITON2_PEAK_GFLOPS} GFLOP/s per thread; lml_tools::calibrate::aarch64_default)"
         ),
