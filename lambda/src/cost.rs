@@ -205,7 +205,7 @@ mod tests {
     fn the_vcpu_rule_is_fractional_and_threads_cover_it() {
         assert_eq!(MAX_THREADS, 6);
         assert!((vcpu_share(1769) - 1.0).abs() < 1e-12);
-        assert!((vcpu_share(10_240) - 5.788_580).abs() < 1e-6);
+        assert!((vcpu_share(10_240) - 5.788_581).abs() < 1e-6);
         assert!((vcpu_share(8192) - 4.630_865).abs() < 1e-6);
         assert_eq!(vcpu_share(20_000), vcpu_share(MAX_MEMORY_MB));
         let table = [(128, 1), (1769, 1), (1770, 2), (3538, 2), (5307, 3), (8192, 5), (10_240, 6), (20_000, 6)];

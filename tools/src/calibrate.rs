@@ -124,11 +124,17 @@ impl Speeds {
 }
 
 /// The x86_64 default: measured on the development machine (AMD EPYC Zen 4,
-/// 1 thread) with the AVX2 kernel forced, since Lambda's x86_64 hosts are not
-/// guaranteed AVX-512:
-/// * 224: `LML_MICROKERNEL=avx2 cargo bench -p lml-benches --bench vgg -- vgg19_224_fc7` (1 thread, batch 8);
-/// * 32: `LML_MICROKERNEL=avx2 cargo bench -p lml-benches --bench vgg -- vgg19_32_pool5` (2 threads, batch 64, ×2);
-/// * head: `cargo bench -p lml-benches --bench head -- head_epoch_cached/50000` (50,000 rows, batch 256).
+/// one thread) with the AVX2 kernel forced, since Lambda's x86_64 hosts are
+/// not guaranteed AVX-512:
+/// * 224 → fc7: 98.8 GFLOP/s per thread by CPU time (3.18 s per batch of 8
+///   of 39.26 GFLOP each), `LML_MICROKERNEL=avx2 cargo run --release -p
+///   lml-benches --example cpu_fraction` (the machine was shared, load 3.3:
+///   CPU time counts only the time the thread ran);
+/// * 32 → pool5: 175 img/s on 2 threads with AVX-512 (`cargo bench -p
+///   lml-benches --bench vgg -- vgg19_32_pool5`, quiet machine), × 1.036, the
+///   AVX-512 / AVX2 ratio measured at 224 (102.4 / 98.8 GFLOP/s);
+/// * head: 0.24 s per epoch of 50,000 rows at batch 256 (`cargo bench -p
+///   lml-benches --bench head -- head_epoch_cached/50000`).
 ///
 /// One thread here has a whole Zen 4 core; Lambda's x86_64 CPUs differ
 /// (clock, AVX-512 or not), and an x86 vCPU is one hyperthread of a core
@@ -137,12 +143,17 @@ impl Speeds {
 /// "CPU options"), which two busy FMA-bound threads share. So this is an
 /// optimistic default for Lambda x86_64; `lml plan --calibrate` on the
 /// target replaces it.
-pub const X86_64_DEFAULT: Speeds =
-    Speeds { image_224_fc7_s: 3.034 / 8.0, image_32_pool5_s: 2.0 / 175.0, feature_row_s: 0.24 / 50_000.0 };
+pub const X86_64_DEFAULT: Speeds = Speeds {
+    image_224_fc7_s: 3.18 / 8.0,
+    image_32_pool5_s: 2.0 / 175.0 * (102.4 / 98.8),
+    feature_row_s: 0.24 / 50_000.0,
+};
 
-/// FP32 FMA peak of one thread of the development machine (GFLOP/s):
-/// `cargo bench -p lml-benches --bench peak -- fma_f32/1t`.
-pub const DEVELOPMENT_PEAK_GFLOPS: f64 = 115.7;
+/// FP32 FMA peak of one thread of the development machine (GFLOP/s), by CPU
+/// time: `cargo run --release -p lml-benches --example cpu_fraction`
+/// (113–117 over six runs; `cargo bench -p lml-benches --bench peak --
+/// fma_f32/1t` agrees on a quiet machine).
+pub const DEVELOPMENT_PEAK_GFLOPS: f64 = 116.0;
 
 /// FP32 peak of one Graviton2 core (GFLOP/s): 2.5 GHz × 2 FMA pipes × 4
 /// lanes × 2 FLOPs.
@@ -161,10 +172,11 @@ pub const GRAVITON2_PEAK_GFLOPS: f64 = 2.5 * 2.0 * 4.0 * 2.0;
 
 /// The arm64 default, a model (no arm64 machine was available to time):
 /// [`X86_64_DEFAULT`] scaled by the ratio of per-thread peaks,
-/// `DEVELOPMENT_PEAK_GFLOPS / GRAVITON2_PEAK_GFLOPS` (2.9×).
+/// `DEVELOPMENT_PEAK_GFLOPS / GRAVITON2_PEAK_GFLOPS` (2.9×): 1.15 s per
+/// 224×224 image per Graviton2 core, 34 GFLOP/s.
 ///
 /// That is, the NEON kernel is assumed to reach the same fraction of its
-/// core's peak as the AVX2 kernel reaches here (89% at 224×224). Why it
+/// core's peak as the AVX2 kernel reaches here (85% at 224×224 → fc7). Why it
 /// should: both are FMA-issue-bound with room to spare elsewhere. Per `k`
 /// step the NEON 8 × 12 kernel issues 24 `fmla` (12 cycles on two pipes) and
 /// 5 vector loads + 1 offset load (3 cycles on N1's two load pipes), with 24
