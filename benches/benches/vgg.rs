@@ -2,6 +2,11 @@
 //! threads), conv-only at 32×32 (batch 64), and one training step (forward of
 //! a batch of 8 images + head update) at 1..6 threads labelled with the Lambda
 //! memory size that buys that many vCPUs.
+//!
+//! Everything runs on the microkernel `Microkernel::select` picks (the
+//! fastest this CPU runs, or the one `LML_MICROKERNEL` names:
+//! `LML_MICROKERNEL=avx2 cargo bench -p lml-benches --bench vgg -- vgg19_224_fc7`);
+//! its name is part of every benchmark id.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lml_benches::{lambda_memory_mb, random_input, weights_dir};
@@ -20,7 +25,8 @@ fn forward_224(c: &mut Criterion) {
     for threads in [1usize, 2] {
         let pool = lml_kernel::parallel::thread_pool(threads).unwrap();
         pool.install(|| vgg.forward(x.view()).unwrap()); // page in weights, pack filters
-        g.bench_function(format!("batch8/{threads}t"), |b| b.iter(|| pool.install(|| vgg.forward(x.view()).unwrap())));
+        let id = format!("{}/batch8/{threads}t", vgg.microkernel());
+        g.bench_function(id, |b| b.iter(|| pool.install(|| vgg.forward(x.view()).unwrap())));
     }
     g.finish();
 }
@@ -33,7 +39,8 @@ fn conv_32(c: &mut Criterion) {
     g.throughput(Throughput::Elements(64 * flops_per_image(32, Cut::Pool5)));
     let pool = lml_kernel::parallel::thread_pool(2).unwrap();
     pool.install(|| vgg.forward(x.view()).unwrap());
-    g.bench_function("batch64/2t", |b| b.iter(|| pool.install(|| vgg.forward(x.view()).unwrap())));
+    let id = format!("{}/batch64/2t", vgg.microkernel());
+    g.bench_function(id, |b| b.iter(|| pool.install(|| vgg.forward(x.view()).unwrap())));
     g.finish();
 }
 
@@ -51,7 +58,8 @@ fn step_vs_memory(c: &mut Criterion) {
         let mut head = Head::new(10, 4096, 1);
         let mut vel = HeadVelocity::zeros_like(&head);
         pool.install(|| vgg.features(images.view()).unwrap());
-        let id = BenchmarkId::new(format!("{}MB", lambda_memory_mb(vcpus)), format!("{vcpus}vcpu"));
+        let id =
+            BenchmarkId::new(format!("{}/{}MB", vgg.microkernel(), lambda_memory_mb(vcpus)), format!("{vcpus}vcpu"));
         g.bench_function(id, |b| {
             b.iter(|| {
                 pool.install(|| {

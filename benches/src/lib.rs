@@ -1,5 +1,5 @@
 //! Shared fixtures for the benchmarks: random VGG19 weights on disk, the
-//! named table of VGG19's convolution shapes, and Lambda's memory ↔ vCPU rule.
+//! named table of VGG19's convolution shapes, and the Lambda memory size per vCPU count.
 //!
 //! Throughputs are reported by criterion as "elements per second" where one
 //! element is one floating-point operation (or one byte, for bandwidth), so
@@ -68,12 +68,12 @@ pub fn conv_table(size: usize) -> Vec<ConvShape> {
     out
 }
 
-/// Lambda gives one vCPU per 1,769 MB of configured memory (up to 6 at 10,240 MB).
-pub const MB_PER_VCPU: usize = 1769;
-
-/// The smallest Lambda memory size (MB) that gives `vcpus` vCPUs.
-pub fn lambda_memory_mb(vcpus: usize) -> usize {
-    (vcpus * MB_PER_VCPU).min(10_240)
+/// The smallest Lambda memory size (MB) that runs `vcpus` compute threads
+/// with a full vCPU each, or the largest size if none does (6 threads get
+/// 5.79 vCPUs at 10,240 MB): the rule is `lml_lambda::cost`'s.
+pub fn lambda_memory_mb(vcpus: usize) -> u32 {
+    use lml_lambda::cost::{MAX_MEMORY_MB, MB_PER_VCPU};
+    u32::try_from(vcpus).unwrap_or(u32::MAX).saturating_mul(MB_PER_VCPU).min(MAX_MEMORY_MB)
 }
 
 /// A deterministic random batch `[n, c, s, s]` in `[-1, 1)`.

@@ -28,7 +28,7 @@ use crate::gemm::{Microkernel, PackedA};
 use crate::geometry::Window2d;
 use crate::layers::conv2d::{conv2d_forward_into, conv2d_padded, pack_filters, ConvAlgorithm};
 use crate::layers::padded::PaddedLayout;
-use crate::layers::{adaptive_avgpool2d_forward, dense_forward, maxpool2d_values_into};
+use crate::layers::{adaptive_avgpool2d_forward, dense_forward_on, maxpool2d_values_into};
 use crate::preprocess::{preprocess, Preset};
 use crate::weights::{NamedTensors, TensorSpec, WeightStore};
 
@@ -233,15 +233,16 @@ impl Held {
 
 /// The frozen VGG19 feature extractor over a [`WeightStore`].
 ///
-/// Dense weights (fc6, fc7: 469 MB) are read straight from the mapping. On
-/// CPUs with a GEMM microkernel the convolution filters (80 MB) are packed
-/// into its panel layout on the first forward pass and kept for the life of
-/// the extractor (shared by its clones).
+/// Dense weights (fc6, fc7: 469 MB) are read straight from the mapping. The
+/// convolution filters (80 MB) are packed into the panel layout of the
+/// extractor's [`Microkernel`] on the first forward pass and kept for the life
+/// of the extractor (shared by its clones).
 #[derive(Clone, Debug)]
 pub struct Vgg19 {
     store: Arc<WeightStore>,
     input_size: usize,
     cut: Cut,
+    kernel: Microkernel,
     packed: Arc<OnceLock<HashMap<&'static str, PackedA>>>,
     workspace: Arc<Mutex<Workspace>>,
 }
@@ -250,19 +251,21 @@ impl Vgg19 {
     /// Opens the weight directory `dir` for a forward to `cut` at `input_size`.
     ///
     /// # Errors
-    /// As [`WeightStore::open`], plus [`KernelError::Invalid`] if `input_size`
-    /// is not a positive multiple of 32.
+    /// As [`WeightStore::open`] and [`new`](Self::new).
     pub fn open(dir: impl AsRef<std::path::Path>, input_size: usize, cut: Cut) -> Result<Self> {
         let store = WeightStore::open(dir, MODEL, &tensor_specs(cut))?;
         Self::new(Arc::new(store), input_size, cut)
     }
 
     /// Wraps an already opened store (it must have been opened with
-    /// [`tensor_specs`] of at least `cut`).
+    /// [`tensor_specs`] of at least `cut`). The convolutions run on the
+    /// microkernel [`Microkernel::select`] picks (the fastest this CPU runs,
+    /// or the one `LML_MICROKERNEL` names); [`with_microkernel`](Self::with_microkernel) picks another.
     ///
     /// # Errors
     /// [`KernelError::Invalid`] if `input_size` is not a positive multiple of
-    /// 32; [`KernelError::MissingTensor`] if the store lacks a tensor `cut` needs.
+    /// 32 or `LML_MICROKERNEL` names no kernel this CPU runs;
+    /// [`KernelError::MissingTensor`] if the store lacks a tensor `cut` needs.
     pub fn new(store: Arc<WeightStore>, input_size: usize, cut: Cut) -> Result<Self> {
         if input_size == 0 || !input_size.is_multiple_of(32) {
             return Err(KernelError::invalid("input size", format!("{input_size} is not a positive multiple of 32")));
@@ -270,7 +273,23 @@ impl Vgg19 {
         for spec in tensor_specs(cut).iter().filter(|s| s.required) {
             store.view(&spec.name)?;
         }
-        Ok(Vgg19 { store, input_size, cut, packed: Arc::default(), workspace: Arc::default() })
+        let kernel = Microkernel::select()?;
+        Ok(Vgg19 { store, input_size, cut, kernel, packed: Arc::default(), workspace: Arc::default() })
+    }
+
+    /// The same extractor on `kernel` (for tests and benchmarks that compare
+    /// kernels); filters are packed anew for it on its first forward.
+    ///
+    /// # Errors
+    /// [`KernelError::Invalid`] if this CPU cannot run `kernel`.
+    pub fn with_microkernel(self, kernel: Microkernel) -> Result<Self> {
+        kernel.require()?;
+        Ok(Vgg19 { kernel, packed: Arc::default(), workspace: Arc::default(), ..self })
+    }
+
+    /// The microkernel the convolutions run on.
+    pub fn microkernel(&self) -> Microkernel {
+        self.kernel
     }
 
     /// Side of the square input.
@@ -311,21 +330,18 @@ impl Vgg19 {
         ))
     }
 
-    /// Conv filters packed for this CPU's microkernel (empty without one).
+    /// Conv filters packed for the extractor's microkernel.
     fn packed_filters(&self) -> Result<&HashMap<&'static str, PackedA>> {
         if let Some(p) = self.packed.get() {
             return Ok(p);
         }
-        let mut map = HashMap::new();
-        if let Some(kernel) = Microkernel::detect() {
-            let convs: Vec<&'static str> =
-                VGG19.iter().filter(|l| matches!(l.kind, LayerKind::Conv { .. })).map(|l| l.name).collect();
-            let packed: Result<Vec<(&'static str, PackedA)>> = convs
-                .into_par_iter()
-                .map(|name| Ok((name, pack_filters(self.params::<Ix4>(name)?.0, kernel)?)))
-                .collect();
-            map.extend(packed?);
-        }
+        let convs: Vec<&'static str> =
+            VGG19.iter().filter(|l| matches!(l.kind, LayerKind::Conv { .. })).map(|l| l.name).collect();
+        let packed: Result<HashMap<&'static str, PackedA>> = convs
+            .into_par_iter()
+            .map(|name| Ok((name, pack_filters(self.params::<Ix4>(name)?.0, self.kernel)?)))
+            .collect();
+        let map = packed?;
         Ok(self.packed.get_or_init(|| map))
     }
 
@@ -435,7 +451,7 @@ impl Vgg19 {
                             }
                         };
                         let (wt, b) = self.params::<Ix2>(layer.name)?;
-                        let y = dense_forward(input2.view(), wt, b, true)?;
+                        let y = dense_forward_on(input2.view(), wt, b, true, self.kernel)?;
                         observe(layer.name, y.view().into_dyn());
                         flat = Some(y);
                         continue;

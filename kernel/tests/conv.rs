@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{dot, finite_difference, integers, random};
+use common::{dot, each_microkernel, finite_difference, integers, random};
 use lml_kernel::approx::{assert_close, check_close, check_close_to_magnitude, Approximation};
 use lml_kernel::gemm::Microkernel;
 use lml_kernel::geometry::Window2d;
@@ -34,13 +34,19 @@ impl ConvProblem {
         )
     }
 
-    /// The automatic choice and every algorithm this CPU can run, against the reference.
+    /// The automatic choice and every algorithm on every microkernel this
+    /// CPU can run, against the reference.
     fn check_forward(&self, seed: u64) -> Result<(), String> {
+        self.check_forward_on(seed, &algorithms(&self.window, &Microkernel::runnable()))
+    }
+
+    /// The automatic choice and the given (algorithm, kernel) pairs, against the reference.
+    fn check_forward_on(&self, seed: u64, algos: &[(ConvAlgorithm, Option<Microkernel>)]) -> Result<(), String> {
         let (x, w, b) = self.data(seed);
         let r = reference::conv2d(x.view(), w.view(), b.view(), &self.window, self.relu);
         let y = conv2d_forward(x.view(), w.view(), b.view(), &self.window, self.relu).map_err(|e| e.to_string())?;
         check_close(&format!("{self:?}"), y.view(), r.view(), Approximation::Close)?;
-        for (algo, kernel) in algorithms(&self.window) {
+        for &(algo, kernel) in algos {
             let packed = kernel.map(|k| pack_filters(w.view(), k)).transpose().map_err(|e| e.to_string())?;
             let y =
                 conv2d_forward_algorithm(x.view(), w.view(), packed.as_ref(), b.view(), &self.window, self.relu, algo)
@@ -66,15 +72,11 @@ impl ConvProblem {
     }
 }
 
-/// Every microkernel this CPU supports.
-fn kernels() -> Vec<Microkernel> {
-    [Microkernel::Avx512, Microkernel::Avx2].into_iter().filter(|k| k.available()).collect()
-}
-
-/// Every (algorithm, microkernel) pair that can run `window` here.
-fn algorithms(window: &Window2d) -> Vec<(ConvAlgorithm, Option<Microkernel>)> {
+/// The portable algorithm, and every packed algorithm that can run `window`
+/// on each of `kernels`.
+fn algorithms(window: &Window2d, kernels: &[Microkernel]) -> Vec<(ConvAlgorithm, Option<Microkernel>)> {
     let mut out = vec![(ConvAlgorithm::Portable, None)];
-    for k in kernels() {
+    for &k in kernels {
         out.push((ConvAlgorithm::PackedIm2col, Some(k)));
         if window.stride == (1, 1) {
             out.push((ConvAlgorithm::Implicit, Some(k)));
@@ -114,27 +116,36 @@ proptest! {
 /// a ragged last tile) and many channels.
 #[test]
 fn vgg_window_tiled_shapes() {
-    for (n, c, hw, o) in [(2, 16, 24, 8), (1, 3, 33, 5), (3, 64, 7, 16), (1, 8, 17, 64)] {
-        let p = ConvProblem { n, c, h: hw, w: hw, o, window: Window2d::VGG_CONV, relu: true };
-        p.check_forward(7).unwrap();
-    }
+    each_microkernel("vgg_window_tiled_shapes", |kernel| {
+        let shapes = [(2, 16, 24, 8), (1, 3, 33, 5), (3, 64, 7, 16), (1, 8, 17, 64)];
+        for (n, c, hw, o) in shapes {
+            let p = ConvProblem { n, c, h: hw, w: hw, o, window: Window2d::VGG_CONV, relu: true };
+            p.check_forward_on(7, &algorithms(&p.window, &[kernel])).unwrap();
+        }
+        shapes.len()
+    });
 }
 
 /// Integer-valued data: every sum is exact in f32, so the result is bit-exact.
 #[test]
 fn exact_on_integer_data() {
-    for (window, shape) in [(Window2d::square(3, 2, 1), (2, 5, 11, 9)), (Window2d::VGG_CONV, (3, 30, 20, 17))] {
-        let x = integers(shape, 1);
-        let w = integers((13, shape.1, 3, 3), 2);
-        let b = integers(13, 3);
-        let r = reference::conv2d(x.view(), w.view(), b.view(), &window, false);
-        for (algo, kernel) in algorithms(&window) {
-            let packed = kernel.map(|k| pack_filters(w.view(), k).unwrap());
-            let y =
-                conv2d_forward_algorithm(x.view(), w.view(), packed.as_ref(), b.view(), &window, false, algo).unwrap();
-            assert_close(&format!("exact conv {algo:?} {kernel:?}"), y.view(), r.view(), Approximation::Exact);
+    each_microkernel("exact_on_integer_data", |kernel| {
+        let mut cases = 0;
+        for (window, shape) in [(Window2d::square(3, 2, 1), (2, 5, 11, 9)), (Window2d::VGG_CONV, (3, 30, 20, 17))] {
+            let x = integers(shape, 1);
+            let w = integers((13, shape.1, 3, 3), 2);
+            let b = integers(13, 3);
+            let r = reference::conv2d(x.view(), w.view(), b.view(), &window, false);
+            for (algo, kernel) in algorithms(&window, &[kernel]) {
+                let packed = kernel.map(|k| pack_filters(w.view(), k).unwrap());
+                let y = conv2d_forward_algorithm(x.view(), w.view(), packed.as_ref(), b.view(), &window, false, algo)
+                    .unwrap();
+                assert_close(&format!("exact conv {algo:?} {kernel:?}"), y.view(), r.view(), Approximation::Exact);
+                cases += 1;
+            }
         }
-    }
+        cases
+    });
 }
 
 /// Many small images are grouped into one task; tasks must not mix them up.
@@ -171,13 +182,11 @@ fn algorithm_choice() {
         ConvAlgorithm::Implicit,
     );
     assert!(err.unwrap_err().to_string().contains("needs packed filters"));
-    if let Some(k) = Microkernel::detect() {
-        let p = pack_filters(w.view(), k).unwrap();
-        let strided = Window2d::square(3, 2, 1);
-        let err =
-            conv2d_forward_algorithm(x.view(), w.view(), Some(&p), b.view(), &strided, false, ConvAlgorithm::Implicit);
-        assert!(err.unwrap_err().to_string().contains("stride 1"));
-    }
+    let p = pack_filters(w.view(), Microkernel::detect()).unwrap();
+    let strided = Window2d::square(3, 2, 1);
+    let err =
+        conv2d_forward_algorithm(x.view(), w.view(), Some(&p), b.view(), &strided, false, ConvAlgorithm::Implicit);
+    assert!(err.unwrap_err().to_string().contains("stride 1"));
 }
 
 #[test]
@@ -186,11 +195,12 @@ fn packed_filters_must_match() {
     let w = random((4, 3, 3, 3), 2);
     let other = random((5, 3, 3, 3), 2);
     let b = random(4, 3);
-    if let Some(k) = Microkernel::detect() {
-        let packed = pack_filters(other.view(), k).unwrap();
-        let err =
-            conv2d_forward_with(x.view(), w.view(), Some(&packed), b.view(), &Window2d::VGG_CONV, false).unwrap_err();
-        assert!(err.to_string().contains("packed"), "{err}");
+    let packed = pack_filters(other.view(), Microkernel::detect()).unwrap();
+    let err = conv2d_forward_with(x.view(), w.view(), Some(&packed), b.view(), &Window2d::VGG_CONV, false).unwrap_err();
+    assert!(err.to_string().contains("packed"), "{err}");
+    for k in Microkernel::unavailable() {
+        let err = pack_filters(w.view(), k).unwrap_err();
+        assert!(err.to_string().contains("not supported by this CPU"), "{err}");
     }
 }
 
@@ -264,21 +274,31 @@ fn backward_matches_finite_differences() {
     );
 }
 
-/// Results do not depend on the number of threads.
+/// Results do not depend on the number of threads, on any kernel and
+/// algorithm (the task widths change with the thread count).
 #[test]
 fn deterministic_across_thread_counts() {
     let x = random((3, 8, 20, 20), 31);
     let w = random((16, 8, 3, 3), 32);
     let b = random(16, 33);
-    let run = |t| {
-        lml_kernel::parallel::thread_pool(t)
-            .unwrap()
-            .install(|| conv2d_forward(x.view(), w.view(), b.view(), &Window2d::VGG_CONV, true).unwrap())
-    };
-    let one = run(1);
-    for t in [2, 3, 5] {
-        assert_eq!(one, run(t), "{t} threads");
-    }
+    each_microkernel("deterministic_across_thread_counts", |kernel| {
+        let packed = pack_filters(w.view(), kernel).unwrap();
+        let mut cases = 0;
+        for algo in [ConvAlgorithm::Implicit, ConvAlgorithm::PackedIm2col] {
+            let run = |t| {
+                lml_kernel::parallel::thread_pool(t).unwrap().install(|| {
+                    let window = &Window2d::VGG_CONV;
+                    conv2d_forward_algorithm(x.view(), w.view(), Some(&packed), b.view(), window, true, algo).unwrap()
+                })
+            };
+            let one = run(1);
+            for t in [2, 3, 5] {
+                assert_eq!(one, run(t), "{kernel} {algo:?} {t} threads");
+                cases += 1;
+            }
+        }
+        cases
+    });
 }
 
 #[test]
@@ -306,13 +326,16 @@ fn bad_shapes_are_typed_errors() {
 /// forward runs blocks 1–2: the first writes straight into the second's
 /// input (its non-output columns land on the frame as zeros), with no copy.
 /// Integer data: bit-exact against the reference, and every float outside
-/// the interiors zero (the buffers start as NaN).
+/// the interiors zero (the buffers start as NaN). Run at 1, 2 and 3 threads:
+/// the task widths change with the thread count, and an image's span must
+/// never share a panel with the next image's (the panels are read as one
+/// contiguous run, and between two spans lie frame rows).
 #[test]
 fn padded_chain_is_exact_and_keeps_the_frame_zero() {
     use lml_kernel::layers::conv2d::conv2d_padded;
     use lml_kernel::layers::PaddedLayout;
-    for kernel in kernels() {
-        for (n, c, h, w, o1, o2, window) in [
+    each_microkernel("padded_chain_is_exact_and_keeps_the_frame_zero", |kernel| {
+        let cases = [
             (2, 3, 9, 13, 8, 5, Window2d::VGG_CONV),
             (1, 4, 40, 33, 16, 9, Window2d::VGG_CONV),
             (3, 2, 6, 5, 3, 4, Window2d::square(5, 1, 2)),
@@ -320,7 +343,12 @@ fn padded_chain_is_exact_and_keeps_the_frame_zero() {
             // Images smaller than a panel: computed spans cover whole images and panels straddle them.
             (5, 3, 2, 2, 5, 6, Window2d::VGG_CONV),
             (3, 2, 3, 1, 4, 3, Window2d::VGG_CONV),
-        ] {
+            // Several images whose spans end inside a task.
+            (3, 8, 20, 20, 16, 8, Window2d::VGG_CONV),
+        ];
+        let threads = [1, 2, 3];
+        for (t, (n, c, h, w, o1, o2, window)) in threads.iter().flat_map(|&t| cases.iter().map(move |&c| (t, c))) {
+            let pool = lml_kernel::parallel::thread_pool(t).unwrap();
             let (kh, kw) = window.kernel;
             let x = integers((n, c, h, w), 1);
             let (w1, b1) = (integers((o1, c, kh, kw), 2), integers(o1, 3));
@@ -334,11 +362,13 @@ fn padded_chain_is_exact_and_keeps_the_frame_zero() {
             l0.fill(&mut b0, x.view()).unwrap();
             let p1 = pack_filters(w1.view(), kernel).unwrap();
             let p2 = pack_filters(w2.view(), kernel).unwrap();
-            conv2d_padded(&b0, &l0, &p1, b1.view(), &window, true, &mut b1buf, &l1).unwrap();
-            conv2d_padded(&b1buf, &l1, &p2, b2.view(), &window, false, &mut b2buf, &l2).unwrap();
+            pool.install(|| {
+                conv2d_padded(&b0, &l0, &p1, b1.view(), &window, true, &mut b1buf, &l1).unwrap();
+                conv2d_padded(&b1buf, &l1, &p2, b2.view(), &window, false, &mut b2buf, &l2).unwrap();
+            });
             let r1 = reference::conv2d(x.view(), w1.view(), b1.view(), &window, true);
             let r2 = reference::conv2d(r1.mapv(|v| v as f32).view(), w2.view(), b2.view(), &window, false);
-            let what = format!("{kernel:?} {n}×{c}×{h}×{w} {window:?}");
+            let what = format!("{kernel} {t} threads {n}×{c}×{h}×{w} {window:?}");
             assert_close(&what, l1.view(&b1buf), r1.view(), Approximation::Exact);
             assert_close(&what, l2.view(&b2buf), r2.view(), Approximation::Exact);
             for (layout, buf) in [(&l1, &b1buf), (&l2, &b2buf)] {
@@ -352,14 +382,15 @@ fn padded_chain_is_exact_and_keeps_the_frame_zero() {
                 }
             }
         }
-    }
+        cases.len() * threads.len()
+    });
 }
 
 #[test]
 fn padded_layouts_that_do_not_fit_are_errors() {
     use lml_kernel::layers::conv2d::conv2d_padded;
     use lml_kernel::layers::PaddedLayout;
-    let Some(kernel) = Microkernel::detect() else { return };
+    let kernel = Microkernel::detect();
     let window = Window2d::VGG_CONV;
     let (w, b) = (random((4, 3, 3, 3), 1), random(4, 2));
     let p = pack_filters(w.view(), kernel).unwrap();

@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{dot, finite_difference, integers, random};
+use common::{dot, each_microkernel, finite_difference, integers, random};
 use lml_kernel::approx::{assert_close, Approximation};
+use lml_kernel::gemm::Microkernel;
 use lml_kernel::geometry::Window2d;
 use lml_kernel::layers::*;
 use lml_kernel::optim::Sgd;
@@ -58,8 +59,11 @@ proptest! {
         let x = random((n, i), seed);
         let w = random((o, i), seed + 1);
         let b = random(o, seed + 2);
-        let y = dense_forward(x.view(), w.view(), b.view(), relu).unwrap();
-        assert_close("dense", y.view(), reference::dense(x.view(), w.view(), b.view(), relu).view(), Approximation::Close);
+        let r = reference::dense(x.view(), w.view(), b.view(), relu);
+        for kernel in Microkernel::runnable() {
+            let y = dense_forward_on(x.view(), w.view(), b.view(), relu, kernel).unwrap();
+            assert_close(&format!("dense on {kernel}"), y.view(), r.view(), Approximation::Close);
+        }
     }
 }
 
@@ -111,13 +115,12 @@ fn dense_exact_on_integers_and_backward_matches_finite_differences() {
     let x = integers((3, 9), 1);
     let w = integers((70, 9), 2);
     let b = integers(70, 3);
-    let y = dense_forward(x.view(), w.view(), b.view(), false).unwrap();
-    assert_close(
-        "dense exact",
-        y.view(),
-        reference::dense(x.view(), w.view(), b.view(), false).view(),
-        Approximation::Exact,
-    );
+    let r = reference::dense(x.view(), w.view(), b.view(), false);
+    each_microkernel("dense exact", |kernel| {
+        let y = dense_forward_on(x.view(), w.view(), b.view(), false, kernel).unwrap();
+        assert_close(&format!("dense exact on {kernel}"), y.view(), r.view(), Approximation::Exact);
+        1
+    });
 
     let x = random((3, 7), 4);
     let w = random((5, 7), 5);
@@ -144,19 +147,24 @@ fn dense_exact_on_integers_and_backward_matches_finite_differences() {
     assert_eq!(skipped.weight, g.weight);
 }
 
-/// Batches around the 4-image groups of the dot-product path and past its
-/// limit (the `sgemm` path), feature counts off the 4-row groups, and input
-/// lengths off the 16-float vectors.
+/// Batches around the 2- and 4-image groups of the dot-product path and past
+/// its limit (the `sgemm` path), feature counts off the 4-row groups, and
+/// input lengths off the 4-, 8- and 16-float vectors, on every kernel.
 #[test]
 fn dense_pinned_sizes() {
-    for (n, i, o) in [(1, 25, 3), (4, 16, 4), (5, 33, 70), (7, 100, 9), (16, 17, 65), (17, 40, 70), (40, 64, 130)] {
-        let x = random((n, i), 1);
-        let w = random((o, i), 2);
-        let b = random(o, 3);
-        let y = dense_forward(x.view(), w.view(), b.view(), true).unwrap();
-        let r = reference::dense(x.view(), w.view(), b.view(), true);
-        assert_close(&format!("dense n{n} i{i} o{o}"), y.view(), r.view(), Approximation::Close);
-    }
+    let sizes =
+        [(1, 25, 3), (3, 16, 4), (4, 16, 4), (5, 33, 70), (7, 100, 9), (16, 17, 65), (17, 40, 70), (40, 64, 130)];
+    each_microkernel("dense_pinned_sizes", |kernel| {
+        for (n, i, o) in sizes {
+            let x = random((n, i), 1);
+            let w = random((o, i), 2);
+            let b = random(o, 3);
+            let y = dense_forward_on(x.view(), w.view(), b.view(), true, kernel).unwrap();
+            let r = reference::dense(x.view(), w.view(), b.view(), true);
+            assert_close(&format!("dense n{n} i{i} o{o} on {kernel}"), y.view(), r.view(), Approximation::Close);
+        }
+        sizes.len()
+    });
 }
 
 #[test]

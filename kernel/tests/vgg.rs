@@ -4,7 +4,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
+mod common;
+
+use common::each_microkernel;
 use lml_kernel::approx::{assert_close, Approximation};
+use lml_kernel::gemm::Microkernel;
 use lml_kernel::geometry::Window2d;
 use lml_kernel::vgg::{random_weights, tensor_specs, LayerKind, CLASSIFIER_IN, MODEL, VGG19};
 use lml_kernel::weights::WeightStore;
@@ -81,18 +85,45 @@ fn reference_forward(store: &WeightStore, x: &Array4<f32>) -> Vec<Array2<f64>> {
     cuts
 }
 
+/// The whole network at 32×32 against the f64 reference chain, to every
+/// cut, on every microkernel this CPU runs.
 #[test]
 fn vgg19_at_32_matches_reference_for_every_cut() {
     let store = WeightStore::open(dir(), MODEL, &tensor_specs(Cut::Fc7)).unwrap();
     let x = input(2, 32, 1);
     let refs = reference_forward(&store, &x);
-    for (cut, r) in [Cut::Pool5, Cut::Fc6, Cut::Fc7].into_iter().zip(refs) {
-        let vgg = Vgg19::open(dir(), 32, cut).unwrap();
-        let y = vgg.forward(x.view()).unwrap();
-        assert_eq!(y.shape(), &[2, vgg.feature_dim()]);
-        assert_close(&format!("VGG19 to {cut:?} at 32"), y.view(), r.view(), Approximation::Approximate);
-        assert!(r.iter().any(|&v| v > 0.0), "features must not be all zero");
-    }
+    each_microkernel("vgg19_at_32_matches_reference_for_every_cut", |kernel| {
+        // Two forwards: to pool5 (its own output path) and to fc7, whose
+        // fc6 output is observed on the way.
+        let mut cases = 0;
+        for cut in [Cut::Pool5, Cut::Fc7] {
+            let vgg = Vgg19::open(dir(), 32, cut).unwrap().with_microkernel(kernel).unwrap();
+            assert_eq!(vgg.microkernel(), kernel);
+            let mut fc6 = None;
+            let y = vgg
+                .forward_observed(x.view(), |name, y| {
+                    if name == "classifier.0" {
+                        fc6 = Some(y.to_owned());
+                    }
+                })
+                .unwrap();
+            assert_eq!(y.shape(), &[2, vgg.feature_dim()]);
+            let mut got = vec![(cut, y)];
+            if let Some(f) = fc6 {
+                got.push((Cut::Fc6, f.into_dimensionality().unwrap()));
+            }
+            for (cut, y) in got {
+                // `refs` holds the cuts in order: pool5, fc6, fc7.
+                let r = &refs[cut as usize];
+                let what = format!("VGG19 to {cut:?} at 32 on {kernel}");
+                assert_close(&what, y.view(), r.view(), Approximation::Approximate);
+                assert!(r.iter().any(|&v| v > 0.0), "features must not be all zero");
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, 3, "pool5, fc6 and fc7 checked");
+        cases
+    });
 }
 
 /// At 224 the full reference would take minutes, so every layer is checked on
@@ -177,6 +208,10 @@ fn features_are_independent_of_batch_composition_and_threads() {
 #[test]
 fn bad_configuration_is_a_typed_error() {
     assert!(matches!(Vgg19::open(dir(), 48, Cut::Fc7), Err(KernelError::Invalid { .. })));
+    for kernel in Microkernel::unavailable() {
+        let err = Vgg19::open(dir(), 32, Cut::Fc7).unwrap().with_microkernel(kernel).unwrap_err();
+        assert!(err.to_string().contains("not supported by this CPU"), "{err}");
+    }
     let vgg = Vgg19::open(dir(), 32, Cut::Pool5).unwrap();
     let err = vgg.forward(input(1, 64, 1).view()).unwrap_err();
     assert!(err.to_string().contains("[N, 3, 32, 32]"), "{err}");

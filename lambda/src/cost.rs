@@ -7,6 +7,50 @@
 
 use serde::Serialize;
 
+/// Memory (MB) that buys one vCPU's worth of CPU time on Lambda. Lambda
+/// allocates CPU in proportion to configured memory ("at 1,769 MB, a
+/// function has the equivalent of one vCPU": AWS Lambda Developer Guide,
+/// "Configuring Lambda function memory"), so the share is fractional:
+/// 10,240 MB buys 5.79 vCPUs. This constant is the one source of that rule:
+/// the compute threads ([`compute_threads`]), the time model
+/// ([`vcpu_share`], [`seconds_per_example`]) and the benchmarks' memory
+/// labels all derive from it.
+pub const MB_PER_VCPU: u32 = 1769;
+
+/// Lambda's largest memory size (MB).
+pub const MAX_MEMORY_MB: u32 = 10_240;
+
+/// Lambda's smallest memory size (MB).
+pub const MIN_MEMORY_MB: u32 = 128;
+
+/// The most compute threads a function runs: ⌈10,240 / 1,769⌉ = 6.
+pub const MAX_THREADS: usize = MAX_MEMORY_MB.div_ceil(MB_PER_VCPU) as usize;
+
+/// vCPUs' worth of CPU time a function of `memory_mb` gets per second:
+/// `memory_mb / 1769` (fractional: 8,192 MB → 4.63, 10,240 MB → 5.79;
+/// below 1,769 MB, less than one vCPU). Memory past [`MAX_MEMORY_MB`] counts as the maximum.
+pub fn vcpu_share(memory_mb: u32) -> f64 {
+    f64::from(memory_mb.min(MAX_MEMORY_MB)) / f64::from(MB_PER_VCPU)
+}
+
+/// Compute threads for a function of `memory_mb`: one per started 1,769 MB
+/// (`⌈memory / 1769⌉`), at least 1, at most [`MAX_THREADS`]. There are
+/// never fewer threads than the [`vcpu_share`], so the share is what limits
+/// the speed. (The CPUs a function *sees* differ: published `/proc/cpuinfo`
+/// dumps show 2 CPUs up to 3,008 MB. The time it gets is the share.)
+pub fn compute_threads(memory_mb: u32) -> usize {
+    (memory_mb.div_ceil(MB_PER_VCPU) as usize).clamp(1, MAX_THREADS)
+}
+
+/// Worker seconds per example at `memory_mb` for work that takes
+/// `per_vcpu_s` seconds per example on one full vCPU: `per_vcpu_s / share`.
+/// The model assumes the work divides evenly over the threads (measured:
+/// 0.99 of linear from 1 to 2 threads on the development machine; beyond 2
+/// threads unmeasured).
+pub fn seconds_per_example(per_vcpu_s: f64, memory_mb: u32) -> f64 {
+    per_vcpu_s / vcpu_share(memory_mb.max(1))
+}
+
 /// Unit prices in US dollars.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Prices {
@@ -155,6 +199,23 @@ mod tests {
             stored_days: 0.0,
             endpoint_azs: 0,
         }
+    }
+
+    #[test]
+    fn the_vcpu_rule_is_fractional_and_threads_cover_it() {
+        assert_eq!(MAX_THREADS, 6);
+        assert!((vcpu_share(1769) - 1.0).abs() < 1e-12);
+        assert!((vcpu_share(10_240) - 5.788_581).abs() < 1e-6);
+        assert!((vcpu_share(8192) - 4.630_865).abs() < 1e-6);
+        assert_eq!(vcpu_share(20_000), vcpu_share(MAX_MEMORY_MB));
+        let table = [(128, 1), (1769, 1), (1770, 2), (3538, 2), (5307, 3), (8192, 5), (10_240, 6), (20_000, 6)];
+        for (mb, threads) in table {
+            assert_eq!(compute_threads(mb), threads, "{mb} MB");
+            assert!(threads as f64 >= vcpu_share(mb), "{mb} MB: fewer threads than the share");
+        }
+        // 0.5 s per example on one vCPU: twice as long at half a vCPU, 4.63× faster at 8 GB.
+        assert!((seconds_per_example(0.5, 1769 / 2 + 1) - 0.5 / vcpu_share(885)).abs() < 1e-12);
+        assert!((seconds_per_example(0.5, 8192) - 0.5 * 1769.0 / 8192.0).abs() < 1e-12);
     }
 
     /// Hand-computed: 4000 examples × 0.5 s = 2000 s of compute at 2 GB =

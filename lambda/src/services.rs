@@ -123,10 +123,11 @@ impl Invocation {
     }
 }
 
-/// vCPUs (and so compute threads) AWS Lambda gives a function of `memory_mb`:
-/// one per 1,769 MB, at least one, at most six.
+/// Compute threads for a function of `memory_mb`: one per started
+/// [`crate::cost::MB_PER_VCPU`] (1,769 MB), at least one, at most
+/// [`crate::cost::MAX_THREADS`] (see [`crate::cost::compute_threads`]).
 pub fn lambda_threads(memory_mb: u32) -> usize {
-    (memory_mb as usize).div_ceil(1769).clamp(1, 6)
+    crate::cost::compute_threads(memory_mb)
 }
 
 /// Locks `m`, recovering it if a panic poisoned it: every mutex in this

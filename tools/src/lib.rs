@@ -5,6 +5,7 @@
 //! `src/cmd/`) is wiring only: one file per command, its arguments and handler.
 
 pub mod bars;
+pub mod calibrate;
 pub mod cifar;
 pub mod convert;
 pub mod features;

@@ -1,21 +1,19 @@
-//! `lml plan`: what a job would cost and take on AWS Lambda, from the cost
-//! model in `lml_lambda::cost` and the compute speeds measured here.
+//! `lml plan`: what a job would cost and take on AWS Lambda, on arm64 and
+//! x86_64 side by side, from the cost model in `lml_lambda::cost` and the
+//! compute speeds of `lml_tools::calibrate` (measured by `lml plan
+//! --calibrate`, or the documented per-architecture defaults).
 
-use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
 use clap::Parser;
-use lml_lambda::cost::{JobShape, Prices};
-use lml_lambda::services::lambda_threads;
-
-/// Seconds per 224×224 image through VGG19 to fc7 on one thread: 3.034 s per
-/// batch of 8 (`cargo bench -p lml-benches --bench vgg -- vgg19_224_fc7`, 1
-/// thread, this x86 machine); 2 threads measured 1.536 s (0.99 of linear).
-const SECS_224_ONE_THREAD: f64 = 3.034 / 8.0;
-/// Seconds per 32×32 image to pool5 on one thread, from 175 img/s on 2
-/// threads (`--bench vgg -- vgg19_32_pool5`), assuming linear scaling.
-const SECS_32_ONE_THREAD: f64 = 2.0 / 175.0;
-/// Seconds per cached 4096-d feature row in a head step: 0.24 s per epoch of
-/// 50,000 (`--bench head -- head_epoch`).
-const SECS_FEATURE: f64 = 0.24 / 50_000.0;
+use lml_lambda::cost::{
+    compute_threads, seconds_per_example, vcpu_share, Estimate, JobShape, Prices, MAX_MEMORY_MB, MIN_MEMORY_MB,
+};
+use lml_tools::calibrate::{
+    default_path, default_speeds, measure, write_random_weights, Arch, CalibrationFile, Speeds, Workload,
+    CALIBRATION_ENV, DEVELOPMENT_PEAK_GFLOPS, GRAVITON2_PEAK_GFLOPS,
+};
 
 #[derive(Parser)]
 pub struct PlanArgs {
@@ -25,7 +23,8 @@ pub struct PlanArgs {
     paper: bool,
     #[arg(long, default_value_t = 16)]
     workers: usize,
-    /// Function memory (MB): 1,769 MB per vCPU, at most 6.
+    /// Function memory (MB), 128 to 10,240: 1,769 MB buys one vCPU's worth
+    /// of CPU time (fractional: 8,192 MB buys 4.63).
     #[arg(long, default_value_t = 8192)]
     memory: u32,
     /// Training examples.
@@ -42,12 +41,27 @@ pub struct PlanArgs {
     /// Input side for --data images: 224 or 32.
     #[arg(long, default_value_t = 224)]
     input_size: usize,
-    /// Override the compute seconds per example at this memory size.
+    /// Override the compute seconds per example on one thread with one full
+    /// vCPU (both architectures); divided by the vCPU share of --memory.
     #[arg(long)]
     sec_per_example: Option<f64>,
-    /// Price x86_64 instead of arm64.
+    /// First time a short forward (224×224 to fc7, 32×32 to pool5) and head
+    /// steps on this machine, one thread, and store the speeds for this
+    /// architecture in the calibration file.
     #[arg(long)]
-    x86: bool,
+    calibrate: bool,
+    /// The calibration file (default: $LML_CALIBRATION, else
+    /// $XDG_CACHE_HOME/lml/calibration.json, else ~/.cache/lml/calibration.json).
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+    /// VGG19 weights for --calibrate (default: random weights, written to a
+    /// temporary folder and removed; speed does not depend on the values).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Images per forward for --calibrate: this many at 224×224, 8× as many
+    /// at 32×32, 1,024× as many feature rows.
+    #[arg(long, default_value_t = Workload::default().images_224)]
+    calibrate_batch: usize,
     /// Invocation time limit (s).
     #[arg(long, default_value_t = 900.0)]
     time_limit: f64,
@@ -62,6 +76,24 @@ pub struct PlanArgs {
     days: f64,
 }
 
+/// What one unit of work is, for the speeds table.
+#[derive(Clone, Copy)]
+enum Work {
+    Image224,
+    Image32,
+    Feature,
+}
+
+impl Work {
+    fn seconds(self, s: &Speeds) -> f64 {
+        match self {
+            Work::Image224 => s.image_224_fc7_s,
+            Work::Image32 => s.image_32_pool5_s,
+            Work::Feature => s.feature_row_s,
+        }
+    }
+}
+
 pub fn plan(args: &PlanArgs) -> Result<()> {
     let (mut workers, mut memory, mut data, mut input, mut epochs, mut examples) =
         (args.workers, args.memory, args.data.as_str(), args.input_size, args.epochs, args.examples);
@@ -71,61 +103,190 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
     if workers == 0 || args.batch == 0 || examples == 0 || epochs == 0 {
         bail!("--workers, --batch, --examples and --epochs must be positive");
     }
-    let threads = lambda_threads(memory);
-    let (per_thread, bytes, stored_gb) = match (data, input) {
-        ("images", 224) => (SECS_224_ONE_THREAD, 3072.0, 0.18 + 0.57),
-        ("images", 32) => (SECS_32_ONE_THREAD, 3072.0, 0.18 + 0.57),
-        ("images", s) => {
-            bail!("--input-size {s}: the model has measurements for 224 and 32 only; pass --sec-per-example")
+    if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&memory) {
+        bail!("--memory {memory}: Lambda takes {MIN_MEMORY_MB} to {MAX_MEMORY_MB} MB");
+    }
+    if let Some(s) = args.sec_per_example {
+        if !(s.is_finite() && s > 0.0) {
+            bail!("--sec-per-example {s}: expected a positive number of seconds");
         }
-        ("features", _) => (SECS_FEATURE, 16384.0, 0.18 + 0.57 + 0.82),
+    }
+    let (work, bytes, stored_gb) = match (data, input) {
+        ("images", 224) => (Work::Image224, 3072.0, 0.18 + 0.57),
+        ("images", 32) => (Work::Image32, 3072.0, 0.18 + 0.57),
+        ("images", s) => {
+            bail!("--input-size {s}: the model has speeds for 224 and 32 only; pass --sec-per-example")
+        }
+        ("features", _) => (Work::Feature, 16384.0, 0.18 + 0.57 + 0.82),
         (d, _) => bail!("--data {d:?}: expected images or features"),
     };
-    let sec = args.sec_per_example.unwrap_or(per_thread / threads as f64);
-    let rounds_per_epoch = examples.div_ceil((workers * args.batch) as u64);
-    let shape = JobShape {
-        workers,
-        memory_mb: memory,
-        arm64: !args.x86,
-        examples: examples * epochs,
-        rounds: rounds_per_epoch * epochs,
-        seconds_per_example: sec,
-        worker_overhead_s: args.worker_overhead,
-        combine_s: args.combine,
-        time_limit_s: args.time_limit,
-        bytes_per_example: bytes,
-        parameter_bytes: 2.0 * 4.0 * (4096.0 * 10.0 + 10.0),
-        stored_gb,
-        stored_days: args.days,
-        endpoint_azs: 2,
+    let total_examples = examples.checked_mul(epochs).context("--examples × --epochs overflows")?;
+    let per_round = (workers as u64).checked_mul(args.batch as u64).context("--workers × --batch overflows")?;
+    let rounds = examples.div_ceil(per_round).checked_mul(epochs).context("rounds overflow")?;
+
+    let path = match &args.calibration {
+        Some(p) => p.clone(),
+        None => default_path()?,
     };
-    let e = shape.estimate(&Prices::default());
+    if args.calibrate {
+        calibrate(args, &path)?;
+    }
+    let file = CalibrationFile::load(&path)?;
+
+    let (threads, share) = (compute_threads(memory), vcpu_share(memory));
     println!(
-        "{workers} workers × {memory} MB ({threads} vCPU, {}), {examples} examples × {epochs} epoch(s) from {data}{}, batch {} per worker: {} rounds",
-        if args.x86 { "x86_64" } else { "arm64" },
+        "{workers} workers × {memory} MB ({threads} compute thread(s) on {share:.2} vCPUs), {examples} examples × {epochs} epoch(s) from {data}{}, batch {} per worker: {rounds} rounds",
         if data == "images" { format!(" at {input}×{input}") } else { String::new() },
         args.batch,
-        shape.rounds
     );
+    println!("speeds, seconds per example on one thread with one vCPU (calibration file {}):", path.display());
+    let prices = Prices::default();
+    let mut estimates: Vec<(Arch, f64, Estimate)> = Vec::new();
+    for arch in Arch::ALL {
+        let (per_vcpu, source) = match (args.sec_per_example, file.get(arch)) {
+            (Some(s), _) => (s, "given by --sec-per-example".to_string()),
+            (None, Some(c)) => (
+                work.seconds(&c.speeds),
+                format!("calibrated on {} ({} kernel, {} thread)", c.cpu, c.microkernel, c.threads),
+            ),
+            (None, None) => (work.seconds(&default_speeds(arch)), default_note(arch)),
+        };
+        println!("  {:<7} {per_vcpu:.3e}  {source}", arch.lambda_name());
+        let sec = seconds_per_example(per_vcpu, memory);
+        let shape = JobShape {
+            workers,
+            memory_mb: memory,
+            arm64: arch == Arch::Aarch64,
+            examples: total_examples,
+            rounds,
+            seconds_per_example: sec,
+            worker_overhead_s: args.worker_overhead,
+            combine_s: args.combine,
+            time_limit_s: args.time_limit,
+            bytes_per_example: bytes,
+            parameter_bytes: 2.0 * 4.0 * (4096.0 * 10.0 + 10.0),
+            stored_gb,
+            stored_days: args.days,
+            endpoint_azs: 2,
+        };
+        estimates.push((arch, sec, shape.estimate(&prices)));
+    }
     println!(
-        "compute {:.3e} s per example per worker{}",
-        sec,
-        if args.sec_per_example.is_some() {
-            " (given)".to_string()
-        } else {
-            format!(" (measured here on x86 per thread, divided by {threads} vCPUs: beyond 2 threads this is an extrapolation)")
-        }
+        "compute time = seconds per example / {share:.2} vCPUs (memory / {} MB){}",
+        lml_lambda::cost::MB_PER_VCPU,
+        if threads > 2 { "; linear scaling beyond 2 threads is assumed, not measured" } else { "" }
     );
-    println!("wall time ≈ {:.2} h; {:.0} GB-s; {} invocations", e.hours, e.gb_seconds, e.requests);
-    println!("  Lambda compute   ${:>9.4}", e.lambda_compute);
-    println!("  Lambda requests  ${:>9.4}", e.lambda_requests);
-    println!("  DynamoDB         ${:>9.4}", e.dynamodb);
-    println!("  EFS storage      ${:>9.4}  ({stored_gb:.2} GB for {} day(s))", e.efs_storage, args.days);
-    println!("  EFS throughput   ${:>9.4}", e.efs_throughput);
-    println!("  Lambda endpoint  ${:>9.4}  (2 AZs)", e.endpoint);
-    println!("  total            ${:>9.4}  (us-east-1 list prices; check current prices)", e.total);
+
+    let row = |label: &str, f: &dyn Fn(&(Arch, f64, Estimate)) -> String| {
+        let cells: Vec<String> = estimates.iter().map(|e| format!("{:>12}", f(e))).collect();
+        println!("  {label:<20}{}", cells.join(""));
+    };
+    row("architecture", &|(a, _, _)| a.lambda_name().to_string());
+    row("s per example", &|(_, s, _)| format!("{s:.3e}"));
+    row("wall time (h)", &|(_, _, e)| format!("{:.2}", e.hours));
+    row("GB-s", &|(_, _, e)| format!("{:.0}", e.gb_seconds));
+    row("invocations", &|(_, _, e)| format!("{}", e.requests));
+    row("Lambda compute", &|(_, _, e)| format!("${:.4}", e.lambda_compute));
+    row("Lambda requests", &|(_, _, e)| format!("${:.4}", e.lambda_requests));
+    row("DynamoDB", &|(_, _, e)| format!("${:.4}", e.dynamodb));
+    row("EFS storage", &|(_, _, e)| format!("${:.4}", e.efs_storage));
+    row("EFS throughput", &|(_, _, e)| format!("${:.4}", e.efs_throughput));
+    row("Lambda endpoint", &|(_, _, e)| format!("${:.4}", e.endpoint));
+    row("total", &|(_, _, e)| format!("${:.4}", e.total));
+    let per_image = |e: &Estimate| e.total / total_examples as f64;
+    row("per example", &|(_, _, e)| format!("${:.3e}", per_image(e)));
+    println!(
+        "  (us-east-1 list prices: ${:.10}/GB-s arm64, ${:.10}/GB-s x86_64, ${:.2} per million requests; EFS {stored_gb:.2} GB for {} day(s); endpoint in 2 AZs; check current prices)",
+        prices.gb_second_arm64,
+        prices.gb_second_x86_64,
+        prices.request * 1e6,
+        args.days
+    );
+    let (cheap, dear) = {
+        let (a, b) = (&estimates[0], &estimates[1]);
+        if per_image(&a.2) <= per_image(&b.2) {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    };
+    println!(
+        "cheaper per example: {} (${:.3e} against ${:.3e} on {}, {:.0}% less)",
+        cheap.0,
+        per_image(&cheap.2),
+        per_image(&dear.2),
+        dear.0,
+        100.0 * (1.0 - per_image(&cheap.2) / per_image(&dear.2))
+    );
+    let defaults: Vec<&str> = Arch::ALL
+        .iter()
+        .filter(|&&a| args.sec_per_example.is_none() && file.get(a).is_none())
+        .map(|a| a.lambda_name())
+        .collect();
+    if !defaults.is_empty() {
+        println!(
+            "  ({} from defaults, not measured on Lambda: `lml plan --calibrate` on each architecture replaces them)",
+            defaults.join(" and ")
+        );
+    }
     if data == "features" {
         println!("plus extracting the features once: see `lml plan --data images --epochs 1`");
     }
+    Ok(())
+}
+
+/// Says which default `plan` used for `arch` and where it comes from.
+fn default_note(arch: Arch) -> String {
+    match arch {
+        Arch::X86_64 => "default: measured on an AMD EPYC Zen 4 with the AVX2 kernel, one thread on a whole core (lml_tools::calibrate::X86_64_DEFAULT); optimistic for Lambda, whose x86_64 vCPUs are hyperthreads".into(),
+        Arch::Aarch64 => format!(
+            "default: a model, Graviton2 at the x86_64 default's fraction of peak ({DEVELOPMENT_PEAK_GFLOPS} → {GRAVITON2_PEAK_GFLOPS} GFLOP/s per thread; lml_tools::calibrate::aarch64_default)"
+        ),
+    }
+}
+
+/// Times this machine and stores the result in `path` (see `--calibrate`).
+fn calibrate(args: &PlanArgs, path: &Path) -> Result<()> {
+    let b = args.calibrate_batch;
+    if b == 0 {
+        bail!("--calibrate-batch must be positive");
+    }
+    let work = Workload {
+        images_224: b,
+        images_32: b.checked_mul(8).context("--calibrate-batch too large")?,
+        feature_rows: b.checked_mul(1024).context("--calibrate-batch too large")?,
+    };
+    let (weights, temporary) = match &args.weights {
+        Some(dir) => (dir.clone(), false),
+        None => {
+            let dir = std::env::temp_dir().join(format!("lml-calibrate-{}", std::process::id()));
+            eprintln!("writing random VGG19 weights to {} (removed afterwards)", dir.display());
+            write_random_weights(&dir)?;
+            (dir, true)
+        }
+    };
+    eprintln!(
+        "timing {} images at 224×224, {} at 32×32 and {} feature rows on one thread (each after a warm-up)",
+        work.images_224, work.images_32, work.feature_rows
+    );
+    let measured = measure(&weights, work);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&weights);
+    }
+    let c = measured?;
+    let mut file = CalibrationFile::load(path)?;
+    file.insert(c.clone());
+    file.save(path)?;
+    let s = c.speeds;
+    println!(
+        "calibrated {} on {} ({} kernel, 1 thread): {:.4} s per 224×224 image to fc7, {:.3e} s per 32×32 image to pool5, {:.3e} s per feature row; saved to {} (read by plan; {CALIBRATION_ENV} or --calibration choose the file)",
+        c.arch,
+        c.cpu,
+        c.microkernel,
+        s.image_224_fc7_s,
+        s.image_32_pool5_s,
+        s.feature_row_s,
+        path.display()
+    );
     Ok(())
 }

@@ -170,19 +170,6 @@ fn status_reads_a_job_from_a_dynamodb_table() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("table lml has no job nope"));
 }
 
-#[test]
-fn plan_prices_the_papers_run() {
-    let (ok, stdout, stderr) = run(&["plan", "--paper"]);
-    assert!(ok, "{stderr}");
-    // 50,000 images / (16 workers × 64) = 49 rounds; 49 × 17 + 1 invocations.
-    assert!(stdout.contains("16 workers × 8192 MB (5 vCPU, arm64)"), "{stdout}");
-    assert!(stdout.contains("49 rounds"), "{stdout}");
-    assert!(stdout.contains("834 invocations"), "{stdout}");
-    assert!(stdout.lines().any(|l| l.trim_start().starts_with("total")), "{stdout}");
-    let (ok, _, stderr) = run(&["plan", "--data", "pixels"]);
-    assert!(!ok && stderr.contains("expected images or features"), "{stderr}");
-}
-
 /// Features like fc7's of real photographs: `classes` classes in a
 /// `latent`-dimensional space (class means with spread `separation` against
 /// unit noise, so the classes overlap), mapped to `dim` features through a

@@ -1,10 +1,59 @@
 //! Single-threaded SGEMM: `C ← α·A·B + β·C`.
 //!
 //! Two paths. [`sgemm`] works on any `ndarray` views on any CPU and is the
-//! portable path. [`packed`] is the fast path for convolution on x86-64 with
-//! AVX2+FMA or AVX-512: the filters are packed once, the im2col matrix is
-//! packed as it is generated, and a register-blocked microkernel does the
-//! arithmetic.
+//! general path (any strides, transposed operands, `α` and `β`). The packed
+//! GEMM is the fast path for convolution: the filters are packed once, the
+//! im2col matrix is packed as it is generated or read in place, and a
+//! register-blocked microkernel does the arithmetic and finishes each tile
+//! (bias, ReLU, masking) on its way out of the registers.
+//!
+//! ## The packed GEMM: one frame, every architecture through it
+//!
+//! Shaped as tract's `linalg` is: a frame, a generic kernel, per-architecture kernels.
+//!
+//! * [`tile`] — the microkernel contract: what a kernel computes over a
+//!   packed A panel and `NR`-wide B rows found through an offset table, and
+//!   how it stores a tile (`TileStore`: partial sums, bias, ReLU, column mask,
+//!   rows). It imports nothing, so nothing cycles through it.
+//! * `generic` (4 × 8, plain Rust, every target), `x86` (AVX-512 8 × 32,
+//!   AVX2+FMA 6 × 16) and `neon` (aarch64, 8 × 12): the microkernels, each
+//!   importing only the contract.
+//! * [`microkernel`] — [`Microkernel`]: the list, run-time detection
+//!   ([`Microkernel::detect`]), the `LML_MICROKERNEL` override
+//!   ([`Microkernel::select`]) and the dispatch.
+//! * [`pack`] — [`PackedA`] (filters, packed once per kernel) and
+//!   [`PanelRow`] (im2col rows written straight into B panels).
+//! * [`driver`] — the tile loops: [`gemm_packed`] (B generated row by row),
+//!   [`gemm_gather`] (B read in place: the implicit convolution), and their
+//!   fused forms writing through an [`Epilogue`].
+//!
+//! * `dot` — [`dense_rows`], the small-batch dense kernel (a batch of dot
+//!   products streaming each weight row once), on the same kernel choice.
+//!
+//! Every kernel runs the same driver, so the implicit convolution and the
+//! fused epilogue run on every machine; the tests run one suite over every
+//! kernel the machine can execute, the generic one always among them.
+//!
+//! ## Tiles
+//!
+//! A tile is `MR` output channels × `NR` output pixels; the pixels are the
+//! vector dimension (so the implicit convolution's B rows are contiguous
+//! loads) and the channels are broadcast. Each tile keeps as many
+//! accumulators as the register file allows next to one B row and the A
+//! operand, with `MR` dividing VGG's channel counts where it can:
+//!
+//! | kernel | tile | accumulators | registers used | FMAs per B row |
+//! |---|---|---|---|---|
+//! | AVX-512 | 8 × 32 | 16 zmm | 16 + 2 B + 1 broadcast of 32 | 16 |
+//! | AVX2+FMA | 6 × 16 | 12 ymm | 12 + 2 B + 1 broadcast of 16 | 12 |
+//! | NEON | 8 × 12 | 24 q | 24 + 3 B + 2 A (lane-indexed FMA) of 32 | 24 |
+//! | generic | 4 × 8 | 8 (SSE2) | 8 + 2 B + 1 of 16 xmm | 8 |
+//!
+//! Every count of independent FMAs exceeds its core's FMA latency × issue
+//! width (8 on Zen 4 and Neoverse N1), so the FMA units never wait on a chain.
+//! AVX2's 6 rows compute 66 rows for 64 channels (3%, 0.8% for 256 and 512),
+//! the price of 16 registers; NEON's lane-indexed `fmla` needs no broadcast, so
+//! its 32 registers hold 24 accumulators (see `neon.rs` for the reasoning).
 //!
 //! ## `sgemm`
 //!
@@ -14,20 +63,28 @@
 //!
 //! The work is done by [`matrixmultiply`], which packs both operands into
 //! cache-sized panels and runs a register-blocked microkernel chosen at run
-//! time for the CPU (AVX2+FMA on x86-64, NEON on aarch64). It runs on the
-//! calling thread only: the kernel's parallelism is one level of rayon tasks
-//! above it (across images, tiles or output features), never nested threads.
+//! time for the CPU (AVX2+FMA on x86-64, NEON on aarch64). It serves the
+//! backward passes and large-batch dense layers. It runs on the calling
+//! thread only: the kernel's parallelism is one level of rayon tasks above
+//! it (across images, tiles or output features), never nested threads.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-pub mod packed;
+mod dot;
+pub mod driver;
+mod generic;
+pub mod microkernel;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+pub mod pack;
+pub mod tile;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use packed::{
-    gemm_gather, gemm_gather_fused, gemm_packed, gemm_packed_fused, Epilogue, Microkernel, PackedA, PanelRow, RowSink,
-    Scratch, Segment,
-};
+pub use dot::dense_rows;
+pub use driver::{gemm_gather, gemm_gather_fused, gemm_packed, gemm_packed_fused, Epilogue, Scratch, Segment};
+pub use microkernel::{Microkernel, MICROKERNEL_ENV};
+pub use pack::{PackedA, PanelRow, RowSink, KC};
 
 /// `C ← α·A·B + β·C` on the calling thread.
 ///
@@ -110,53 +167,26 @@ fn fma_chains(iters: u64) -> f64 {
             return iters as f64 * 12.0 * 16.0;
         }
     }
-    // Portable fallback: the compiler vectorises what it can.
-    let mut acc = [[0.0f32; 8]; 12];
-    for _ in 0..iters {
-        for a in acc.iter_mut() {
-            for v in a.iter_mut() {
-                *v = v.mul_add(0.999_999, 1e-7);
-            }
-        }
-        std::hint::black_box(&mut acc);
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: NEON is part of the aarch64 baseline.
+        std::hint::black_box(unsafe { neon::fma_chains(iters) });
+        return iters as f64 * 2.0 * neon::FMA_CHAIN_LANES as f64;
     }
-    iters as f64 * 12.0 * 16.0
-}
-
-/// `y[i, o] = Σ_t x[i, t]·w[o, t]` for a block of `W` rows: the small-batch
-/// dense kernel (a batch of GEMVs), `y` row-major `[x.len(), w.len()]`.
-///
-/// Returns `false` without touching `y` when this CPU has no vector kernel
-/// for it (the caller then uses [`sgemm`]).
-///
-/// # Panics
-/// If a row length differs from `k` or `y` has the wrong length.
-pub fn dense_rows(k: usize, x: &[&[f32]], w: &[&[f32]], y: &mut [f32]) -> bool {
-    assert!(x.iter().chain(w).all(|r| r.len() == k), "dense_rows: rows must hold {k} floats");
-    assert_eq!(y.len(), x.len() * w.len(), "dense_rows: output size");
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        let cols = w.len();
-        for (r0, wr) in w.chunks(4).enumerate().map(|(i, c)| (4 * i, c)) {
-            // Pad a short group by repeating its first row (results discarded).
-            let wp = [0, 1, 2, 3].map(|r| wr.get(r).unwrap_or(&wr[0]).as_ptr());
-            for (i0, xs) in x.chunks(4).enumerate().map(|(i, c)| (4 * i, c)) {
-                let xp = [0, 1, 2, 3].map(|i| xs.get(i).unwrap_or(&xs[0]).as_ptr());
-                let mut out = [[0.0f32; 4]; 4];
-                // SAFETY: every pointer is the start of a row of `k` floats
-                // (asserted above); `xs.len() <= 4`; avx512f was detected.
-                unsafe { x86::dot4_avx512(k, wp, xp, xs.len(), &mut out) };
-                for (r, row) in out.iter().enumerate().take(wr.len()) {
-                    for (i, &v) in row.iter().enumerate().take(xs.len()) {
-                        y[(i0 + i) * cols + r0 + r] = v;
-                    }
+    // Portable fallback: the compiler vectorises what it can.
+    #[allow(unreachable_code)]
+    {
+        let mut acc = [[0.0f32; 8]; 12];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                for v in a.iter_mut() {
+                    *v = v.mul_add(0.999_999, 1e-7);
                 }
             }
+            std::hint::black_box(&mut acc);
         }
-        return true;
+        iters as f64 * 12.0 * 16.0
     }
-    let _ = (x, w, y);
-    false
 }
 
 #[cfg(test)]

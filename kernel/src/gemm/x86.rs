@@ -1,8 +1,9 @@
 //! Register-blocked x86-64 microkernels: `C[MR×NR] (+)= Σ_k A[:, k] ⊗ B[k, :]`.
 //!
-//! Both kernels read a packed A panel (`MR` contiguous floats per `k`, see
-//! [`super::packed`]) and `NR` contiguous floats of B per `k` at an offset
-//! from a table, so the same kernel serves packed B panels and B read in place.
+//! Both kernels follow the contract of [`super::tile`]: a packed A panel
+//! (`MR` contiguous floats per `k`) and `NR` contiguous floats of B per `k` at
+//! an offset from a table, so the same kernel serves packed B panels and B
+//! read in place.
 //! The accumulators live in registers for the whole `k` loop: each step loads
 //! `NR` floats of B as vectors, broadcasts the `MR` floats of A, and issues
 //! `MR·NR/lanes` independent FMAs (16 on AVX-512, 12 on AVX2: more than the
@@ -10,7 +11,7 @@
 
 use core::arch::x86_64::*;
 
-use super::packed::TileStore;
+use super::tile::TileStore;
 
 /// AVX-512F: 8 rows × 32 columns (16 zmm accumulators). 8 divides every
 /// VGG channel count (a 12-row kernel computes 72 rows for 64).
@@ -27,11 +28,8 @@ pub const AVX2_NR: usize = 16;
 /// place in the padded input for an implicit-GEMM convolution (no packing).
 ///
 /// # Safety
-/// The CPU must support AVX-512F. `a` must point to `kb·8` readable floats,
-/// `offsets` to `kb` entries, `b + offsets[kk] .. + 32` must be readable for
-/// every `kk`; `st.out` must point to 8 rows of 32 writable floats spaced
-/// `st.ld_out` apart, `st.prev` (if not null) to 8 such readable rows
-/// `st.ld_prev` apart, `st.bias` (if not null) to 8 readable floats.
+/// The CPU must support AVX-512F; otherwise the contract of [`super::tile`]
+/// with `MR = 8`, `NR = 32`.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn kernel_avx512(kb: usize, a: *const f32, b: *const f32, offsets: *const usize, st: &TileStore) {
     if st.prefetch_b != 0 {
@@ -83,10 +81,15 @@ unsafe fn tile_avx512<const PREFETCH: bool>(
     }
     let zero = _mm512_setzero_ps();
     let (k0, k1) = (st.keep as u16, (st.keep >> 16) as u16);
+    // A constant trip count keeps the accumulators in registers; rows past
+    // `st.rows` are skipped inside.
     for i in 0..AVX512_MR {
+        if i >= st.rows {
+            break;
+        }
         let (mut v0, mut v1) = (c0[i], c1[i]);
-        // SAFETY: rows `i` of `prev` and `out` hold 32 floats and `bias` 8
-        // (caller's contract); null pointers are not dereferenced.
+        // SAFETY: rows `i < st.rows` of `prev` and `out` hold 32 floats and
+        // `bias` st.rows (caller's contract); null pointers are not dereferenced.
         unsafe {
             if !st.prev.is_null() {
                 let p = st.prev.add(i * st.ld_prev);
@@ -117,11 +120,32 @@ unsafe fn tile_avx512<const PREFETCH: bool>(
 /// AVX2 + FMA 6×16 tile, reading B rows through `offsets` (see [`kernel_avx512`]).
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA. `a` must point to `kb·6` readable
-/// floats, `offsets` to `kb` entries, `b + offsets[kk] .. + 16` must be
-/// readable for every `kk`; `st` as for [`kernel_avx512`] with 6 rows of 16 floats.
+/// The CPU must support AVX2 and FMA; otherwise the contract of
+/// [`super::tile`] with `MR = 6`, `NR = 16`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn kernel_avx2(kb: usize, a: *const f32, b: *const f32, offsets: *const usize, st: &TileStore) {
+    if st.prefetch_b != 0 {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { tile_avx2::<true>(kb, a, b, offsets, st) }
+    } else {
+        // SAFETY: as above.
+        unsafe { tile_avx2::<false>(kb, a, b, offsets, st) }
+    }
+}
+
+/// [`kernel_avx2`] with the prefetch decided at compile time.
+///
+/// # Safety
+/// As [`kernel_avx2`].
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile_avx2<const PREFETCH: bool>(
+    kb: usize,
+    a: *const f32,
+    b: *const f32,
+    offsets: *const usize,
+    st: &TileStore,
+) {
     let mut c0 = [_mm256_setzero_ps(); AVX2_MR];
     let mut c1 = [_mm256_setzero_ps(); AVX2_MR];
     let mut a = a;
@@ -129,6 +153,12 @@ pub unsafe fn kernel_avx2(kb: usize, a: *const f32, b: *const f32, offsets: *con
         // SAFETY: `offsets` has kb entries; the addressed B row holds 16 readable floats.
         let (b0, b1) = unsafe {
             let row = b.add(*offsets.add(kk));
+            if PREFETCH {
+                // A hint only: the address may lie past the buffer (wrapping_add), prefetches never fault.
+                let ahead = row.wrapping_add(st.prefetch_b) as *const i8;
+                _mm_prefetch::<_MM_HINT_T1>(ahead);
+                _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64));
+            }
             (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)))
         };
         for i in 0..AVX2_MR {
@@ -149,9 +179,12 @@ pub unsafe fn kernel_avx2(kb: usize, a: *const f32, b: *const f32, offsets: *con
     };
     let (m0, m1) = (lane_mask(st.keep & 0xff), lane_mask((st.keep >> 8) & 0xff));
     for i in 0..AVX2_MR {
+        if i >= st.rows {
+            break;
+        }
         let (mut v0, mut v1) = (c0[i], c1[i]);
-        // SAFETY: rows `i` of `prev` and `out` hold 16 floats and `bias` 6
-        // (caller's contract); null pointers are not dereferenced.
+        // SAFETY: rows `i < st.rows` of `prev` and `out` hold 16 floats and
+        // `bias` st.rows (caller's contract); null pointers are not dereferenced.
         unsafe {
             if !st.prev.is_null() {
                 let p = st.prev.add(i * st.ld_prev);
@@ -247,6 +280,58 @@ pub unsafe fn dot4_avx512(k: usize, w: [*const f32; 4], x: [*const f32; 4], nx: 
     for r in 0..4 {
         for i in 0..nx.min(4) {
             let mut s = _mm512_reduce_add_ps(acc[r][i]);
+            for tt in full..k {
+                // SAFETY: tt < k.
+                s += unsafe { *w[r].add(tt) * *x[i].add(tt) };
+            }
+            out[r][i] = s;
+        }
+    }
+}
+
+/// [`dot4_avx512`] on AVX2 + FMA for up to 2 rows of `x`: 8 accumulators
+/// of 8 lanes, 4 `W` vectors and one `x` vector stay within the 16 ymm registers.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; the 4 `w` pointers and the first `nx`
+/// `x` pointers must each point to `k` readable floats; `nx <= 2`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot4_avx2(k: usize, w: [*const f32; 4], x: [*const f32; 4], nx: usize, out: &mut [[f32; 4]; 4]) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let full = k / 8 * 8;
+    let mut t = 0;
+    macro_rules! sweep {
+        ($nx:expr) => {
+            while t < full {
+                // SAFETY: t + 8 <= k, within every row (caller's contract).
+                unsafe {
+                    let wv = [
+                        _mm256_loadu_ps(w[0].add(t)),
+                        _mm256_loadu_ps(w[1].add(t)),
+                        _mm256_loadu_ps(w[2].add(t)),
+                        _mm256_loadu_ps(w[3].add(t)),
+                    ];
+                    for i in 0..$nx {
+                        let xv = _mm256_loadu_ps(x[i].add(t));
+                        for r in 0..4 {
+                            acc[r][i] = _mm256_fmadd_ps(wv[r], xv, acc[r][i]);
+                        }
+                    }
+                }
+                t += 8;
+            }
+        };
+    }
+    match nx {
+        1 => sweep!(1),
+        _ => sweep!(2),
+    }
+    for r in 0..4 {
+        for i in 0..nx.min(2) {
+            let mut lanes = [0.0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][i]) };
+            let mut s: f32 = lanes.iter().sum();
             for tt in full..k {
                 // SAFETY: tt < k.
                 s += unsafe { *w[r].add(tt) * *x[i].add(tt) };

@@ -15,19 +15,22 @@
 //! outputs per image). `col` is never materialised for more than one task.
 //!
 //! Three strategies ([`ConvAlgorithm`]):
-//! * **implicit** (x86-64 with AVX2+FMA or AVX-512, stride 1): the input is
-//!   kept in a [`PaddedLayout`] in which each row of `col` is a shifted view,
-//!   read in place by the microkernel ([`gemm_gather_fused`]); the output is
-//!   written, finished, into the next layer's padded layout ([`conv2d_padded`]);
-//! * **packed im2col** (same CPUs, any stride): each row of `col` is
-//!   generated straight into the microkernel's panel layout ([`gemm_packed_fused`]);
-//! * **portable** (any CPU): the task's `col` block is gathered into a buffer
-//!   and multiplied by [`sgemm`] (`matrixmultiply`).
+//! * **implicit** (stride 1): the input is kept in a [`PaddedLayout`] in
+//!   which each row of `col` is a shifted view, read in place by the
+//!   microkernel ([`gemm_gather_fused`]); the output is written, finished,
+//!   into the next layer's padded layout ([`conv2d_padded`]);
+//! * **packed im2col** (any stride): each row of `col` is generated straight
+//!   into the microkernel's panel layout ([`gemm_packed_fused`]);
+//! * **portable**: the task's `col` block is gathered into a buffer and
+//!   multiplied by [`sgemm`] (`matrixmultiply`). Kept as a yardstick for the
+//!   tests and benchmarks: the packed strategies run on every CPU (the
+//!   generic [`Microkernel`] included), so they are what the automatic choice takes.
 //!
 //! The packed strategies add the bias, apply ReLU and store each tile
 //! straight from the microkernel's registers into the output. Each output
 //! element is the same sum in the same order whatever the tiling, so results
-//! do not depend on the thread count.
+//! do not depend on the thread count (they may differ between microkernels
+//! in the last bits: the generic one rounds products and sums separately).
 
 use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis, Zip};
 use rayon::prelude::*;
@@ -70,15 +73,13 @@ fn filter_matrix<'a>(weight: ArrayView4<'a, f32>) -> Result<ArrayView2<'a, f32>>
         .map_err(|_| KernelError::shape("conv2d weight layout", "standard (C-contiguous) OIHW", &[]))
 }
 
-/// Packs filters `[O, C, KH, KW]` for the packed strategy with `kernel`.
+/// Packs filters `[O, C, KH, KW]` for the packed strategies with `kernel`.
 ///
 /// # Errors
 /// [`KernelError::Shape`] if the weight is not in standard layout;
 /// [`KernelError::Invalid`] if `kernel` is not available on this CPU.
 pub fn pack_filters(weight: ArrayView4<'_, f32>, kernel: Microkernel) -> Result<PackedA> {
-    if !kernel.available() {
-        return Err(KernelError::invalid("microkernel", format!("{kernel:?} is not supported by this CPU")));
-    }
+    kernel.require()?;
     Ok(PackedA::pack(filter_matrix(weight)?, kernel))
 }
 
@@ -159,14 +160,14 @@ impl Task<'_> {
 }
 
 /// Width of the tasks that cut `total` columns for `threads` threads: a
-/// multiple of 32 in `MIN_TILE_COLUMNS ..= TILE_COLUMNS` for which the thread
+/// multiple of `unit` in `MIN_TILE_COLUMNS ..= TILE_COLUMNS` for which the thread
 /// with the most tasks has the least work (`⌈tasks / threads⌉ · width`, within
 /// 2%), the widest such (wider tasks reuse each packed filter block longer).
 /// A fixed five tasks per thread left VGG's 14×14 layers with 9⅓ tasks for
 /// 2 threads (1.87× the 1-thread speed).
-fn task_width(total: usize, threads: usize) -> usize {
+fn task_width(total: usize, threads: usize, unit: usize) -> usize {
     let threads = threads.max(1);
-    let widths = (MIN_TILE_COLUMNS / 32..=TILE_COLUMNS / 32).map(|units| units * 32);
+    let widths = (MIN_TILE_COLUMNS.div_ceil(unit)..=TILE_COLUMNS / unit).map(|units| units * unit);
     let slowest = |w: usize| total.div_ceil(w).div_ceil(threads) * w;
     let best = widths.clone().map(slowest).min().expect("a non-empty range");
     widths.filter(|&w| slowest(w) * 100 <= best * 102).max().expect("the best width qualifies")
@@ -177,7 +178,7 @@ fn task_width(total: usize, threads: usize) -> usize {
 fn split_tasks(out: ArrayViewMut3<'_, f32>) -> Vec<Task<'_>> {
     let (n, _, positions) = out.dim();
     let total = n * positions;
-    let width = task_width(total, rayon::current_num_threads());
+    let width = task_width(total, rayon::current_num_threads(), 32);
     let mut tasks: Vec<Task<'_>> = Vec::with_capacity(total.div_ceil(width));
     let mut current = Task::empty();
     let mut images = out;
@@ -207,9 +208,9 @@ fn split_tasks(out: ArrayViewMut3<'_, f32>) -> Vec<Task<'_>> {
 
 /// Convolution forward: `y = conv(x, W) + b`, then ReLU if `relu`.
 ///
-/// Uses the packed strategy when this CPU has a microkernel (packing the
-/// filters on every call: use [`conv2d_forward_with`] with filters packed
-/// once by [`pack_filters`] to avoid that), the portable one otherwise.
+/// Uses the packed strategies with the microkernel [`Microkernel::select`]
+/// picks (packing the filters on every call: use [`conv2d_forward_with`]
+/// with filters packed once by [`pack_filters`] to avoid that).
 ///
 /// # Arguments
 /// * `input` — activations `[N, C, H, W]`, any strides.
@@ -225,7 +226,7 @@ fn split_tasks(out: ArrayViewMut3<'_, f32>) -> Vec<Task<'_>> {
 /// [`KernelError::Shape`] if the weight's channels or kernel size disagree with
 /// the input and window, the bias length with `O`, or the weight is not in
 /// standard layout; [`KernelError::Invalid`] if the window does not fit the
-/// input or is degenerate.
+/// input or is degenerate, or `LML_MICROKERNEL` names no kernel this CPU runs.
 pub fn conv2d_forward(
     input: ArrayView4<'_, f32>,
     weight: ArrayView4<'_, f32>,
@@ -234,17 +235,14 @@ pub fn conv2d_forward(
     relu: bool,
 ) -> Result<Array4<f32>> {
     check_conv(input.shape(), weight.shape(), bias.len(), window)?;
-    let packed = match Microkernel::detect() {
-        Some(kernel) => Some(pack_filters(weight, kernel)?),
-        None => None,
-    };
-    conv2d_forward_with(input, weight, packed.as_ref(), bias, window, relu)
+    let packed = pack_filters(weight, Microkernel::select()?)?;
+    conv2d_forward_with(input, weight, Some(&packed), bias, window, relu)
 }
 
 /// How a convolution is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvAlgorithm {
-    /// im2col blocks multiplied by `matrixmultiply` (any CPU).
+    /// im2col blocks multiplied by `matrixmultiply`.
     Portable,
     /// im2col rows generated straight into the microkernel's panels.
     PackedIm2col,
@@ -257,8 +255,9 @@ pub enum ConvAlgorithm {
 
 /// Largest ratio of computed to output columns for which
 /// [`ConvAlgorithm::Implicit`] is chosen automatically. The implicit GEMM
-/// computes `OH` rows of `Wp` columns per image, rounded up to whole
-/// 32-column panels, for `OH·OW` outputs: at 224×224 the VGG blocks waste
+/// computes `OH` rows of `Wp` columns per image, rounded up to whole panels,
+/// for `OH·OW` outputs; the choice rounds to 32 columns, the widest panel
+/// (AVX-512's), so it holds for every kernel: at 224×224 the VGG blocks waste
 /// 1.009, 1.018, 1.041, 1.102 and 1.143, all below the cost of packing
 /// im2col rows (measured equal or slower from block 4 on, 7–15% of a layer).
 pub const IMPLICIT_MAX_WASTE: f64 = 1.15;
@@ -542,7 +541,12 @@ pub fn conv2d_padded(
     // first OH·Wp columns, rounded up to whole panels while that stays inside
     // the image. The rest of each image (bottom frame rows) is only zeroed.
     let span = (oh * wp).next_multiple_of(nr).min(image);
-    let width = task_width(n * span, rayon::current_num_threads());
+    // Tasks are whole panels, so that no panel straddles two pieces (the
+    // microkernel reads a panel's B columns as one contiguous run): 32
+    // columns (the widths measured on x86) where the panel divides it, the
+    // panel width itself otherwise (NEON's 12).
+    let unit = if 32 % nr == 0 { 32 } else { nr };
+    let width = task_width(n * span, rayon::current_num_threads(), unit);
     // Output column of virtual column v: v + shift. Walk the [O, plane]
     // output in column order, zeroing what no task writes and handing each
     // task the views of its pieces.

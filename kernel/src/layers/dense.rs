@@ -10,7 +10,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
-use crate::gemm::{dense_rows, sgemm};
+use crate::gemm::{dense_rows, sgemm, Microkernel};
 
 /// Output features per forward task: a 64-row block of fc6 is 6.4 MB.
 const FEATURES_PER_TASK: usize = 64;
@@ -38,15 +38,33 @@ fn check_dense(x: &[usize], w: &[usize], b: usize) -> Result<()> {
 /// # Shapes
 /// Returns `[N, out]`.
 ///
+/// Runs on the microkernel [`Microkernel::select`] picks.
+///
 /// # Errors
-/// [`KernelError::Shape`] if `in` or `out` disagree between the arguments.
+/// [`KernelError::Shape`] if `in` or `out` disagree between the arguments;
+/// [`KernelError::Invalid`] if `LML_MICROKERNEL` names no kernel this CPU runs.
 pub fn dense_forward(
     x: ArrayView2<'_, f32>,
     weight: ArrayView2<'_, f32>,
     bias: ArrayView1<'_, f32>,
     relu: bool,
 ) -> Result<Array2<f32>> {
+    dense_forward_on(x, weight, bias, relu, Microkernel::select()?)
+}
+
+/// [`dense_forward`] on a given microkernel's instruction set.
+///
+/// # Errors
+/// As [`dense_forward`], and [`KernelError::Invalid`] if this CPU cannot run `kernel`.
+pub fn dense_forward_on(
+    x: ArrayView2<'_, f32>,
+    weight: ArrayView2<'_, f32>,
+    bias: ArrayView1<'_, f32>,
+    relu: bool,
+    kernel: Microkernel,
+) -> Result<Array2<f32>> {
     check_dense(x.shape(), weight.shape(), bias.len())?;
+    kernel.require()?;
     let (n, out) = (x.nrows(), weight.nrows());
     let mut y = Array2::<f32>::zeros((n, out));
     if n == 0 || out == 0 {
@@ -59,7 +77,7 @@ pub fn dense_forward(
         y.axis_chunks_iter_mut(Axis(0), DOT_MAX_BATCH)
             .into_par_iter()
             .zip(x.axis_chunks_iter(Axis(0), DOT_MAX_BATCH).into_par_iter())
-            .for_each(|(y_blk, x_blk)| dense_block(x_blk, weight, bias, relu, y_blk));
+            .for_each(|(y_blk, x_blk)| dense_block(kernel, x_blk, weight, bias, relu, y_blk));
     } else {
         // Many outputs (fc6, fc7): each task owns a block of W's rows and
         // streams it once.
@@ -67,15 +85,16 @@ pub fn dense_forward(
             .into_par_iter()
             .zip(weight.axis_chunks_iter(Axis(0), FEATURES_PER_TASK).into_par_iter())
             .zip(bias.axis_chunks_iter(Axis(0), FEATURES_PER_TASK).into_par_iter())
-            .for_each(|((y_blk, w_blk), b_blk)| dense_block(x, w_blk, b_blk, relu, y_blk));
+            .for_each(|((y_blk, w_blk), b_blk)| dense_block(kernel, x, w_blk, b_blk, relu, y_blk));
     }
     Ok(y)
 }
 
 /// `y ← x·Wᵀ + b` (then ReLU) on one block, on the calling thread: a batch
 /// of dot products that streams each row of W once, front to back, for up to
-/// [`DOT_MAX_BATCH`] rows of `x`; `sgemm` otherwise or without a vector kernel.
+/// [`DOT_MAX_BATCH`] rows of `x` (on `kernel`); `sgemm` otherwise.
 fn dense_block(
+    kernel: Microkernel,
     x: ArrayView2<'_, f32>,
     w: ArrayView2<'_, f32>,
     b: ArrayView1<'_, f32>,
@@ -86,11 +105,9 @@ fn dense_block(
         && match (contiguous_rows(x), contiguous_rows(w)) {
             (Some(xr), Some(wr)) => {
                 let mut tmp = vec![0.0f32; xr.len() * wr.len()];
-                let ok = dense_rows(x.ncols(), &xr, &wr, &mut tmp);
-                if ok {
-                    y.assign(&ArrayView2::from_shape((xr.len(), wr.len()), &tmp).expect("sized rows × cols"));
-                }
-                ok
+                dense_rows(kernel, x.ncols(), &xr, &wr, &mut tmp);
+                y.assign(&ArrayView2::from_shape((xr.len(), wr.len()), &tmp).expect("sized rows × cols"));
+                true
             }
             _ => false,
         };

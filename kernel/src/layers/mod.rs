@@ -14,7 +14,7 @@ pub mod softmax;
 
 pub use avgpool::{adaptive_avgpool2d_backward, adaptive_avgpool2d_forward};
 pub use conv2d::{conv2d_backward, conv2d_forward, Conv2dGrads};
-pub use dense::{dense_backward, dense_forward, DenseGrads};
+pub use dense::{dense_backward, dense_forward, dense_forward_on, DenseGrads};
 pub use maxpool::{maxpool2d_backward, maxpool2d_forward, maxpool2d_values_into, MaxPoolOutput};
 pub use padded::PaddedLayout;
 pub use relu::{relu_backward, relu_inplace};

@@ -44,3 +44,23 @@ pub fn finite_difference(x: &ArrayD<f32>, eps: f32, mut f: impl FnMut(&ArrayD<f3
 pub fn dot<D: Dimension>(y: &Array<f32, D>, r: &Array<f32, D>) -> f64 {
     y.iter().zip(r.iter()).map(|(&a, &b)| a as f64 * b as f64).sum()
 }
+
+/// Runs `case(kernel)` on every microkernel this CPU can execute (the
+/// generic one always among them), each call returning how many cases it
+/// checked; fails if a kernel checked none. Prints the kernels run, with
+/// their case counts, and the ones this CPU cannot execute, so a test's
+/// output says what it covered.
+pub fn each_microkernel(test: &str, mut case: impl FnMut(lml_kernel::gemm::Microkernel) -> usize) {
+    use lml_kernel::gemm::Microkernel;
+    let runnable = Microkernel::runnable();
+    assert!(runnable.contains(&Microkernel::Generic), "the generic kernel runs everywhere");
+    let mut ran = Vec::new();
+    for kernel in runnable {
+        let cases = case(kernel);
+        assert!(cases > 0, "{test}: no case ran on {kernel}");
+        ran.push(format!("{kernel} ({cases} cases)"));
+    }
+    let missing: Vec<String> = Microkernel::unavailable().iter().map(|k| k.to_string()).collect();
+    let missing = if missing.is_empty() { "none".to_string() } else { missing.join(", ") };
+    eprintln!("{test}: ran on {}; not supported by this CPU: {missing}", ran.join(", "));
+}

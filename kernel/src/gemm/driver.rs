@@ -1,10 +1,12 @@
-//! Packed GEMM with a pre-packed left operand and a streamed right operand:
-//! `C[m×n] = A[m×k] · B[k×n]`, C row-major.
+//! The tile driver: the packed and implicit GEMMs over any [`Microkernel`],
+//! `C[m×n] = A[m×k] · B[k×n]`, C row-major or finished by an [`Epilogue`].
 //!
 //! Built for convolution, where `A` is a layer's filters (packed once and
 //! reused for every tile of every batch) and `B` is the im2col matrix of a
 //! tile, which never exists in full: [`gemm_packed`] asks a closure for one
-//! row of `B` at a time and packs it straight into the kernel's panel layout.
+//! row of `B` at a time and packs it straight into the kernel's panel layout,
+//! and [`gemm_gather`] reads `B` in place through a table of row offsets (the
+//! implicit convolution).
 //!
 //! # Blocking (BLIS order)
 //! ```text
@@ -14,190 +16,16 @@
 //!             microkernel: C[ir, jr] (+)= A panel · B panel   (registers)
 //! ```
 //! The first k-block stores into `C`, later ones accumulate, so each element
-//! of `C` is summed in the same order whatever `n` and the tiling are.
+//! of `C` is summed in the same order whatever `n` and the tiling are. A tile
+//! whose rows run past `m` is still stored from the registers (the kernel
+//! stores only `rows`); one whose columns run past `n`, or that straddles two
+//! output segments, goes through a scratch tile and a scalar pass.
 
 use ndarray::ArrayViewMut2;
 
-#[cfg(target_arch = "x86_64")]
-use super::x86;
-
-// The tile sizes below must be the kernels' own.
-#[cfg(target_arch = "x86_64")]
-const _: () = assert!(x86::AVX512_MR == 8 && x86::AVX512_NR == 32 && x86::AVX2_MR == 6 && x86::AVX2_NR == 16);
-
-/// How a microkernel finishes a tile: `out = f(acc [+ prev])` row by row,
-/// where `f` adds the row's bias, applies ReLU and zeroes the columns not in
-/// `keep`, each step optional. Raw pointers because the tile is written
-/// straight into its destination (the task's part of a layer's output).
-#[derive(Clone, Copy, Debug)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 kernels only
-pub(crate) struct TileStore {
-    /// Partial sums to add (`MR` rows of `NR` floats, `ld_prev` apart), or null.
-    pub prev: *const f32,
-    /// Row stride of `prev`, in floats.
-    pub ld_prev: usize,
-    /// Destination: `MR` rows of `NR` floats, `ld_out` apart.
-    pub out: *mut f32,
-    /// Row stride of `out`, in floats.
-    pub ld_out: usize,
-    /// `MR` floats added row-wise, or null.
-    pub bias: *const f32,
-    /// Apply `max(0, ·)` (NaN stays NaN).
-    pub relu: bool,
-    /// Bit `t` set: column `t` keeps its value; clear: written as zero.
-    pub keep: u32,
-    /// If not 0: prefetch (into L2) the 192 bytes this many floats past
-    /// each B row read, i.e. the next panel's rows when B is read in place.
-    pub prefetch_b: usize,
-}
-
-impl TileStore {
-    /// Store (adding `prev` if not null) with no bias, ReLU or masking.
-    fn plain(prev: *const f32, out: *mut f32, ld: usize) -> Self {
-        TileStore {
-            prev,
-            ld_prev: ld,
-            out,
-            ld_out: ld,
-            bias: std::ptr::null(),
-            relu: false,
-            keep: u32::MAX,
-            prefetch_b: 0,
-        }
-    }
-}
-
-/// Rows of `B` (depth) per block: a 256 × 32 f32 B panel is 32 KB (L1 on Zen 4).
-pub const KC: usize = 256;
-
-/// A register-blocked microkernel for this CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Microkernel {
-    /// AVX-512F, 8 × 32.
-    Avx512,
-    /// AVX2 + FMA, 6 × 16.
-    Avx2,
-}
-
-impl Microkernel {
-    /// The fastest kernel this CPU supports, or `None` (non-x86, or x86 without AVX2+FMA).
-    pub fn detect() -> Option<Self> {
-        [Microkernel::Avx512, Microkernel::Avx2].into_iter().find(|k| k.available())
-    }
-
-    /// Whether this CPU can run the kernel.
-    pub fn available(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            match self {
-                Microkernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-                Microkernel::Avx2 => {
-                    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-                }
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
-
-    /// Rows of a C tile.
-    pub const fn mr(self) -> usize {
-        match self {
-            Microkernel::Avx512 => 8,
-            Microkernel::Avx2 => 6,
-        }
-    }
-
-    /// Columns of a C tile.
-    pub const fn nr(self) -> usize {
-        match self {
-            Microkernel::Avx512 => 32,
-            Microkernel::Avx2 => 16,
-        }
-    }
-
-    /// Runs the kernel on one tile: `C[mr×nr] = A panel · B`, B row `kk`
-    /// being the `nr` floats at `b + offsets[kk]`, finished as `st` says.
-    ///
-    /// # Safety
-    /// The kernel must be [`available`](Self::available); `a` must hold
-    /// `kb·mr` floats, `offsets` `kb` entries, every `b + offsets[kk] .. + nr`
-    /// must be readable, and `st`'s pointers must satisfy [`x86::TileStore`]'s
-    /// contract for `mr` rows of `nr` floats.
-    #[inline]
-    unsafe fn run(self, kb: usize, a: *const f32, b: *const f32, offsets: *const usize, st: &TileStore) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: forwarded from the caller's contract.
-        unsafe {
-            match self {
-                Microkernel::Avx512 => x86::kernel_avx512(kb, a, b, offsets, st),
-                Microkernel::Avx2 => x86::kernel_avx2(kb, a, b, offsets, st),
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (kb, a, b, offsets, st);
-            unreachable!("no x86 microkernel is available on this architecture");
-        }
-    }
-}
-
-/// The left operand `A[m×k]`, packed for one [`Microkernel`].
-///
-/// Layout: k-blocks of [`KC`] rows in order; inside block `p` (depth `kb`),
-/// `⌈m/MR⌉` panels of `kb × MR` floats (`MR` contiguous per `k`), rows past
-/// `m` zero. Block `p` starts at float `p·KC·m_pad`, `m_pad = ⌈m/MR⌉·MR`.
-#[derive(Clone, Debug)]
-pub struct PackedA {
-    kernel: Microkernel,
-    m: usize,
-    k: usize,
-    data: Vec<f32>,
-}
-
-impl PackedA {
-    /// Packs `a` (`[m, k]`, any strides) for `kernel`.
-    ///
-    /// # Panics
-    /// If `kernel` is not available on this CPU (a caller bug: use [`Microkernel::detect`]).
-    pub fn pack(a: ndarray::ArrayView2<'_, f32>, kernel: Microkernel) -> Self {
-        assert!(kernel.available(), "{kernel:?} is not supported by this CPU");
-        let (m, k) = a.dim();
-        let mr = kernel.mr();
-        let m_pad = m.div_ceil(mr) * mr;
-        let mut data = vec![0.0f32; m_pad * k];
-        for k0 in (0..k).step_by(KC) {
-            let kb = KC.min(k - k0);
-            let block = &mut data[k0 * m_pad..(k0 + kb) * m_pad];
-            for (ir, panel) in block.chunks_exact_mut(kb * mr).enumerate() {
-                for i in 0..mr.min(m - ir * mr) {
-                    let row = a.row(ir * mr + i);
-                    for kk in 0..kb {
-                        panel[kk * mr + i] = row[k0 + kk];
-                    }
-                }
-            }
-        }
-        PackedA { kernel, m, k, data }
-    }
-
-    /// Rows `m`.
-    pub fn rows(&self) -> usize {
-        self.m
-    }
-
-    /// Depth `k`.
-    pub fn depth(&self) -> usize {
-        self.k
-    }
-
-    /// The kernel this packing is for.
-    pub fn kernel(&self) -> Microkernel {
-        self.kernel
-    }
-}
+use super::microkernel::Microkernel;
+use super::pack::{PackedA, PanelRow, RowSink, KC};
+use super::tile::TileStore;
 
 /// A run of output columns: task columns `col0 .. col0 + view.ncols()` are
 /// the columns of `view` (`[m, len]`, rows any stride).
@@ -277,7 +105,8 @@ impl Epilogue<'_, '_> {
 /// `c` is stored (or, when `accumulate`, added to). With one (the last
 /// k-block), the tiles of `c` are only read (when `accumulate`) and the
 /// finished values go to the epilogue's segments: straight from the
-/// registers for whole tiles inside one segment, through a scalar pass otherwise.
+/// registers for tiles of whole panels inside one segment (the last row
+/// panel's `rows < mr` included), through a scalar pass otherwise.
 ///
 /// # Safety
 /// `ablock` must be the packed k-block (`m_pad × kb` floats) of a `PackedA`
@@ -328,33 +157,34 @@ unsafe fn multiply_block(
             // The first tile of a panel prefetches the next panel's B rows.
             let prefetch_b = if ir == 0 { prefetch_next(jr) } else { 0 };
             match (&epilogue, direct) {
-                (None, _) if rows == mr && cols == nr => {
+                (None, _) if cols == nr => {
                     // One pointer for reading and writing the C tile.
                     let out = c[corner..].as_mut_ptr();
                     let prev = if accumulate { out.cast_const() } else { std::ptr::null() };
-                    let st = TileStore { prefetch_b, ..TileStore::plain(prev, out, n) };
+                    let st = TileStore { prefetch_b, ..TileStore::plain(prev, out, n, rows) };
                     // SAFETY: A panel of kb·mr floats (sliced); B rows readable
-                    // (caller's contract); the C tile's rows ir·mr.. and columns
-                    // j0.. lie inside the m × n slice `c`.
+                    // (caller's contract); the C tile's rows ir·mr .. ir·mr + rows ≤ m
+                    // and columns j0 .. j0 + nr ≤ n lie inside the m × n slice `c`.
                     unsafe { kernel.run(kb, apanel.as_ptr(), bp, offsets.as_ptr(), &st) };
                 }
-                (Some(e), Some((base, ld, keep))) if rows == mr => {
+                (Some(e), Some((base, ld, keep))) => {
                     // Partial sums from `c`, results to the segment: two buffers.
                     let prev = if accumulate { c[corner..].as_ptr() } else { std::ptr::null() };
                     let st = TileStore {
                         prev,
                         ld_prev: n,
-                        // SAFETY: rows ir·mr .. ir·mr + mr < m of the segment,
+                        // SAFETY: rows ir·mr .. ir·mr + rows ≤ m of the segment,
                         // whose columns j0 .. j0 + nr it holds (checked above).
                         out: unsafe { base.add(ir * mr * ld) },
                         ld_out: ld,
+                        rows,
                         bias: e.bias[ir * mr..].as_ptr(),
                         relu: e.relu,
                         keep,
                         prefetch_b,
                     };
                     // SAFETY: as above; `prev` is the C tile when accumulating;
-                    // `bias` has mr entries from ir·mr (rows == mr).
+                    // `bias` has `rows` entries from ir·mr.
                     unsafe { kernel.run(kb, apanel.as_ptr(), bp, offsets.as_ptr(), &st) };
                 }
                 _ => {
@@ -365,7 +195,7 @@ unsafe fn multiply_block(
                         }
                     }
                     let prev = if accumulate { edge.as_ptr() } else { std::ptr::null() };
-                    let st = TileStore { prefetch_b, ..TileStore::plain(prev, edge.as_mut_ptr(), nr) };
+                    let st = TileStore { prefetch_b, ..TileStore::plain(prev, edge.as_mut_ptr(), nr, rows) };
                     // SAFETY: as above, with `edge` as a full mr × nr tile (ld = nr; mr·nr ≤ 256).
                     unsafe { kernel.run(kb, apanel.as_ptr(), bp, offsets.as_ptr(), &st) };
                     match epilogue.as_deref_mut() {
@@ -405,7 +235,7 @@ impl<'s, 'a> Target<'_, 's, 'a> {
     /// product has no element; zeros, or the epilogue of zeros, when `k = 0`).
     /// Returns whether nothing is left to do.
     fn trivial(&mut self, a: &PackedA, n: usize, who: &str) -> bool {
-        let (m, k) = (a.m, a.k);
+        let (m, k) = (a.rows(), a.depth());
         match self {
             Target::Plain(c) => {
                 assert_eq!(c.len(), m * n, "{who}: C has {} floats, expected {m}×{n}", c.len());
@@ -464,7 +294,7 @@ impl<'s, 'a> Target<'_, 's, 'a> {
 /// # Panics
 /// If `c.len() != m·n`, `offsets.len() != k`, or `b` is too short for the reads above.
 pub fn gemm_gather(a: &PackedA, n: usize, b: &[f32], offsets: &[usize], c: &mut [f32]) {
-    let nr = a.kernel.nr();
+    let nr = a.kernel().nr();
     let panels: Vec<usize> = (0..n.div_ceil(nr)).map(|jr| jr * nr).collect();
     gather(a, n, b, &panels, offsets, Target::Plain(c));
 }
@@ -497,22 +327,21 @@ pub fn gemm_gather_fused(
 }
 
 fn gather(a: &PackedA, n: usize, b: &[f32], panels: &[usize], offsets: &[usize], mut target: Target<'_, '_, '_>) {
-    let (m, k) = (a.m, a.k);
+    let (m, k) = (a.rows(), a.depth());
     assert_eq!(offsets.len(), k, "gemm_gather: {} offsets for depth {k}", offsets.len());
     if target.trivial(a, n, "gemm_gather") {
         return;
     }
-    let kernel = a.kernel;
-    let (mr, nr) = (kernel.mr(), kernel.nr());
+    let kernel = a.kernel();
+    let nr = kernel.nr();
     assert_eq!(panels.len(), n.div_ceil(nr), "gemm_gather: {} panel starts for {n} columns", panels.len());
     let max_offset = offsets.iter().copied().max().unwrap_or(0);
     let max_panel = panels.iter().copied().max().unwrap_or(0);
     let reach = max_panel + max_offset + nr;
     assert!(reach <= b.len(), "gemm_gather: B reads up to {reach} of {}", b.len());
-    let m_pad = m.div_ceil(mr) * mr;
     for k0 in (0..k).step_by(KC) {
         let kb = KC.min(k - k0);
-        let ablock = &a.data[k0 * m_pad..(k0 + kb) * m_pad];
+        let ablock = a.block(k0, kb);
         let (c, epilogue) = target.block(m, n, k0, k);
         // SAFETY: panel jr reads b[panels[jr] + offsets[kk] .. + nr], inside
         // `b` by the assertion above; `ablock` is this k-block of `a`; `c`
@@ -541,88 +370,6 @@ fn gather(a: &PackedA, n: usize, b: &[f32], panels: &[usize], offsets: &[usize],
 pub struct Scratch {
     bpack: Vec<f32>,
     partial: Vec<f32>,
-}
-
-/// Somewhere to write one row of `B`: a plain slice, or a row of packed panels.
-pub trait RowSink {
-    /// Writes `src` at columns `j .. j + src.len()`.
-    fn copy(&mut self, j: usize, src: &[f32]);
-    /// Writes `v` at columns `j .. j + len`.
-    fn fill(&mut self, j: usize, len: usize, v: f32);
-    /// Writes `v` at column `j`.
-    fn set(&mut self, j: usize, v: f32);
-}
-
-impl RowSink for [f32] {
-    #[inline]
-    fn copy(&mut self, j: usize, src: &[f32]) {
-        self[j..j + src.len()].copy_from_slice(src);
-    }
-    #[inline]
-    fn fill(&mut self, j: usize, len: usize, v: f32) {
-        self[j..j + len].fill(v);
-    }
-    #[inline]
-    fn set(&mut self, j: usize, v: f32) {
-        self[j] = v;
-    }
-}
-
-/// Row `kk` of a packed B block: column `j` lives at
-/// `(j / NR)·kb·NR + kk·NR + j % NR`, so a run of columns is split at panel edges.
-pub struct PanelRow<'a> {
-    block: &'a mut [f32],
-    /// `log2(NR)`: NR is a power of two, so panel arithmetic is shifts and masks.
-    shift: u32,
-    /// Floats per panel, `kb·NR`.
-    panel: usize,
-    /// Offset of this row inside a panel, `kk·NR`.
-    row: usize,
-}
-
-impl<'a> PanelRow<'a> {
-    fn new(block: &'a mut [f32], kb: usize, nr: usize, kk: usize) -> Self {
-        debug_assert!(nr.is_power_of_two());
-        PanelRow { block, shift: nr.trailing_zeros(), panel: kb * nr, row: kk * nr }
-    }
-
-    #[inline]
-    fn nr(&self) -> usize {
-        1 << self.shift
-    }
-
-    #[inline]
-    fn at(&self, j: usize) -> usize {
-        (j >> self.shift) * self.panel + self.row + (j & (self.nr() - 1))
-    }
-}
-
-impl RowSink for PanelRow<'_> {
-    #[inline]
-    fn copy(&mut self, mut j: usize, mut src: &[f32]) {
-        while !src.is_empty() {
-            let len = (self.nr() - (j & (self.nr() - 1))).min(src.len());
-            let o = self.at(j);
-            self.block[o..o + len].copy_from_slice(&src[..len]);
-            j += len;
-            src = &src[len..];
-        }
-    }
-    #[inline]
-    fn fill(&mut self, mut j: usize, mut len: usize, v: f32) {
-        while len > 0 {
-            let run = (self.nr() - (j & (self.nr() - 1))).min(len);
-            let o = self.at(j);
-            self.block[o..o + run].fill(v);
-            j += run;
-            len -= run;
-        }
-    }
-    #[inline]
-    fn set(&mut self, j: usize, v: f32) {
-        let o = self.at(j);
-        self.block[o] = v;
-    }
 }
 
 /// `C ← A·B` where row `kk` of `B` (`n` columns) is written by `fill_b(kk, sink)`.
@@ -671,13 +418,12 @@ fn packed(
     mut target: Target<'_, '_, '_>,
     bpack: &mut Vec<f32>,
 ) {
-    let (m, k) = (a.m, a.k);
+    let (m, k) = (a.rows(), a.depth());
     if target.trivial(a, n, "gemm_packed") {
         return;
     }
-    let kernel = a.kernel;
-    let (mr, nr) = (kernel.mr(), kernel.nr());
-    let m_pad = m.div_ceil(mr) * mr;
+    let kernel = a.kernel();
+    let nr = kernel.nr();
     let n_pad = n.div_ceil(nr) * nr;
     bpack.resize(KC * n_pad, 0.0);
     let offsets: Vec<usize> = (0..KC).map(|kk| kk * nr).collect();
@@ -689,7 +435,7 @@ fn packed(
             row.fill(n, n_pad - n, 0.0);
         }
         let bpack = &bpack[..kb * n_pad];
-        let ablock = &a.data[k0 * m_pad..(k0 + kb) * m_pad];
+        let ablock = a.block(k0, kb);
         let (c, epilogue) = target.block(m, n, k0, k);
         // SAFETY: panel jr is bpack[jr·kb·nr ..][.. kb·nr], its row kk at kk·nr;
         // `ablock` is this k-block of `a`; `c` and the epilogue as in `gather`.
@@ -708,144 +454,5 @@ fn packed(
                 |_| 0,
             )
         };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ndarray::Array2;
-
-    /// Integer-valued operands make every sum exact: the result must equal
-    /// the f64 reference bit for bit, for every size around the tile and
-    /// block edges, with C prefilled with NaN to catch unwritten elements.
-    #[test]
-    fn exact_for_sizes_around_tile_edges() {
-        for kernel in [Microkernel::Avx512, Microkernel::Avx2].into_iter().filter(|k| k.available()) {
-            let (mr, nr) = (kernel.mr(), kernel.nr());
-            for m in [1, mr - 1, mr, mr + 1, 2 * mr + 3] {
-                for k in [1, 2, KC - 1, KC, KC + 1, 2 * KC + 7] {
-                    for n in [1, nr - 1, nr, nr + 1, 3 * nr + 5] {
-                        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
-                        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 7) as f32 - 3.0);
-                        let packed = PackedA::pack(a.view(), kernel);
-                        let mut c = vec![f32::NAN; m * n];
-                        gemm_packed(
-                            &packed,
-                            n,
-                            |kk, row| row.copy(0, b.row(kk).as_slice().unwrap()),
-                            &mut c,
-                            &mut Scratch::default(),
-                        );
-                        // The same B read in place: row kk lives at offset kk·(n + 40) + 3.
-                        let stride = n + 40;
-                        let mut flat = vec![0.0f32; k * stride + 64];
-                        for kk in 0..k {
-                            flat[kk * stride + 3..kk * stride + 3 + n].copy_from_slice(b.row(kk).as_slice().unwrap());
-                        }
-                        let offsets: Vec<usize> = (0..k).map(|kk| kk * stride + 3).collect();
-                        let mut g = vec![f32::NAN; m * n];
-                        gemm_gather(&packed, n, &flat, &offsets, &mut g);
-                        for i in 0..m {
-                            for j in 0..n {
-                                assert_eq!(g[i * n + j], c[i * n + j], "gather {kernel:?} m{m} k{k} n{n} ({i},{j})");
-                                let r: f64 = (0..k).map(|l| a[[i, l]] as f64 * b[[l, j]] as f64).sum();
-                                assert_eq!(c[i * n + j] as f64, r, "{kernel:?} m{m} k{k} n{n} ({i},{j})");
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The fused epilogue: every column lands in its segment (cut at odd
-    /// places, so tiles straddle segments; rows strided past the columns) as
-    /// `relu(A·B + bias)`, zero where `keep` is false, bit for bit the f64
-    /// reference; nothing outside the segments is written.
-    #[test]
-    fn fused_epilogue_places_every_column() {
-        for kernel in [Microkernel::Avx512, Microkernel::Avx2].into_iter().filter(|k| k.available()) {
-            let (mr, nr) = (kernel.mr(), kernel.nr());
-            for m in [1, mr, 2 * mr + 3] {
-                for k in [0, 5, KC, KC + 9] {
-                    for n in [1, nr, 3 * nr + 5] {
-                        for cuts in [vec![], vec![7], vec![nr, nr + 1, 2 * nr + 3]] {
-                            fused_case(kernel, m, k, n, &cuts);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn fused_case(kernel: Microkernel, m: usize, k: usize, n: usize, cuts: &[usize]) {
-        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
-        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 7) as f32 - 3.0);
-        let bias: Vec<f32> = (0..m).map(|i| (i % 5) as f32 - 2.0).collect();
-        let keep = |j: usize| j % 5 != 3;
-        let keep_bits = |j0: usize, cols: usize| (0..cols).filter(|&t| keep(j0 + t)).fold(0, |b, t| b | 1 << t);
-        let packed = PackedA::pack(a.view(), kernel);
-        // Segment bounds: 0, the cuts inside n, n.
-        let mut bounds: Vec<usize> = std::iter::once(0).chain(cuts.iter().copied().filter(|&c| c < n)).collect();
-        bounds.push(n);
-        // Each segment's rows are 9 floats longer than its columns (never written).
-        let mut stores: Vec<Array2<f32>> =
-            bounds.windows(2).map(|w| Array2::from_elem((m, w[1] - w[0] + 9), f32::NAN)).collect();
-        let expect = |i: usize, j: usize| -> f32 {
-            let r: f64 = (0..k).map(|l| a[[i, l]] as f64 * b[[l, j]] as f64).sum::<f64>() + bias[i] as f64;
-            if keep(j) {
-                r.max(0.0) as f32
-            } else {
-                0.0
-            }
-        };
-        for gather_b in [false, true] {
-            for s in stores.iter_mut() {
-                s.fill(f32::NAN);
-            }
-            let mut segments: Vec<Segment<'_>> = stores
-                .iter_mut()
-                .zip(bounds.windows(2))
-                .map(|(s, w)| Segment { col0: w[0], view: s.slice_mut(ndarray::s![.., ..w[1] - w[0]]) })
-                .collect();
-            let mut e = Epilogue { bias: &bias, relu: true, segments: &mut segments, keep: Some(&keep_bits) };
-            let mut partial = Vec::new();
-            if gather_b {
-                // Panels start 5 floats apart beyond their width (the gaps are never read).
-                let nr = kernel.nr();
-                let panels: Vec<usize> = (0..n.div_ceil(nr)).map(|jr| jr * (nr + 5)).collect();
-                let stride = panels.len() * (nr + 5) + 64;
-                let mut flat = vec![f32::NAN; k * stride + 64];
-                for kk in 0..k {
-                    for j in 0..n {
-                        flat[kk * stride + panels[j / nr] + j % nr] = b[[kk, j]];
-                    }
-                }
-                let offsets: Vec<usize> = (0..k).map(|kk| kk * stride).collect();
-                gemm_gather_fused(&packed, n, &flat, &panels, &offsets, &mut e, &mut partial);
-            } else {
-                let fill = |kk: usize, row: &mut PanelRow<'_>| row.copy(0, b.row(kk).as_slice().unwrap());
-                gemm_packed_fused(&packed, n, fill, &mut e, &mut Scratch::default());
-            }
-            for (s, w) in stores.iter().zip(bounds.windows(2)) {
-                for i in 0..m {
-                    for t in 0..s.ncols() {
-                        let got = s[[i, t]];
-                        if t < w[1] - w[0] {
-                            let want = expect(i, w[0] + t);
-                            assert_eq!(
-                                got,
-                                want,
-                                "{kernel:?} m{m} k{k} n{n} cuts {cuts:?} gather {gather_b} ({i},{})",
-                                w[0] + t
-                            );
-                        } else {
-                            assert!(got.is_nan(), "{kernel:?} m{m} k{k} n{n}: wrote outside a segment");
-                        }
-                    }
-                }
-            }
-        }
     }
 }

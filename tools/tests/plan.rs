@@ -1,0 +1,157 @@
+//! `lml plan` as a user runs it: both architectures priced side by side,
+//! from the documented defaults, from a calibration file, and after
+//! `--calibrate` on this machine.
+
+use std::path::Path;
+use std::process::Command;
+
+use lml_lambda::cost::vcpu_share;
+use lml_tools::calibrate::{default_speeds, Arch, Calibration, CalibrationFile, Speeds, CALIBRATION_ENV};
+
+fn run(args: &[&str], env: &[(&str, &Path)]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lml"));
+    cmd.arg("plan").args(args).env_remove(CALIBRATION_ENV).env_remove("LML_MICROKERNEL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The cells of the table row `label` (after the label), e.g. `["1.234e-1", "5.678e-2"]`.
+fn cells(stdout: &str, label: &str) -> Vec<String> {
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(label) && l.trim_start()[label.len()..].starts_with("  "))
+        .unwrap_or_else(|| panic!("no row {label:?} in\n{stdout}"));
+    line.trim_start()[label.len()..].split_whitespace().map(str::to_string).collect()
+}
+
+fn write_calibration(path: &Path, entries: &[(Arch, f64)]) {
+    let mut file = CalibrationFile::default();
+    for &(arch, s) in entries {
+        file.insert(Calibration {
+            arch,
+            microkernel: "avx2".into(),
+            cpu: "Test CPU".into(),
+            threads: 1,
+            unix_time: 0,
+            speeds: Speeds { image_224_fc7_s: s, image_32_pool5_s: s / 10.0, feature_row_s: s / 1000.0 },
+        });
+    }
+    file.save(path).unwrap();
+}
+
+#[test]
+fn paper_run_priced_on_both_architectures_from_the_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let none = tmp.path().join("absent.json");
+    let (ok, stdout, stderr) = run(&["--paper", "--calibration", none.to_str().unwrap()], &[]);
+    assert!(ok, "{stderr}");
+    // 50,000 images / (16 workers × 64) = 49 rounds; 49 × 17 + 1 invocations.
+    assert!(stdout.contains("16 workers × 8192 MB (5 compute thread(s) on 4.63 vCPUs)"), "{stdout}");
+    assert!(stdout.contains("49 rounds"), "{stdout}");
+    assert_eq!(cells(&stdout, "invocations"), ["834", "834"], "{stdout}");
+    assert_eq!(cells(&stdout, "architecture"), ["arm64", "x86_64"], "{stdout}");
+    assert!(stdout.contains("arm64   ") && stdout.contains("default: a model, Graviton2"), "{stdout}");
+    assert!(stdout.contains("default: measured on an AMD EPYC Zen 4 with the AVX2 kernel"), "{stdout}");
+    // Seconds per example: the per-vCPU default divided by the fractional share (8192 / 1769).
+    let expected: Vec<String> = [Arch::Aarch64, Arch::X86_64]
+        .iter()
+        .map(|&a| format!("{:.3e}", default_speeds(a).image_224_fc7_s / vcpu_share(8192)))
+        .collect();
+    assert_eq!(cells(&stdout, "s per example"), expected, "{stdout}");
+    assert!(stdout.contains("cheaper per example: "), "{stdout}");
+    assert!(stdout.lines().any(|l| l.trim_start().starts_with("total")), "{stdout}");
+}
+
+#[test]
+fn calibrated_speeds_are_used_and_named_and_the_cheaper_architecture_follows_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("c.json");
+    // Equal speeds: arm64's lower GB-s price wins (0.0000133334 against 0.0000166667: 20% less compute).
+    write_calibration(&path, &[(Arch::X86_64, 0.4), (Arch::Aarch64, 0.4)]);
+    let args = ["--data", "images", "--memory", "1769", "--workers", "4", "--examples", "1000"];
+    let (ok, stdout, stderr) = run(&args, &[(CALIBRATION_ENV, &path)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("(1 compute thread(s) on 1.00 vCPUs)"), "{stdout}");
+    assert_eq!(stdout.matches("calibrated on Test CPU (avx2 kernel, 1 thread)").count(), 2, "{stdout}");
+    assert_eq!(cells(&stdout, "s per example"), ["4.000e-1", "4.000e-1"], "{stdout}");
+    assert!(stdout.contains("cheaper per example: arm64"), "{stdout}");
+    // arm64 three times slower: x86_64 wins; the flag chooses the file over the variable.
+    let flag = tmp.path().join("flag.json");
+    write_calibration(&flag, &[(Arch::X86_64, 0.4), (Arch::Aarch64, 1.2)]);
+    let mut with_flag = args.to_vec();
+    with_flag.extend(["--calibration", flag.to_str().unwrap()]);
+    let (ok, stdout, stderr) = run(&with_flag, &[(CALIBRATION_ENV, &path)]);
+    assert!(ok, "{stderr}");
+    assert_eq!(cells(&stdout, "s per example"), ["1.200e0", "4.000e-1"], "{stdout}");
+    assert!(stdout.contains("cheaper per example: x86_64"), "{stdout}");
+    // Half a vCPU's memory: twice the seconds per example.
+    let mut half = with_flag.clone();
+    half[3] = "885";
+    let (ok, stdout, _) = run(&half, &[]);
+    assert!(ok);
+    assert_eq!(cells(&stdout, "s per example")[1], format!("{:.3e}", 0.4 / vcpu_share(885)), "{stdout}");
+    // Only x86_64 calibrated: arm64 falls back to its default and says so.
+    write_calibration(&flag, &[(Arch::X86_64, 0.4)]);
+    let (ok, stdout, _) = run(&with_flag, &[]);
+    assert!(ok);
+    assert!(stdout.contains("default: a model") && stdout.contains("calibrated on Test CPU"), "{stdout}");
+}
+
+#[test]
+fn bad_inputs_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("broken.json");
+    std::fs::write(&path, "{\"version\": 1}").unwrap();
+    let (ok, _, stderr) = run(&["--calibration", path.to_str().unwrap()], &[]);
+    assert!(!ok && stderr.contains("broken.json") && stderr.contains("missing field `entries`"), "{stderr}");
+    let none = tmp.path().join("none.json");
+    let none = none.to_str().unwrap();
+    for (args, expected) in [
+        (vec!["--data", "pixels"], "expected images or features"),
+        (vec!["--memory", "100"], "Lambda takes 128 to 10240 MB"),
+        (vec!["--memory", "10241"], "Lambda takes 128 to 10240 MB"),
+        (vec!["--data", "images", "--input-size", "64"], "speeds for 224 and 32 only"),
+        (vec!["--sec-per-example=-1"], "positive number of seconds"),
+        (vec!["--sec-per-example", "NaN"], "positive number of seconds"),
+        (vec!["--workers", "0"], "must be positive"),
+        (vec!["--calibrate", "--calibrate-batch", "0"], "--calibrate-batch must be positive"),
+    ] {
+        let mut a = args.clone();
+        a.extend(["--calibration", none]);
+        let (ok, _, stderr) = run(&a, &[]);
+        assert!(!ok && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+/// `--calibrate` times this machine (a batch of one image: a few seconds)
+/// and stores an entry for its architecture, which `plan` then reads.
+#[test]
+fn calibrate_measures_this_machine_and_plan_reads_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("cache").join("calibration.json");
+    let args = ["--calibrate", "--calibrate-batch", "1", "--data", "images", "--calibration", path.to_str().unwrap()];
+    // The random weights go to the test's own temporary folder.
+    let (ok, stdout, stderr) = run(&args, &[("TMPDIR", tmp.path())]);
+    assert!(ok, "{stdout}{stderr}");
+    let arch = Arch::current().expect("tests run on x86_64 or aarch64");
+    let kernel = lml_kernel::gemm::Microkernel::detect();
+    let file = CalibrationFile::load(&path).unwrap();
+    let entry = file.get(arch).unwrap_or_else(|| panic!("no {arch} entry in {file:?}"));
+    assert_eq!((entry.microkernel.as_str(), entry.threads), (kernel.name(), 1));
+    let s = entry.speeds;
+    // A 224×224 image does 49× the convolution work of a 32×32 one.
+    assert!(s.image_224_fc7_s > 10.0 * s.image_32_pool5_s && s.image_32_pool5_s > s.feature_row_s, "{s:?}");
+    assert!(stdout.contains(&format!("calibrated {arch} on")), "{stdout}");
+    assert!(stdout.contains(&format!("calibrated on {} ({kernel} kernel, 1 thread)", entry.cpu)), "{stdout}");
+    eprintln!("calibrated with {kernel}: {s:?}");
+    // Only the weights folder was temporary, and it is gone.
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("cache")], "{left:?}");
+}
