@@ -263,4 +263,43 @@ async fn a_job_runs_end_to_end_through_the_lambda_and_dynamodb_apis() {
     let rt = LocalRuntime::start(local.path(), SystemClock, local_config());
     run_job(&rt, "e2e", 3, s).await;
     assert_eq!(final_params(root.path(), "e2e"), final_params(local.path(), "e2e"), "AWS path ≠ local runtime");
+
+    // The expensive step through the same APIs: an extraction job of the
+    // same images over 3 workers (12 shards of 2; the 1 ms limit makes every
+    // shard an invocation of its own), merged exactly once, equal to the
+    // one-process cache.
+    let x = json!({"extract": "start", "workers": 3, "job": "feats",
+                   "spec": {"images": "images.npy", "labels": "labels.npy", "weights": "vgg", "input_size": 32,
+                            "cut": "pool5", "out": "cache", "shard_images": 4, "time_limit_ms": 1, "safety_ms": 0}});
+    let x = lml_lambda::Event::parse(&x).unwrap();
+    lml_lambda::services::Invoker::invoke(&invoker, &x).await.unwrap();
+    let feats = JobId::new("feats").unwrap();
+    let t = Instant::now();
+    let p = loop {
+        let p = store.load(&feats).await.unwrap();
+        if p.extract.as_ref().is_some_and(|x| x.status != JobStatus::Running) {
+            break p;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(240),
+            "extraction not finished after 240 s: {} shards",
+            p.shards.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let rec = p.extract.unwrap();
+    let shards = lml_lambda::extract::shard_count(3, 24, 4);
+    assert_eq!((rec.status, rec.shards, p.shards.len()), (JobStatus::Finished, shards, shards));
+    assert_eq!(stats.failed.load(Ordering::SeqCst), 0);
+    let data = lml_kernel::dataset::ImageDataset::open(root.path().join("images.npy"), root.path().join("labels.npy"))
+        .unwrap();
+    let vgg = lml_kernel::Vgg19::open(root.path().join("vgg"), 32, lml_kernel::Cut::Pool5).unwrap();
+    let one = root.path().join("one-process");
+    let f32 = lml_kernel::features::Dtype::F32;
+    lml_kernel::features::extract_shard(&vgg, &data, &one, "train", (0, 1), f32, &mut |_| {}).unwrap();
+    lml_kernel::features::merge(&one, "train", 1, &root.path().join("labels.npy"), &json!({})).unwrap().unwrap();
+    for f in ["train_features.npy", "train_y.npy"] {
+        let (aws, local) = (std::fs::read(root.path().join("cache").join(f)), std::fs::read(one.join(f)));
+        assert!(aws.unwrap() == local.unwrap(), "{f}: the AWS path's cache differs from the one-process cache");
+    }
 }
