@@ -170,6 +170,57 @@ fn status_reads_a_job_from_a_dynamodb_table() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("table lml has no job nope"));
 }
 
+/// `n` random 32×32 images in 3 classes (`images.npy`, `labels.npy`) and
+/// random VGG19 weights to pool5 (`vgg/`) under `root`.
+fn write_images(root: &Path, n: usize, seed: u64) {
+    use lml_kernel::weights::WeightStore;
+    use lml_kernel::{Cut, Preset};
+    use rand::{Rng, SeedableRng};
+    let w = lml_kernel::vgg::random_weights(seed, Cut::Pool5);
+    WeightStore::write(
+        root.join("vgg"),
+        lml_kernel::vgg::MODEL,
+        Preset::Torchvision,
+        w.iter().map(|(n, a)| (n.clone(), a.view())),
+    )
+    .unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let images = ndarray::Array4::<u8>::from_shape_fn((n, 32, 32, 3), |_| rng.random());
+    write_npy_atomic(root.join("images.npy"), &images).unwrap();
+    write_npy_atomic(root.join("labels.npy"), &Array1::<u32>::from_shape_fn(n, |i| (i % 3) as u32)).unwrap();
+}
+
+/// `lml status` on an extraction job (run here on the local runtime): its
+/// shards, speed, each worker's compute time and the merged cache.
+#[test]
+fn status_shows_an_extraction_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_images(root, 20, 1);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let config = lml_lambda::LocalConfig { memory_mb: 1769, ..lml_lambda::LocalConfig::default() };
+        let local = lml_lambda::LocalRuntime::start(root, lml_lambda::services::SystemClock, config);
+        let spec = serde_json::json!({"images": "images.npy", "labels": "labels.npy", "weights": "vgg",
+                                      "cut": "pool5", "out": "cache", "shard_images": 4});
+        local.invoke_payload(serde_json::json!({"extract": "start", "workers": 2, "job": "x", "spec": spec})).unwrap();
+        local.idle().await;
+        assert!(local.dead_letters().is_empty(), "{:?}", local.dead_letters());
+    });
+    let (ok, stdout, stderr) = run(&["status", "x", "--root", root.to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("extraction x: finished, 8 of 8 shards (20 of 20 images, 512 features each) on 2 workers"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" images/s over "), "{stdout}");
+    let workers: Vec<&str> = stdout.lines().filter(|l| l.starts_with("worker ")).collect();
+    assert!(!workers.is_empty() && workers.iter().all(|l| l.contains("s of VGG19 compute")), "{stdout}");
+    let shards: usize = workers.iter().map(|l| l.split_whitespace().nth(2).unwrap().parse::<usize>().unwrap()).sum();
+    assert_eq!(shards, 8, "{stdout}");
+    assert!(stdout.contains("cache: cache/train_features.npy"), "{stdout}");
+}
+
 #[test]
 fn plan_prices_the_papers_run() {
     let (ok, stdout, stderr) = run(&["plan", "--paper"]);

@@ -1,4 +1,5 @@
-//! `lml status`: a job's progress and final accuracy, from the job folder or DynamoDB.
+//! `lml status`: a job's progress and final accuracy (a training job) or its
+//! shards, speed and cache (an extraction job), from the job folder or DynamoDB.
 
 use std::path::PathBuf;
 
@@ -7,7 +8,8 @@ use clap::Parser;
 use lml_lambda::event::JobId;
 use lml_lambda::layout::JobDir;
 use lml_lambda::progress::{LocalProgress, ProgressStore};
-use lml_tools::report::{print_summary, round_line};
+use lml_lambda::services::{Clock, SystemClock};
+use lml_tools::report::{extract_lines, print_summary, round_line};
 
 #[derive(Parser)]
 pub struct Args {
@@ -34,17 +36,25 @@ pub fn run(args: &Args) -> Result<()> {
         Some(table) => runtime.block_on(async {
             let store = lml_lambda::aws::DynamoProgress::from_env(table, args.endpoint_url.as_deref()).await;
             let p = store.load(&job).await.with_context(|| format!("reading job {job} from table {table}"))?;
-            if p.job.is_none() {
+            if p.job.is_none() && p.extract.is_none() {
                 bail!("table {table} has no job {job}");
             }
             Ok(p)
         })?,
         None => {
-            let jd = JobDir::new(&args.root, &job);
-            jd.read_config().with_context(|| format!("job {job} under {}", args.root.display()))?;
+            if !lml_lambda::extract::is_extract_job(&args.root, &job) {
+                let jd = JobDir::new(&args.root, &job);
+                jd.read_config().with_context(|| format!("job {job} under {}", args.root.display()))?;
+            }
             runtime.block_on(LocalProgress::new(&args.root).load(&job))?
         }
     };
+    if let Some(lines) = extract_lines(&p, SystemClock.now_ms()) {
+        for line in lines {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     if args.rounds {
         for r in p.rounds.values() {
             println!("{}", round_line(r));
