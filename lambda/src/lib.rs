@@ -95,6 +95,7 @@ pub mod json;
 pub mod layout;
 pub mod local;
 pub mod meta;
+pub mod pipeline;
 pub mod progress;
 pub mod roles;
 pub mod services;
