@@ -81,6 +81,7 @@ pub use lml_kernel::features::BATCH;
 use crate::error::{ProtocolError, Result};
 use crate::event::{Event, JobId, MAX_WORKERS};
 use crate::layout::{claim, present, remove_stale_temps, temp_beside, write_json, JobDir, TempGuard};
+use crate::pipeline::Pipeline;
 use crate::progress::{ExtractRecord, JobStatus, ProgressStore, ShardRecord};
 use crate::roles::{blocking, Outcome};
 use crate::services::{Clock, Invocation, Invoker, Probe, Services};
@@ -159,6 +160,25 @@ pub struct ExtractSpec {
 }
 
 impl ExtractSpec {
+    /// The spec of `images` with `labels` through `weights` into `out`, every
+    /// other field at its default.
+    pub fn with_defaults(images: String, labels: String, weights: String, out: String) -> Self {
+        ExtractSpec {
+            images,
+            labels,
+            weights,
+            input_size: default_input_size(),
+            cut: default_cut(),
+            dtype: Dtype::default(),
+            out,
+            split: default_split(),
+            shard_images: default_shard_images(),
+            lease_ms: default_lease_ms(),
+            time_limit_ms: default_time_limit_ms(),
+            safety_ms: default_safety_ms(),
+        }
+    }
+
     /// Parses a spec from a JSON object.
     ///
     /// # Errors
@@ -179,6 +199,7 @@ impl ExtractSpec {
             weights: Some(self.weights.clone()),
             input_size: Some(self.input_size),
             cut: Some(self.cut),
+            forward: None,
         }
     }
 
@@ -240,6 +261,11 @@ pub struct ExtractConfig {
     pub preset: Preset,
     /// Shards ([`shard_count`]).
     pub shards: usize,
+    /// What runs once the cache is merged, when the extraction is a phase of
+    /// a training job on images ([`crate::pipeline`]); its cache folder is
+    /// then keyed by content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<Pipeline>,
 }
 
 impl ExtractConfig {
@@ -261,6 +287,9 @@ impl ExtractConfig {
                 "shards",
                 format!("{} disagrees with the spec and data ({s})", self.shards),
             ));
+        }
+        if let Some(p) = &self.then {
+            p.validate()?;
         }
         Ok(())
     }
@@ -517,7 +546,7 @@ pub async fn handle<I: Invoker, P: ProgressStore, C: Clock>(
     inv: &Invocation,
 ) -> Result<Outcome> {
     match event {
-        ExtractEvent::Start { job, workers, spec } => start(svc, job, workers, spec).await,
+        ExtractEvent::Start { job, workers, spec } => start_with(svc, job, workers, spec, None).await,
         ExtractEvent::Worker { job, workers, workerno, continuation } => {
             worker(svc, &job, workers, workerno, continuation, inv).await
         }
@@ -529,11 +558,14 @@ fn worker_event(cfg: &ExtractConfig, job: &JobId, w: usize, continuation: u64) -
     Event::Extract(ExtractEvent::Worker { job: job.clone(), workers: cfg.workers, workerno: w, continuation })
 }
 
-async fn start<I: Invoker, P: ProgressStore, C: Clock>(
+/// Starts extraction job `job` of `spec` on `workers` workers, followed by
+/// `then` (a pipeline's rest) once merged. Validates everything first.
+pub(crate) async fn start_with<I: Invoker, P: ProgressStore, C: Clock>(
     svc: &Services<I, P, C>,
     job: JobId,
     workers: usize,
     spec: ExtractSpec,
+    then: Option<Pipeline>,
 ) -> Result<Outcome> {
     spec.validate()?;
     let out = out_inside(&svc.root, &spec)?;
@@ -551,11 +583,15 @@ async fn start<I: Invoker, P: ProgressStore, C: Clock>(
         preset: inputs.vgg.preset(),
         shards: shard_count(workers, images, spec.shard_images),
         spec,
+        then,
     };
     cfg.validate()?;
     let jd = JobDir::new(&svc.root, &job);
     if !jd.exists() {
-        refuse_existing_cache(&out, &cfg.spec.split)?;
+        // A keyed folder's shards and cache are of the same content, whoever wrote them.
+        if cfg.then.is_none() {
+            refuse_existing_cache(&out, &cfg.spec.split)?;
+        }
         std::fs::create_dir_all(&out).map_err(|e| ProtocolError::io(&out, e))?;
         create_job(svc, &jd, &cfg)?;
     }
@@ -999,9 +1035,11 @@ async fn merge<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, 
                     shards: cfg.shards,
                 };
                 let out = cfg.out(&svc.root);
+                // The class list first: the note, which the merge writes
+                // last, says the cache is complete.
+                lml_kernel::features::carry_class_list(&inputs_labels.1, &out)?;
                 lml_kernel::features::merge(&out, &cfg.spec.split, cfg.shards, &inputs_labels.0, &note)?
                     .ok_or_else(|| ProtocolError::job(&out, "a shard went missing while merging"))?;
-                lml_kernel::features::carry_class_list(&inputs_labels.1, &out)?;
                 svc.probe.at("merge.merged", 0)?;
                 let cache = Path::new(&cfg.spec.out).join(format!("{}_features.npy", cfg.spec.split));
                 let summary = ExtractSummary {
@@ -1017,6 +1055,9 @@ async fn merge<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, 
         })
     })?;
     finish(svc, &jd, &cfg, &summary).await?;
+    if let Some(p) = &cfg.then {
+        Box::pin(crate::pipeline::then(svc, p)).await?;
+    }
     Ok(Outcome::Merged { cache: summary.cache })
 }
 
@@ -1066,6 +1107,10 @@ pub async fn resume<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P,
     if present(&jd.final_json()) {
         let summary: ExtractSummary = crate::layout::read_json(&jd.final_json())?;
         finish(svc, &jd, &cfg, &summary).await?;
+        if let Some(p) = &cfg.then {
+            Box::pin(crate::pipeline::then(svc, p)).await?;
+            return Ok(Outcome::Resumed { round: 0, what: "the pipeline's next phase" });
+        }
         return Ok(Outcome::Skipped("the extraction has ended".into()));
     }
     let owners: std::collections::BTreeSet<usize> =

@@ -40,7 +40,15 @@
 //! must agree. `N` must equal the job's worker count. The `extract` events
 //! drive a feature-extraction job ([`extract`]: the frozen VGG19 over a split
 //! of images on the workers, into the cache `lml extract-features` writes);
-//! `resume` serves both kinds of job. Payloads carry ids and
+//! `resume` serves both kinds of job.
+//!
+//! A start whose `spec.data` (or `spec.eval`) names images and weights runs
+//! one job from images to a trained head ([`pipeline`]): by default the
+//! job's workers first extract the features into a cache under the root
+//! keyed by the content of the images, labels and weights
+//! (`cache/<sha256>/`, reused by any later job on the same content), then
+//! the rounds train on it. `"forward": "every-step"` in the data keeps the
+//! seed's way, the frozen forward at every step ([`spec::Forward`]). Payloads carry ids and
 //! numbers only, never tensors (Lambda's asynchronous payload limit is 1 MB).
 //!
 //! ```
@@ -58,8 +66,9 @@
 //!    round-0 parameters, and invokes the N workers.
 //! 2. **worker** `i` reads round `k`'s parameters and trains on its slice of
 //!    the round ([`spec::JobConfig::worker_slice`]: disjoint, covering every
-//!    epoch, deterministic for the seed), from cached features or through the
-//!    frozen VGG19. In gradient-sum mode it sums the loss gradient; in
+//!    epoch, deterministic for the seed), from cached features (extracted
+//!    first by the job itself when it was started on images) or, with
+//!    `"forward": "every-step"`, through the frozen VGG19. In gradient-sum mode it sums the loss gradient; in
 //!    model-averaging mode it takes `local_steps` SGD steps. Before the next
 //!    unit of work could overrun its deadline it saves its state and invokes
 //!    its own continuation (Fig. 2 of the paper); nothing is lost or counted
@@ -95,6 +104,7 @@ pub mod json;
 pub mod layout;
 pub mod local;
 pub mod meta;
+pub mod pipeline;
 pub mod progress;
 pub mod roles;
 pub mod services;

@@ -47,6 +47,10 @@ pub async fn handle<I: Invoker, P: ProgressStore, C: Clock>(
     inv: &Invocation,
 ) -> Result<Outcome> {
     match Event::parse(payload)? {
+        Event::Start(e) if e.spec.data.extracts_first() || e.spec.eval.as_ref().is_some_and(|d| d.extracts_first()) => {
+            // Boxed: the pipeline's future nests the other roles'.
+            Box::pin(crate::pipeline::start(svc, e)).await
+        }
         Event::Start(e) => start(svc, e).await,
         Event::Worker(e) => worker(svc, e, inv).await,
         Event::Combine(e) => combine(svc, e).await,
@@ -54,7 +58,11 @@ pub async fn handle<I: Invoker, P: ProgressStore, C: Clock>(
         Event::Resume { job } if crate::extract::is_extract_job(&svc.root, &job) => {
             crate::extract::resume(svc, &job).await
         }
-        Event::Resume { job } => resume(svc, &job).await,
+        // A job on images whose training job does not exist yet: its extraction.
+        Event::Resume { job } => match crate::pipeline::phase_one(&svc.root, &job) {
+            Some(sub) => crate::extract::resume(svc, &sub).await,
+            None => resume(svc, &job).await,
+        },
         Event::Stop { job } => {
             let jd = JobDir::new(&svc.root, &job);
             jd.read_config()?;
@@ -78,7 +86,10 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// the data, and is checked before anything is written: the sources open,
 /// every label file is checked, the classes are counted and the round sizes
 /// computed ([`JobConfig::resolve`]).
-async fn start<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, ev: StartEvent) -> Result<Outcome> {
+pub(crate) async fn start<I: Invoker, P: ProgressStore, C: Clock>(
+    svc: &Services<I, P, C>,
+    ev: StartEvent,
+) -> Result<Outcome> {
     let spec = ev.spec;
     let source = svc.source(&spec.data)?;
     if let Some(eval) = &spec.eval {

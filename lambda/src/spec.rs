@@ -36,11 +36,29 @@ impl std::fmt::Display for SyncMode {
     }
 }
 
+/// How a job on images meets the frozen VGG19.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forward {
+    /// The default: the job's workers first extract the features once into
+    /// a cache keyed by the content of the images, labels and weights (and
+    /// the input size, cut and storage type), then the rounds train on the
+    /// cache ([`crate::pipeline`]). A later job on the same content reuses it.
+    #[default]
+    ExtractFirst,
+    /// The seed's way, for comparison: every step runs the frozen forward
+    /// over its examples again.
+    EveryStep,
+}
+
 /// Where a job's examples come from, paths relative to the storage root.
 ///
 /// Either cached features (`features` + `labels`, from `lml extract-features`)
-/// or images run through the frozen VGG19 at every step (`images` + `labels`
-/// + `weights`, optionally `input_size` and `cut`), as the seed did.
+/// or images with a VGG19 weight folder (`images` + `labels` + `weights`,
+/// optionally `input_size`, `cut` and `forward`). Images are by default
+/// extracted once on the job's workers before training
+/// ([`Forward::ExtractFirst`]); `"forward": "every-step"` runs the frozen
+/// VGG19 at every step instead, as the seed did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
@@ -55,6 +73,9 @@ pub struct DataSpec {
     pub input_size: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut: Option<Cut>,
+    /// For images: extract first (the default) or the forward at every step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<Forward>,
 }
 
 impl Default for DataSpec {
@@ -66,6 +87,7 @@ impl Default for DataSpec {
             weights: None,
             input_size: None,
             cut: None,
+            forward: None,
         }
     }
 }
@@ -84,6 +106,12 @@ impl DataSpec {
     /// The feature cut for images: `cut`, or [`DEFAULT_CUT`].
     pub fn cut(&self) -> Cut {
         self.cut.unwrap_or(DEFAULT_CUT)
+    }
+
+    /// Whether a job on this data extracts its features first
+    /// ([`Forward::ExtractFirst`]): images, and no `"forward": "every-step"`.
+    pub fn extracts_first(&self) -> bool {
+        self.images.is_some() && self.forward.unwrap_or_default() == Forward::ExtractFirst
     }
 
     /// Cached features at `features` with `labels` (paths relative to the root).
@@ -105,6 +133,7 @@ impl DataSpec {
                     ("weights", self.weights.is_some()),
                     ("input_size", self.input_size.is_some()),
                     ("cut", self.cut.is_some()),
+                    ("forward", self.forward.is_some()),
                 ] {
                     if set {
                         return Err(ProtocolError::spec(f(n), "only applies to images, not cached features"));

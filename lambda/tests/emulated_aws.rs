@@ -219,11 +219,12 @@ async fn a_job_runs_end_to_end_through_the_lambda_and_dynamodb_apis() {
         .endpoint_url(format!("http://{fwd}"))
         .build();
     let invoker = lml_lambda::aws::LambdaInvoker::new(aws_sdk_lambda::Client::from_conf(conf), "lml-lambda");
-    // Workers run the frozen VGG19 (pool5, random weights) on images, so a
-    // micro-batch takes milliseconds; the time limit forces a continuation
-    // after each one: watch's deadline (600000 ms after the epoch) is
-    // implausible, so workers plan against the spec's.
-    let s = json!({"data": {"images": "images.npy", "labels": "labels.npy", "weights": "vgg", "input_size": 32, "cut": "pool5"},
+    // First the seed's way: workers run the frozen VGG19 (pool5, random
+    // weights) on images at every step, so a micro-batch takes milliseconds;
+    // the time limit forces a continuation after each one: watch's deadline
+    // (600000 ms after the epoch) is implausible, so workers plan against the spec's.
+    let s = json!({"data": {"images": "images.npy", "labels": "labels.npy", "weights": "vgg", "input_size": 32, "cut": "pool5",
+                            "forward": "every-step"},
                    "batch": 4, "micro_batch": 2, "epochs": 2, "lr": 0.05, "seed": 5, "time_limit_ms": 1, "safety_ms": 0});
     lml_lambda::services::Invoker::invoke(&invoker, &start_event("e2e", 3, s.clone())).await.unwrap();
 
@@ -253,6 +254,26 @@ async fn a_job_runs_end_to_end_through_the_lambda_and_dynamodb_apis() {
     assert!(progress.done.values().all(|d| d.len() == 3), "finished workers per round: {:?}", progress.done);
     let continuations: u64 = progress.workers.values().map(|w| w.continuations).sum();
     assert!(continuations >= 10, "the short time limit forced only {continuations} continuations");
+    assert_eq!(stats.failed.load(Ordering::SeqCst), 0);
+
+    // Then one job from images to a trained head, the default: the workers
+    // first extract the features in the extraction sub-job, whose merge
+    // starts the training on the cache. The head is the same.
+    let mut pipeline = s.clone();
+    pipeline["data"].as_object_mut().unwrap().remove("forward");
+    lml_lambda::services::Invoker::invoke(&invoker, &start_event("e2e-x", 3, pipeline)).await.unwrap();
+    let piped = JobId::new("e2e-x").unwrap();
+    let t = Instant::now();
+    while !store.load(&piped).await.unwrap().job.is_some_and(|j| j.status != JobStatus::Running) {
+        assert!(t.elapsed() < Duration::from_secs(240), "the pipeline did not finish in 240 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let sub = store.load(&JobId::new("e2e-x.extract-train").unwrap()).await.unwrap();
+    let x = sub.extract.expect("the extraction phase's record, in the table");
+    assert_eq!((x.status, x.workers, x.images), (JobStatus::Finished, 3, 24));
+    assert_eq!(sub.shards.len(), x.shards);
+    assert_eq!(store.load(&piped).await.unwrap().job.unwrap().status, JobStatus::Finished);
+    assert_eq!(final_params(root.path(), "e2e-x"), final_params(root.path(), "e2e"), "extract first ≠ every step");
     assert_eq!(stats.failed.load(Ordering::SeqCst), 0);
     // Every invocation but the client's start came from the function itself, asynchronously.
     let accepted = stats.accepted.load(Ordering::SeqCst) as u64;

@@ -210,8 +210,8 @@ async fn images_through_vgg19_match_cached_features() {
 
     let rt = LocalRuntime::start(root, SystemClock, local_config());
     let mut h = hyper(3, 1);
-    h["data"] =
-        json!({"images": "images.npy", "labels": "labels.npy", "weights": "vgg", "input_size": 32, "cut": "pool5"});
+    h["data"] = json!({"images": "images.npy", "labels": "labels.npy", "weights": "vgg", "input_size": 32,
+                       "cut": "pool5", "forward": "every-step"});
     run_job(&rt, "images", 2, h).await;
     run_job(&rt, "cached", 2, spec("cached", hyper(3, 1))).await;
     let (ka, a) = final_params(root, "images");

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args};
 use lml_kernel::optim::LrSchedule;
 use lml_kernel::Cut;
-use lml_lambda::spec::{DEFAULT_INPUT_SIZE, LAMBDA_MAX_MS};
+use lml_lambda::spec::{Forward, DEFAULT_INPUT_SIZE, LAMBDA_MAX_MS};
 use lml_lambda::{DataSpec, JobSpec, SyncMode};
 
 /// Workers per round when a command is not told.
@@ -127,7 +127,10 @@ pub struct DataArgs {
     #[arg(long, conflicts_with = "images")]
     pub features: Option<PathBuf>,
     /// Folder with train_x.npy / train_y.npy (and test_*), from `lml
-    /// prepare-cifar10`: run through the frozen VGG19 at every step.
+    /// prepare-cifar10`. By default the job's workers first extract their
+    /// features once (kept under the root in cache/<content hash>/ and reused
+    /// by later jobs on the same images, weights, cut and size), then train
+    /// on them; see --forward-every-step.
     #[arg(long, requires = "weights")]
     pub images: Option<PathBuf>,
     /// VGG19 weight folder for --images.
@@ -139,6 +142,10 @@ pub struct DataArgs {
     /// Feature cut for --images: pool5, fc6 or fc7 (default: the spec's, fc7).
     #[arg(long)]
     pub cut: Option<Cut>,
+    /// With --images: run the frozen VGG19 over every step's examples, as the
+    /// seed did, instead of extracting the features first (for comparison).
+    #[arg(long, requires = "images")]
+    pub forward_every_step: bool,
 }
 
 /// `dir/file`, or `file` when `dir` is the root itself (`""`).
@@ -163,6 +170,7 @@ impl DataArgs {
                 weights: Some(w.to_string()),
                 input_size: Some(self.input_size),
                 cut: self.cut,
+                forward: self.forward_every_step.then_some(Forward::EveryStep),
             },
             None => DataSpec::cached(join(dir, &format!("{split}_features.npy")), join(dir, &format!("{split}_y.npy"))),
         }

@@ -1,6 +1,8 @@
 //! What `lml train` and `lml status` print about a job: one line per
 //! round, the class list, the summary.
 
+use std::collections::BTreeMap;
+
 use lml_lambda::progress::{JobStatus, Progress, RoundRecord};
 
 /// `10 classes: airplane, automobile, …` (at most 20 names shown).
@@ -33,12 +35,7 @@ pub fn print_summary(p: &Progress) {
         println!("no job record yet");
         return;
     };
-    let status = match job.status {
-        JobStatus::Running => "running",
-        JobStatus::Finished => "finished",
-        JobStatus::Stopped => "stopped",
-        JobStatus::Failed => "failed",
-    };
+    let status = status_word(job.status);
     let last = p.rounds.values().last();
     println!(
         "job {}: {status}{}, {} of {} rounds ({} workers, {} examples)",
@@ -65,4 +62,57 @@ pub fn print_summary(p: &Progress) {
         ),
         None => println!("no held-out evaluation (no test split)"),
     }
+}
+
+fn status_word(s: JobStatus) -> &'static str {
+    match s {
+        JobStatus::Running => "running",
+        JobStatus::Finished => "finished",
+        JobStatus::Stopped => "stopped",
+        JobStatus::Failed => "failed",
+    }
+}
+
+/// An extraction job's state from its records: shards done of the total,
+/// images per second (images in published shards over the time from start
+/// to the last shard, or to `now_ms` while none is published), each
+/// worker's VGG19 compute time, and the cache once merged. `None` when
+/// `p` holds no extraction record.
+pub fn extract_lines(p: &Progress, now_ms: u64) -> Option<Vec<String>> {
+    let x = p.extract.as_ref()?;
+    let images: usize = p.shards.values().map(|s| s.images).sum();
+    let last = p.shards.values().map(|s| s.finished_ms).max().or(x.finished_ms).unwrap_or(now_ms);
+    let secs = last.saturating_sub(x.started_ms).max(1) as f64 / 1e3;
+    let mut lines = vec![
+        format!(
+            "extraction {}: {}, {} of {} shards ({} of {} images, {} features each) on {} workers",
+            x.job,
+            status_word(x.status),
+            p.shards.len(),
+            x.shards,
+            images,
+            x.images,
+            x.dim,
+            x.workers
+        ),
+        format!("{:.1} images/s over {secs:.1} s", images as f64 / secs),
+    ];
+    let mut per_worker: BTreeMap<usize, (u64, usize, usize)> = BTreeMap::new();
+    for s in p.shards.values() {
+        let e = per_worker.entry(s.workerno).or_default();
+        e.0 += s.compute_ms;
+        e.1 += 1;
+        e.2 += usize::from(s.stolen);
+    }
+    for (w, (ms, shards, stolen)) in per_worker {
+        lines.push(format!(
+            "worker {w:>3}: {shards} shard(s) ({stolen} taken from others), {:.1} s of VGG19 compute",
+            ms as f64 / 1e3
+        ));
+    }
+    match &x.cache {
+        Some(c) => lines.push(format!("cache: {c}")),
+        None => lines.push("cache: not merged yet".into()),
+    }
+    Some(lines)
 }

@@ -104,9 +104,11 @@ fn cli_synth_prepare_extract() {
     let second = lml(&[&base[..], &["--cut", "pool5", "--split", "test", "--shards", "2"]].concat());
     assert!(second.contains("1 shard(s) of 2 computed, 1 already there"), "{second}");
     assert!(second.contains("features ready"), "{second}");
-    let meta: serde_json::Value =
+    // The note is the kernel's typed CacheNote (unknown fields are refused).
+    let note: lml_kernel::features::CacheNote =
         serde_json::from_str(&fs::read_to_string(tmp.path().join("feats/test_features.json")).unwrap()).unwrap();
-    assert_eq!(meta["dim"], 512);
+    assert_eq!((note.format.as_str(), note.split.as_str()), (lml_kernel::features::CACHE_FORMAT, "test"));
+    assert_eq!((note.dim, note.shards, note.dtype.as_str(), note.cut), (512, 2, "<f4", lml_kernel::Cut::Pool5));
     lml(&[&base[..], &["--cut", "pool5", "--split", "train", "--shards", "3"]].concat());
     // The class list travels with the cache (prepare-cifar10 wrote it beside the images).
     let classes = fs::read_to_string(tmp.path().join("feats/classes.txt")).unwrap();

@@ -170,6 +170,108 @@ fn status_reads_a_job_from_a_dynamodb_table() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("table lml has no job nope"));
 }
 
+/// `n` random 32×32 images in 3 classes (`{x}`, `{y}`) under `dir`, and
+/// random VGG19 weights to pool5 in `root/vgg/`.
+fn write_images_as(root: &Path, dir: &Path, (x, y): (&str, &str), n: usize, seed: u64) {
+    use lml_kernel::weights::WeightStore;
+    use lml_kernel::{Cut, Preset};
+    use rand::{Rng, SeedableRng};
+    if !root.join("vgg").exists() {
+        let w = lml_kernel::vgg::random_weights(1, Cut::Pool5);
+        WeightStore::write(
+            root.join("vgg"),
+            lml_kernel::vgg::MODEL,
+            Preset::Torchvision,
+            w.iter().map(|(n, a)| (n.clone(), a.view())),
+        )
+        .unwrap();
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let images = ndarray::Array4::<u8>::from_shape_fn((n, 32, 32, 3), |_| rng.random());
+    std::fs::create_dir_all(dir).unwrap();
+    write_npy_atomic(dir.join(x), &images).unwrap();
+    write_npy_atomic(dir.join(y), &Array1::<u32>::from_shape_fn(n, |i| (i % 3) as u32)).unwrap();
+}
+
+fn write_images(root: &Path, n: usize, seed: u64) {
+    write_images_as(root, root, ("images.npy", "labels.npy"), n, seed);
+}
+
+/// `lml train --images DIR --weights DIR`: one job extracts the features of
+/// both splits on its workers, then trains on them; `lml status` shows both
+/// phases; a second job on the same images starts training at once; the
+/// seed's way (`--forward-every-step`) extracts nothing.
+#[test]
+fn train_on_images_extracts_first_then_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = root.join("data");
+    write_images_as(root, &data, ("train_x.npy", "train_y.npy"), 24, 1);
+    write_images_as(root, &data, ("test_x.npy", "test_y.npy"), 9, 2);
+    std::fs::write(data.join("classes.txt"), "cat\ndog\nfox\n").unwrap();
+    let r = root.to_str().unwrap();
+    let (d, w) = (data.to_str().unwrap().to_string(), root.join("vgg").to_str().unwrap().to_string());
+    let train = |job: &str, extra: &[&str]| {
+        let base = ["train", "--root", r, "--images", &d, "--weights", &w, "--cut", "pool5", "--job", job];
+        let rest = ["--workers", "2", "--epochs", "2", "--batch", "4", "--memory", "1769"];
+        run(&[&base[..], &rest[..], extra].concat())
+    };
+    let (ok, stdout, stderr) = train("img", &[]);
+    assert!(ok, "{stdout}{stderr}");
+    for split in ["train", "test"] {
+        assert!(stderr.contains(&format!("job img: extracting the {split} features first on 2 workers")), "{stderr}");
+    }
+    assert!(stdout.contains("job img: finished (rounds)") && stdout.contains("3 classes: cat, dog, fox"), "{stdout}");
+    let (ok, status, e) = run(&["status", "img", "--root", r]);
+    assert!(ok, "{e}");
+    assert!(status.contains("extraction img.extract-train: finished, 8 of 8 shards (24 of 24 images"), "{status}");
+    assert!(
+        status.contains("extraction img.extract-test: finished") && status.contains("job img: finished"),
+        "{status}"
+    );
+    // The same images again: the cache is reused, training starts at once.
+    let (ok, stdout, stderr) = train("again", &[]);
+    assert!(ok && !stderr.contains("extracting"), "{stdout}{stderr}");
+    assert!(stdout.contains("job again: finished (rounds)"), "{stdout}");
+    let (ok, stdout, stderr) = train("seed", &["--forward-every-step"]);
+    assert!(ok && !stderr.contains("extracting"), "{stdout}{stderr}");
+    assert!(!root.join("jobs/seed.extract-train").exists());
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("jobs/seed/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["spec"]["data"]["forward"], "every-step", "{cfg}");
+}
+
+/// `lml status` on an extraction job (run here on the local runtime): its
+/// shards, speed, each worker's compute time and the merged cache.
+#[test]
+fn status_shows_an_extraction_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_images(root, 20, 1);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let config = lml_lambda::LocalConfig { memory_mb: 1769, ..lml_lambda::LocalConfig::default() };
+        let local = lml_lambda::LocalRuntime::start(root, lml_lambda::services::SystemClock, config);
+        let spec = serde_json::json!({"images": "images.npy", "labels": "labels.npy", "weights": "vgg",
+                                      "cut": "pool5", "out": "cache", "shard_images": 4});
+        local.invoke_payload(serde_json::json!({"extract": "start", "workers": 2, "job": "x", "spec": spec})).unwrap();
+        local.idle().await;
+        assert!(local.dead_letters().is_empty(), "{:?}", local.dead_letters());
+    });
+    let (ok, stdout, stderr) = run(&["status", "x", "--root", root.to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("extraction x: finished, 8 of 8 shards (20 of 20 images, 512 features each) on 2 workers"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" images/s over "), "{stdout}");
+    let workers: Vec<&str> = stdout.lines().filter(|l| l.starts_with("worker ")).collect();
+    assert!(!workers.is_empty() && workers.iter().all(|l| l.contains("s of VGG19 compute")), "{stdout}");
+    let shards: usize = workers.iter().map(|l| l.split_whitespace().nth(2).unwrap().parse::<usize>().unwrap()).sum();
+    assert_eq!(shards, 8, "{stdout}");
+    assert!(stdout.contains("cache: cache/train_features.npy"), "{stdout}");
+}
+
 /// Features like fc7's of real photographs: `classes` classes in a
 /// `latent`-dimensional space (class means with spread `separation` against
 /// unit noise, so the classes overlap), mapped to `dim` features through a

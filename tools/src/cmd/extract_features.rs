@@ -57,7 +57,7 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 fn extract(args: &Args) -> Result<()> {
-    use lml_tools::features::{extract_shard, merge, shard_rows};
+    use lml_tools::features::{extract_shard, merge, shard_rows, CacheNote, CACHE_FORMAT};
     let (x, y) = (args.data.join(format!("{}_x.npy", args.split)), args.data.join(format!("{}_y.npy", args.split)));
     let data = ImageDataset::open(&x, &y)?;
     let vgg = Vgg19::open(&args.weights, args.input_size, args.cut)
@@ -80,18 +80,18 @@ fn extract(args: &Args) -> Result<()> {
     }
     pb.finish_and_clear();
     println!("{} shard(s) of {count} computed, {} already there", computed, todo.len() - computed);
-    let note = serde_json::json!({
-        "format": "lml-features/1",
-        "split": args.split,
-        "images": data.len(),
-        "dim": vgg.feature_dim(),
-        "dtype": args.dtype.descr(),
-        "cut": args.cut,
-        "input_size": args.input_size,
-        "preset": vgg.preset(),
-        "weights": args.weights.canonicalize().unwrap_or_else(|_| args.weights.clone()),
-        "shards": count,
-    });
+    let note = CacheNote {
+        format: CACHE_FORMAT.into(),
+        split: args.split.clone(),
+        images: data.len(),
+        dim: vgg.feature_dim(),
+        dtype: args.dtype.descr().into(),
+        cut: args.cut,
+        input_size: args.input_size,
+        preset: vgg.preset(),
+        weights: args.weights.canonicalize().unwrap_or_else(|_| args.weights.clone()),
+        shards: count,
+    };
     match merge(&args.out, &args.split, count, &y, &note)? {
         Some(p) => {
             if lml_tools::features::carry_class_list(&args.data, &args.out)? {

@@ -116,6 +116,58 @@ fn generate(args: &Args) -> Result<String> {
     Ok("generated".into())
 }
 
+/// A job on images first extracts their features on its workers (its
+/// extraction sub-jobs, [`lml_lambda::pipeline`]): shows their progress
+/// until the training job exists. Returns whether it does (false: the
+/// runtime went idle first, the extraction died).
+async fn extract_first(rt: &LocalRuntime<SystemClock, LocalProgress>, root: &Path, job: &JobId) -> Result<bool> {
+    let jd = JobDir::new(root, job);
+    let store = LocalProgress::new(root);
+    let mut shown: Option<(String, ProgressBar)> = None;
+    let idle = rt.idle();
+    tokio::pin!(idle);
+    let t = Instant::now();
+    loop {
+        if jd.exists() {
+            break;
+        }
+        let done = tokio::select! {
+            _ = &mut idle => true,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => false,
+        };
+        for split in ["test", "train"] {
+            let sub = lml_lambda::pipeline::sub_job(job, split)?;
+            if !lml_lambda::extract::is_extract_job(root, &sub) {
+                continue;
+            }
+            let p = store.load(&sub).await?;
+            let Some(x) = &p.extract else { break };
+            if shown.as_ref().is_none_or(|(s, _)| s != split) {
+                if let Some((_, pb)) = shown.take() {
+                    pb.finish();
+                }
+                eprintln!(
+                    "job {job}: extracting the {split} features first on {} workers ({} images, {} shards; job {sub})",
+                    x.workers, x.images, x.shards
+                );
+                shown = Some((split.to_string(), lml_tools::bars::image_bar(x.images as u64, split)));
+            }
+            if let Some((_, pb)) = &shown {
+                pb.set_position(p.shards.values().map(|s| s.images).sum::<usize>() as u64);
+            }
+            break;
+        }
+        if done {
+            break;
+        }
+    }
+    if let Some((_, pb)) = shown {
+        pb.finish();
+        eprintln!("features extracted in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    Ok(jd.exists())
+}
+
 pub fn run(args: &Args) -> Result<()> {
     std::fs::create_dir_all(&args.root).with_context(|| format!("creating {}", args.root.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -147,6 +199,15 @@ pub fn run(args: &Args) -> Result<()> {
             }
         };
         let jd = JobDir::new(&args.root, &job);
+        if !extract_first(&rt, &args.root, &job).await? {
+            for d in rt.dead_letters() {
+                eprintln!("failed for good: {} — {}", d.event, d.error);
+            }
+            bail!(
+                "job {job} stopped while extracting its features; fix the cause and run `lml train --root {} --resume {job}`",
+                args.root.display()
+            );
+        }
         let cfg = jd.read_config()?;
         eprintln!(
             "job {job}: {} workers × batch {} ({:?}), {} examples, {} rounds ({} per epoch), {} MB → {} thread(s) per invocation; folder {}",
