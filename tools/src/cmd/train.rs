@@ -6,15 +6,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use lml_kernel::npy::write_npy_atomic;
 use lml_kernel::Cut;
 use lml_lambda::event::{Event, JobId, StartEvent};
 use lml_lambda::layout::JobDir;
 use lml_lambda::progress::{JobStatus, LocalProgress, ProgressStore};
 use lml_lambda::services::{lambda_threads, SystemClock};
 use lml_lambda::{DataSpec, LocalConfig, LocalRuntime};
-use lml_tools::bars::bar;
-use lml_tools::features::extract_in_memory;
 use lml_tools::job::{DataArgs, JobArgs, DEFAULT_WORKERS};
 use lml_tools::report::{classes_line, print_summary, round_line};
 use lml_tools::work::{ensure_images, weights_or_random};
@@ -65,55 +62,48 @@ fn under_root(root: &Path, path: &Path, what: &str) -> Result<String> {
     Ok(rel.to_string_lossy().into_owned())
 }
 
-/// The data spec and optional eval spec from the arguments, generating a
-/// learnable dataset's cached features under the root when none is given.
+/// The data spec and optional eval spec from the arguments. With neither
+/// `--features` nor `--images`, a learnable dataset of images (and random
+/// VGG19 weights to fc7) is generated under `<root>/generated/` and the job
+/// runs on it as on any images: its workers extract the features first.
 fn data_specs(args: &Args) -> Result<(DataSpec, Option<DataSpec>)> {
     let data = &args.data;
-    if let Some(images) = &data.images {
-        let dir = under_root(&args.root, images, "--images")?;
-        let weights = under_root(&args.root, data.weights.as_deref().expect("clap requires it"), "--weights")?;
-        let eval = images.join("test_x.npy").exists().then(|| data.split(&dir, Some(&weights), "test"));
-        return Ok((data.split(&dir, Some(&weights), "train"), eval));
-    }
-    let dir = match &data.features {
-        Some(f) => under_root(&args.root, f, "--features")?,
-        None => generate(args)?,
+    let (dir, weights) = match (&data.images, &data.features) {
+        (Some(images), _) => {
+            let weights = data.weights.as_deref().expect("clap requires it");
+            (under_root(&args.root, images, "--images")?, under_root(&args.root, weights, "--weights")?)
+        }
+        (None, Some(f)) => {
+            let dir = under_root(&args.root, f, "--features")?;
+            let eval = args.root.join(&dir).join("test_features.npy").exists().then(|| data.split(&dir, None, "test"));
+            return Ok((data.split(&dir, None, "train"), eval));
+        }
+        (None, None) => generate(args)?,
     };
-    let eval = args.root.join(&dir).join("test_features.npy").exists().then(|| data.split(&dir, None, "test"));
-    Ok((data.split(&dir, None, "train"), eval))
+    let eval = args.root.join(&dir).join("test_x.npy").exists().then(|| data.split(&dir, Some(&weights), "test"));
+    Ok((data.split(&dir, Some(&weights), "train"), eval))
 }
 
-/// Generated images with learnable classes, through VGG19 (random weights)
-/// to fc7, cached under `<root>/generated/`; reused on later runs.
-fn generate(args: &Args) -> Result<String> {
+/// Generated images with learnable classes (`--generate` + a quarter as many
+/// held out) and random VGG19 weights to fc7, under `<root>/generated/`,
+/// kept for later runs: the folder and the weights, relative to the root.
+fn generate(args: &Args) -> Result<(String, String)> {
     let dir = args.root.join("generated");
     let n = args.generate;
-    let key = format!("n{n}-s{}", args.spec.seed);
-    let stamp = dir.join("features.key");
-    if std::fs::read_to_string(&stamp).is_ok_and(|k| k == key) {
-        return Ok("generated".into());
-    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    eprintln!(
-        "no --features or --images: generating {n} + {} images with learnable classes in {}",
-        n / 4,
-        dir.display()
-    );
+    let t = Instant::now();
     let train = ensure_images(&dir, "train", n, 10, args.spec.seed)?;
     let test = ensure_images(&dir, "test", n / 4, 10, args.spec.seed + 1)?;
     let weights = weights_or_random(None, &dir, args.spec.seed, Cut::Fc7)?;
-    let vgg = lml_kernel::Vgg19::open(&weights, 32, Cut::Fc7)?;
-    let t = Instant::now();
-    for (split, data) in [("train", &train), ("test", &test)] {
-        let pb = bar(data.len() as u64, &format!("{split} feats"));
-        let f = extract_in_memory(&vgg, data, &mut |n| pb.inc(n as u64))?;
-        pb.finish();
-        write_npy_atomic(dir.join(format!("{split}_features.npy")), &f.features)?;
-        write_npy_atomic(dir.join(format!("{split}_y.npy")), &ndarray::Array1::from(f.labels.clone()))?;
-    }
-    eprintln!("cached fc7 features of {} images in {:.1} s", train.len() + test.len(), t.elapsed().as_secs_f64());
-    std::fs::write(&stamp, key)?;
-    Ok("generated".into())
+    eprintln!(
+        "no --features or --images: {} + {} generated images with learnable classes and random VGG19 weights in {} ({:.1} s)",
+        train.len(),
+        test.len(),
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
+    let rel = |p: &Path| under_root(&args.root, p, "generated data");
+    Ok((rel(&dir)?, rel(&weights)?))
 }
 
 /// A job on images first extracts their features on its workers (its
