@@ -178,6 +178,76 @@ impl JobShape {
     }
 }
 
+/// Assumed EFS bytes per second one merge invocation copies (reading the
+/// shards and writing the merged file): an assumption, not a measurement —
+/// EFS elastic throughput allows more per client, a Lambda's network less
+/// at small memory sizes.
+pub const MERGE_BYTES_PER_S: f64 = 100e6;
+
+/// An extraction job to price (`lml_lambda::extract`): the frozen VGG19 over
+/// `images` on `workers`, in `shards` handed out so that the slowest worker
+/// holds at most ⌈shards / workers⌉ of them, then one merge.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExtractionShape {
+    pub workers: usize,
+    pub memory_mb: u32,
+    pub arm64: bool,
+    pub images: u64,
+    pub shards: u64,
+    /// Worker compute seconds per image at this memory size.
+    pub seconds_per_image: f64,
+    /// Seconds each worker invocation spends besides computing (start-up,
+    /// opening the weights and packing the filters, publishing).
+    pub worker_overhead_s: f64,
+    /// Invocation time limit (s): a worker continues itself before it.
+    pub time_limit_s: f64,
+    /// Bytes read per image, and feature bytes written per image.
+    pub image_bytes: f64,
+    pub feature_bytes: f64,
+    pub stored_gb: f64,
+    pub stored_days: f64,
+    pub endpoint_azs: u32,
+}
+
+impl ExtractionShape {
+    /// Prices the extraction.
+    pub fn estimate(&self, p: &Prices) -> Estimate {
+        let n = self.workers.max(1) as f64;
+        let shards = self.shards.max(1) as f64;
+        let per_shard = self.images as f64 / shards * self.seconds_per_image;
+        let slowest = (shards / n).ceil() * per_shard;
+        let usable = (self.time_limit_s * 0.9).max(1.0);
+        let invocations_per_worker = (slowest / usable).ceil().max(1.0);
+        let merge_s = 2.0 * self.images as f64 * self.feature_bytes / MERGE_BYTES_PER_S;
+        let compute_s = self.images as f64 * self.seconds_per_image;
+        let lambda_seconds = compute_s + n * invocations_per_worker * self.worker_overhead_s + merge_s;
+        let gb_seconds = lambda_seconds * f64::from(self.memory_mb) / 1024.0;
+        let requests = (n * invocations_per_worker) as u64 + 2;
+        let hours = (slowest + invocations_per_worker * self.worker_overhead_s + merge_s) / 3600.0;
+        let gb_second = if self.arm64 { p.gb_second_arm64 } else { p.gb_second_x86_64 };
+        // A claim and a shard record per shard, a worker record per invocation, the job's.
+        let writes = 2.0 * shards + n * invocations_per_worker + 2.0;
+        let gb = 1e9;
+        let features = self.images as f64 * self.feature_bytes;
+        let read_gb = (self.images as f64 * self.image_bytes + features) / gb;
+        let write_gb = 2.0 * features / gb;
+        let e = Estimate {
+            gb_seconds,
+            requests,
+            hours,
+            lambda_compute: gb_seconds * gb_second,
+            lambda_requests: requests as f64 * p.request,
+            dynamodb: writes * p.dynamodb_write + 2.0 * p.dynamodb_read,
+            efs_storage: self.stored_gb * p.efs_gb_month * self.stored_days / 30.0,
+            efs_throughput: read_gb * p.efs_read_gb + write_gb * p.efs_write_gb,
+            endpoint: hours.max(1.0).ceil() * f64::from(self.endpoint_azs) * p.endpoint_az_hour,
+            total: 0.0,
+        };
+        let total = e.lambda_compute + e.lambda_requests + e.dynamodb + e.efs_storage + e.efs_throughput + e.endpoint;
+        Estimate { total, ..e }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +312,36 @@ mod tests {
         assert!((e.gb_seconds - 10.0 * 4.0 * (3000.0 + 4.0) * 2.0).abs() < 1e-6);
         let x86 = JobShape { arm64: false, ..long }.estimate(&Prices::default());
         assert!(x86.lambda_compute > e.lambda_compute * 1.24);
+    }
+
+    /// Hand-computed: 1000 images in 40 shards of 25 on 8 workers at 2 s an
+    /// image; the slowest worker holds 5 shards = 250 s (one invocation);
+    /// 2,000 s of compute + 8 × 1 s overhead + a merge copying 2 × 1000 ×
+    /// 16 KB at 100 MB/s.
+    #[test]
+    fn extraction_by_hand() {
+        let x = ExtractionShape {
+            workers: 8,
+            memory_mb: 1024,
+            arm64: true,
+            images: 1000,
+            shards: 40,
+            seconds_per_image: 2.0,
+            worker_overhead_s: 1.0,
+            time_limit_s: 900.0,
+            image_bytes: 0.0,
+            feature_bytes: 16_384.0,
+            stored_gb: 0.0,
+            stored_days: 0.0,
+            endpoint_azs: 0,
+        };
+        let e = x.estimate(&Prices::default());
+        let merge = 2.0 * 1000.0 * 16_384.0 / 100e6;
+        assert!((e.gb_seconds - (2000.0 + 8.0 + merge)).abs() < 1e-9, "{e:?}");
+        assert_eq!(e.requests, 8 + 2);
+        assert!((e.hours - (250.0 + 1.0 + merge) / 3600.0).abs() < 1e-12);
+        // Past the time limit the slowest worker continues itself: 4 invocations each.
+        let slow = ExtractionShape { seconds_per_image: 25.0, ..x }.estimate(&Prices::default());
+        assert_eq!(slow.requests, 8 * 4 + 2);
     }
 }

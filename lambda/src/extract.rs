@@ -105,8 +105,11 @@ fn default_cut() -> Cut {
 fn default_split() -> String {
     "train".into()
 }
+/// Images per shard unless the spec says otherwise (at most: there are at
+/// least [`SHARDS_PER_WORKER`] shards per worker).
+pub const DEFAULT_SHARD_IMAGES: usize = 256;
 fn default_shard_images() -> usize {
-    256
+    DEFAULT_SHARD_IMAGES
 }
 fn default_lease_ms() -> u64 {
     120_000

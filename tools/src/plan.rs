@@ -35,9 +35,15 @@ pub struct PlanArgs {
     /// Examples per worker per round.
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// What workers read: `images` (through VGG19 every step, as the seed did) or `features` (cached).
+    /// What workers read: `features` (cached), `images` (through VGG19 at
+    /// every step, as the seed did) or `pipeline` (one job: the workers
+    /// extract the features of the training and held-out images once, then
+    /// train on them, as `lml train --images` does).
     #[arg(long, default_value = "features")]
     data: String,
+    /// Held-out images extracted too by --data pipeline (CIFAR-10's test split).
+    #[arg(long, default_value_t = 10_000)]
+    held_out: u64,
     /// Input side for --data images: 224 or 32.
     #[arg(long, default_value_t = 224)]
     input_size: usize,
@@ -118,7 +124,8 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
             bail!("--input-size {s}: the model has speeds for 224 and 32 only; pass --sec-per-example")
         }
         ("features", _) => (Work::Feature, 16384.0, 0.18 + 0.57 + 0.82),
-        (d, _) => bail!("--data {d:?}: expected images or features"),
+        ("pipeline", _) => return pipeline(args, workers, memory, input, epochs, examples),
+        (d, _) => bail!("--data {d:?}: expected features, images or pipeline"),
     };
     let total_examples = examples.checked_mul(epochs).context("--examples × --epochs overflows")?;
     let per_round = (workers as u64).checked_mul(args.batch as u64).context("--workers × --batch overflows")?;
@@ -232,6 +239,111 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
     if data == "features" {
         println!("plus extracting the features once: see `lml plan --data images --epochs 1`");
     }
+    Ok(())
+}
+
+/// `--data pipeline`: extraction of the training and held-out images on the
+/// job's workers, then `epochs` of training on the cache, per architecture,
+/// beside the seed's own run.
+fn pipeline(args: &PlanArgs, workers: usize, memory: u32, input: usize, epochs: u64, examples: u64) -> Result<()> {
+    let work = match input {
+        224 => Work::Image224,
+        32 => Work::Image32,
+        s => bail!("--input-size {s}: the model has speeds for 224 and 32 only"),
+    };
+    let images = examples.checked_add(args.held_out).context("--examples + --held-out overflows")?;
+    let per_round = (workers as u64).checked_mul(args.batch as u64).context("--workers × --batch overflows")?;
+    let rounds = examples.div_ceil(per_round).checked_mul(epochs).context("rounds overflow")?;
+    let total_examples = examples.checked_mul(epochs).context("--examples × --epochs overflows")?;
+    let shards = lml_lambda::extract::shard_count(
+        workers,
+        usize::try_from(images).context("--examples too large")?,
+        lml_lambda::extract::DEFAULT_SHARD_IMAGES,
+    ) as u64;
+    let path = match &args.calibration {
+        Some(p) => p.clone(),
+        None => default_path()?,
+    };
+    if args.calibrate {
+        calibrate(args, &path)?;
+    }
+    let file = CalibrationFile::load(&path)?;
+    let (threads, share) = (compute_threads(memory), vcpu_share(memory));
+    println!(
+        "{workers} workers × {memory} MB ({threads} compute thread(s) on {share:.2} vCPUs): extract {images} images at {input}×{input} to fc7 in {shards} shards of ~{} images, then {epochs} epoch(s) over {examples} cached features, batch {} per worker: {rounds} rounds (one job)",
+        images.div_ceil(shards),
+        args.batch
+    );
+    println!(
+        "speeds, seconds per image / feature row on one thread with one vCPU (calibration file {}):",
+        path.display()
+    );
+    let prices = Prices::default();
+    let mut rows: Vec<(Arch, Estimate, Estimate)> = Vec::new();
+    for arch in Arch::ALL {
+        let (speeds, source) = match file.get(arch) {
+            Some(c) => (c.speeds, format!("calibrated on {} ({} kernel)", c.cpu, c.microkernel)),
+            None => (default_speeds(arch), default_note(arch)),
+        };
+        println!("  {:<7} {:.3e} / {:.3e}  {source}", arch.lambda_name(), work.seconds(&speeds), speeds.feature_row_s);
+        let extraction = lml_lambda::cost::ExtractionShape {
+            workers,
+            memory_mb: memory,
+            arm64: arch == Arch::Aarch64,
+            images,
+            shards,
+            seconds_per_image: seconds_per_example(work.seconds(&speeds), memory),
+            worker_overhead_s: args.worker_overhead,
+            time_limit_s: args.time_limit,
+            image_bytes: 3072.0,
+            feature_bytes: 16384.0,
+            stored_gb: 0.18 + 0.57 + 0.98,
+            stored_days: args.days,
+            endpoint_azs: 2,
+        }
+        .estimate(&prices);
+        let training = JobShape {
+            workers,
+            memory_mb: memory,
+            arm64: arch == Arch::Aarch64,
+            examples: total_examples,
+            rounds,
+            seconds_per_example: seconds_per_example(speeds.feature_row_s, memory),
+            worker_overhead_s: args.worker_overhead,
+            combine_s: args.combine,
+            time_limit_s: args.time_limit,
+            bytes_per_example: 16384.0,
+            parameter_bytes: 2.0 * 4.0 * (4096.0 * 10.0 + 10.0),
+            stored_gb: 0.0,
+            stored_days: 0.0,
+            endpoint_azs: 0,
+        }
+        .estimate(&prices);
+        rows.push((arch, extraction, training));
+    }
+    let row = |label: &str, f: &dyn Fn(&Estimate, &Estimate) -> String| {
+        let cells: Vec<String> = rows.iter().map(|(_, x, t)| format!("{:>12}", f(x, t))).collect();
+        println!("  {label:<24}{}", cells.join(""));
+    };
+    let names: Vec<String> = rows.iter().map(|(a, _, _)| format!("{:>12}", a.lambda_name())).collect();
+    println!("  {:<24}{}", "architecture", names.join(""));
+    row("extraction (min)", &|x, _| format!("{:.1}", x.hours * 60.0));
+    row("extraction GB-s", &|x, _| format!("{:.0}", x.gb_seconds));
+    row("extraction", &|x, _| format!("${:.4}", x.total));
+    row("training (min)", &|_, t| format!("{:.1}", t.hours * 60.0));
+    row("training", &|_, t| format!("${:.4}", t.total));
+    row("invocations", &|x, t| format!("{}", x.requests + t.requests));
+    row("total (min)", &|x, t| format!("{:.1}", (x.hours + t.hours) * 60.0));
+    row("total", &|x, t| format!("${:.4}", x.total + t.total));
+    println!(
+        "compute time = seconds / {share:.2} vCPUs (memory / {} MB){}; the merge copies at an assumed {:.0} MB/s",
+        lml_lambda::cost::MB_PER_VCPU,
+        if threads > 2 { "; linear scaling beyond 2 threads is assumed, not measured" } else { "" },
+        lml_lambda::cost::MERGE_BYTES_PER_S / 1e6
+    );
+    println!(
+        "the seed's own run (its Table 6): 16 workers, 118 minutes for one epoch, the VGG19 forward at every step"
+    );
     Ok(())
 }
 

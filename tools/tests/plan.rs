@@ -114,7 +114,7 @@ fn bad_inputs_are_refused() {
     let none = tmp.path().join("none.json");
     let none = none.to_str().unwrap();
     for (args, expected) in [
-        (vec!["--data", "pixels"], "expected images or features"),
+        (vec!["--data", "pixels"], "expected features, images or pipeline"),
         (vec!["--memory", "100"], "Lambda takes 128 to 10240 MB"),
         (vec!["--memory", "10241"], "Lambda takes 128 to 10240 MB"),
         (vec!["--data", "images", "--input-size", "64"], "speeds for 224 and 32 only"),
@@ -154,4 +154,39 @@ fn calibrate_measures_this_machine_and_plan_reads_it() {
     // Only the weights folder was temporary, and it is gone.
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("cache")], "{left:?}");
+}
+
+/// `--data pipeline`: the extraction of training + held-out images on the
+/// job's workers, then training on the cache; more workers, shorter
+/// extraction at about the same GB-seconds; the seed's run beside it.
+#[test]
+fn the_pipeline_is_priced_phase_by_phase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let none = tmp.path().join("absent.json");
+    let plan = |workers: &str| {
+        let (ok, stdout, stderr) =
+            run(&["--data", "pipeline", "--workers", workers, "--calibration", none.to_str().unwrap()], &[]);
+        assert!(ok, "{stderr}");
+        stdout
+    };
+    let (p16, p64) = (plan("16"), plan("64"));
+    // 60,000 images: max(4 × 16, ⌈60000 / 256⌉) = 235 shards; with 64 workers 256.
+    assert!(p16.contains("extract 60000 images at 224×224 to fc7 in 235 shards"), "{p16}");
+    assert!(p64.contains("in 256 shards"), "{p64}");
+    assert!(p16.contains("the seed's own run (its Table 6): 16 workers, 118 minutes"), "{p16}");
+    let num = |s: &str| s.trim_start_matches('$').parse::<f64>().unwrap();
+    let minutes = |p: &str| cells(p, "extraction (min)").iter().map(|c| num(c)).collect::<Vec<_>>();
+    let gbs = |p: &str| cells(p, "extraction GB-s").iter().map(|c| num(c)).collect::<Vec<_>>();
+    for a in 0..2 {
+        assert!(minutes(&p64)[a] < minutes(&p16)[a] / 3.0, "{p16}\n{p64}");
+        assert!((gbs(&p64)[a] / gbs(&p16)[a] - 1.0).abs() < 0.01, "{p16}\n{p64}");
+        let total = num(&cells(&p16, "total")[a]);
+        let parts = num(&cells(&p16, "extraction")[a]) + num(&cells(&p16, "training")[a]);
+        assert!((total - parts).abs() < 2e-4, "{p16}");
+    }
+    // Extraction compute: 60,000 images × the per-vCPU default / the share, × 8192 / 1024 GB.
+    let x86 = default_speeds(Arch::X86_64).image_224_fc7_s * 60_000.0 / vcpu_share(8192) * 8.0;
+    assert!((gbs(&p16)[1] / x86 - 1.0).abs() < 0.02, "{p16}");
+    let (ok, _, stderr) = run(&["--data", "pipeline", "--input-size", "64"], &[]);
+    assert!(!ok && stderr.contains("--input-size 64"), "{stderr}");
 }
