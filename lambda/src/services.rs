@@ -211,7 +211,7 @@ impl<I: Invoker, P: crate::progress::ProgressStore, C: Clock> Services<I, P, C> 
     ///
     /// # Errors
     /// If the pool cannot be built.
-    pub fn pool(&self) -> Result<Arc<rayon::ThreadPool>> {
+    pub fn pool(&self) -> Result<PoolLease> {
         pool(self.threads)
     }
 }
@@ -335,16 +335,43 @@ impl DataPaths {
     }
 }
 
-/// One shared pool per thread count, built on first use.
-fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
-    let mut pools = lock(POOLS.get_or_init(Default::default));
-    if let Some(p) = pools.get(&threads) {
-        return Ok(p.clone());
+/// A rayon pool lent to one invocation, as a Lambda sandbox has CPUs of its
+/// own: invocations running at once hold distinct pools (so a local runtime's
+/// concurrent workers compute in parallel instead of queueing on one pool);
+/// a pool given back is lent again to the next invocation (a warm sandbox).
+pub struct PoolLease {
+    pool: Option<rayon::ThreadPool>,
+    threads: usize,
+}
+
+impl std::ops::Deref for PoolLease {
+    type Target = rayon::ThreadPool;
+    fn deref(&self) -> &rayon::ThreadPool {
+        self.pool.as_ref().expect("a lease holds its pool until dropped")
     }
-    let p = Arc::new(lml_kernel::parallel::thread_pool(threads)?);
-    pools.insert(threads, p.clone());
-    Ok(p)
+}
+
+impl Drop for PoolLease {
+    fn drop(&mut self) {
+        if let Some(p) = self.pool.take() {
+            lock(idle_pools()).entry(self.threads).or_default().push(p);
+        }
+    }
+}
+
+fn idle_pools() -> &'static Mutex<HashMap<usize, Vec<rayon::ThreadPool>>> {
+    static IDLE: OnceLock<Mutex<HashMap<usize, Vec<rayon::ThreadPool>>>> = OnceLock::new();
+    IDLE.get_or_init(Default::default)
+}
+
+/// Lends an idle pool of `threads` threads, or builds one.
+fn pool(threads: usize) -> Result<PoolLease> {
+    let idle = lock(idle_pools()).get_mut(&threads).and_then(Vec::pop);
+    let pool = match idle {
+        Some(p) => p,
+        None => lml_kernel::parallel::thread_pool(threads)?,
+    };
+    Ok(PoolLease { pool: Some(pool), threads })
 }
 
 #[cfg(test)]
