@@ -138,6 +138,19 @@ pub struct Estimate {
     pub total: f64,
 }
 
+impl Estimate {
+    /// The estimate with `total` the sum of its items.
+    fn with_total(self) -> Estimate {
+        let total = self.lambda_compute
+            + self.lambda_requests
+            + self.dynamodb
+            + self.efs_storage
+            + self.efs_throughput
+            + self.endpoint;
+        Estimate { total, ..self }
+    }
+}
+
 impl JobShape {
     /// Prices the job.
     pub fn estimate(&self, p: &Prices) -> Estimate {
@@ -173,8 +186,7 @@ impl JobShape {
             endpoint: hours.max(1.0).ceil() * f64::from(self.endpoint_azs) * p.endpoint_az_hour,
             total: 0.0,
         };
-        let total = e.lambda_compute + e.lambda_requests + e.dynamodb + e.efs_storage + e.efs_throughput + e.endpoint;
-        Estimate { total, ..e }
+        e.with_total()
     }
 }
 
@@ -243,8 +255,7 @@ impl ExtractionShape {
             endpoint: hours.max(1.0).ceil() * f64::from(self.endpoint_azs) * p.endpoint_az_hour,
             total: 0.0,
         };
-        let total = e.lambda_compute + e.lambda_requests + e.dynamodb + e.efs_storage + e.efs_throughput + e.endpoint;
-        Estimate { total, ..e }
+        e.with_total()
     }
 }
 

@@ -131,14 +131,7 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
     let per_round = (workers as u64).checked_mul(args.batch as u64).context("--workers × --batch overflows")?;
     let rounds = examples.div_ceil(per_round).checked_mul(epochs).context("rounds overflow")?;
 
-    let path = match &args.calibration {
-        Some(p) => p.clone(),
-        None => default_path()?,
-    };
-    if args.calibrate {
-        calibrate(args, &path)?;
-    }
-    let file = CalibrationFile::load(&path)?;
+    let (path, file) = calibration(args)?;
 
     let (threads, share) = (compute_threads(memory), vcpu_share(memory));
     println!(
@@ -242,6 +235,19 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
     Ok(())
 }
 
+/// The calibration file's path and contents, after `--calibrate` if asked.
+fn calibration(args: &PlanArgs) -> Result<(PathBuf, CalibrationFile)> {
+    let path = match &args.calibration {
+        Some(p) => p.clone(),
+        None => default_path()?,
+    };
+    if args.calibrate {
+        calibrate(args, &path)?;
+    }
+    let file = CalibrationFile::load(&path)?;
+    Ok((path, file))
+}
+
 /// `--data pipeline`: extraction of the training and held-out images on the
 /// job's workers, then `epochs` of training on the cache, per architecture,
 /// beside the seed's own run.
@@ -260,14 +266,7 @@ fn pipeline(args: &PlanArgs, workers: usize, memory: u32, input: usize, epochs: 
         usize::try_from(images).context("--examples too large")?,
         lml_lambda::extract::DEFAULT_SHARD_IMAGES,
     ) as u64;
-    let path = match &args.calibration {
-        Some(p) => p.clone(),
-        None => default_path()?,
-    };
-    if args.calibrate {
-        calibrate(args, &path)?;
-    }
-    let file = CalibrationFile::load(&path)?;
+    let (path, file) = calibration(args)?;
     let (threads, share) = (compute_threads(memory), vcpu_share(memory));
     println!(
         "{workers} workers × {memory} MB ({threads} compute thread(s) on {share:.2} vCPUs): extract {images} images at {input}×{input} to fc7 in {shards} shards of ~{} images, then {epochs} epoch(s) over {examples} cached features, batch {} per worker: {rounds} rounds (one job)",
