@@ -13,6 +13,41 @@ use core::arch::x86_64::*;
 
 use super::tile::TileStore;
 
+/// Asks for the C tile's cache lines before the k loop: the rows of `prev`
+/// and of `out`, `row_bytes` each. Partial sums and outputs are usually far
+/// out of cache by the time their tile comes round again; fetched at the
+/// start, their misses overlap the `kb` FMA steps instead of stalling the
+/// stores at the end. Measured under load (VGG19 224 → fc7, batch 8,
+/// CPU-time fraction of peak, AMD EPYC Zen 4): AVX2 79.6/80.4% → 82.5/82.4%
+/// at 1 thread, 78.8/77.9% → 82.5/82.5% at 2; AVX-512 unchanged at 1
+/// thread, +1 to 2 points at 2. (`prefetcht0` for `out` too: a prefetch for
+/// ownership needs the `prfchw` feature, which these kernels do not enable.)
+///
+/// Prefetches are hints and never fault, so the addresses (computed with
+/// wrapping arithmetic) need not be valid.
+#[inline(always)]
+fn prefetch_c_tile(st: &TileStore, row_bytes: usize) {
+    let lines = |row: *const f32| {
+        let row = row as *const i8;
+        // Every line of the row: from its first byte in steps of 64, and its
+        // last byte (a further line when the row is not line-aligned).
+        let mut at = 0;
+        while at < row_bytes {
+            // SAFETY: a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(at)) };
+            at += 64;
+        }
+        // SAFETY: as above.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(row_bytes - 1)) };
+    };
+    for i in 0..st.rows {
+        if !st.prev.is_null() {
+            lines(st.prev.wrapping_add(i * st.ld_prev));
+        }
+        lines(st.out.wrapping_add(i * st.ld_out).cast_const());
+    }
+}
+
 /// AVX-512F: 8 rows × 32 columns (16 zmm accumulators). 8 divides every
 /// VGG channel count (a 12-row kernel computes 72 rows for 64).
 pub const AVX512_MR: usize = 8;
@@ -54,6 +89,7 @@ unsafe fn tile_avx512<const PREFETCH: bool>(
     offsets: *const usize,
     st: &TileStore,
 ) {
+    prefetch_c_tile(st, AVX512_NR * 4);
     let mut c0 = [_mm512_setzero_ps(); AVX512_MR];
     let mut c1 = [_mm512_setzero_ps(); AVX512_MR];
     let mut a = a;
@@ -146,6 +182,7 @@ unsafe fn tile_avx2<const PREFETCH: bool>(
     offsets: *const usize,
     st: &TileStore,
 ) {
+    prefetch_c_tile(st, AVX2_NR * 4);
     let mut c0 = [_mm256_setzero_ps(); AVX2_MR];
     let mut c1 = [_mm256_setzero_ps(); AVX2_MR];
     let mut a = a;
