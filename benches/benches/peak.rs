@@ -8,9 +8,12 @@ fn fma_peak(c: &mut Criterion) {
     let mut g = c.benchmark_group("peak");
     g.sample_size(10);
     for threads in [1usize, 2] {
-        // One call runs `threads` threads of 12 FMA chains × 20 M steps (3.84 GFLOP each).
-        g.throughput(Throughput::Elements(threads as u64 * 20_000_000 * 12 * 16));
-        g.bench_function(format!("fma_f32/{threads}t"), |b| b.iter(|| lml_kernel::gemm::fma_peak_gflops(threads)));
+        // One call runs `threads` threads of FMA chains on the widest vectors, 3.84 GFLOP each.
+        g.throughput(Throughput::Elements(threads as u64 * lml_kernel::gemm::FMA_PROBE_FLOPS_PER_THREAD));
+        let isa = lml_kernel::gemm::fma_probe_isa();
+        g.bench_function(format!("fma_f32_{isa}/{threads}t"), |b| {
+            b.iter(|| lml_kernel::gemm::fma_peak_gflops(threads))
+        });
     }
     g.finish();
 }

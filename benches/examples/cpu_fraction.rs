@@ -50,13 +50,13 @@ fn main() {
         let pool = lml_kernel::parallel::thread_pool(threads).unwrap();
         pool.install(|| vgg.forward(x.view()).unwrap()); // pack filters, page in weights
         let before = load();
-        // The FMA probe: `threads` threads of 12 chains × 20 M steps (3.84 GFLOP each), 60 times.
+        // The FMA probe: `threads` threads of chains on the widest vectors (3.84 GFLOP each), 60 times.
         let (c0, t0) = (cpu_seconds(), Instant::now());
         let calls = 60;
         for _ in 0..calls {
             std::hint::black_box(lml_kernel::gemm::fma_peak_gflops(threads));
         }
-        let peak_flops = (calls * threads) as f64 * 20e6 * 12.0 * 16.0;
+        let peak_flops = (calls * threads) as f64 * lml_kernel::gemm::FMA_PROBE_FLOPS_PER_THREAD as f64;
         let (peak_cpu, peak_wall) = (cpu_seconds() - c0, t0.elapsed().as_secs_f64());
         let (c1, t1) = (cpu_seconds(), Instant::now());
         for _ in 0..reps {

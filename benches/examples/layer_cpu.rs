@@ -1,9 +1,10 @@
-//! Per-layer CPU seconds of the VGG19 224×224 → fc7 forward (batch 8, one
-//! thread) for every microkernel this CPU runs, side by side, by CPU time
-//! (so it stays meaningful while other processes share the machine):
+//! Per-layer CPU seconds of a VGG19 forward on one thread (default 224×224
+//! → fc7, batch 8) for every microkernel this CPU runs, side by side, by CPU
+//! time (so it stays meaningful while other processes share the machine):
 //!
 //! ```text
 //! cargo run --release -p lml-benches --example layer_cpu
+//! SIZE=32 CUT=pool5 BATCH=64 REPS=5 cargo run --release -p lml-benches --example layer_cpu
 //! ```
 //!
 //! With one compute thread the process's CPU time between two layers is that
@@ -23,14 +24,16 @@ fn cpu_seconds() -> f64 {
 }
 
 fn main() {
-    let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let x = random_input(8, 3, 224, 1);
+    let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (reps, size, batch) = (env("REPS", 3), env("SIZE", 224), env("BATCH", 8));
+    let cut: Cut = std::env::var("CUT").ok().map_or(Cut::Fc7, |c| c.parse().expect("CUT: pool5, fc6 or fc7"));
+    let x = random_input(batch, 3, size, 1);
     let pool = lml_kernel::parallel::thread_pool(1).unwrap();
     let kernels: Vec<Microkernel> =
         Microkernel::runnable().into_iter().filter(|k| *k != Microkernel::Generic).collect();
     let mut table: Vec<(String, Vec<f64>)> = Vec::new();
     for (col, &kernel) in kernels.iter().enumerate() {
-        let vgg = Vgg19::open(weights_dir(), 224, Cut::Fc7).unwrap().with_microkernel(kernel).unwrap();
+        let vgg = Vgg19::open(weights_dir(), size, cut).unwrap().with_microkernel(kernel).unwrap();
         pool.install(|| vgg.forward(x.view()).unwrap());
         for _ in 0..reps {
             let mut last = cpu_seconds();

@@ -248,7 +248,12 @@ unsafe fn tile_avx2<const PREFETCH: bool>(
     }
 }
 
-/// Twelve independent FMA chains of 8 lanes, `iters` steps each (the FMA-peak probe).
+/// FLOPs per step of [`fma_chains`]: 12 chains × 8 lanes × 2.
+pub const FMA_CHAIN_FLOPS_AVX2: u64 = 192;
+
+/// Twelve independent FMA chains of 8 lanes, `iters` steps each (the
+/// FMA-peak probe on AVX2 CPUs: 12 chains cover 2 ports × 4 cycles of latency
+/// with room to spare).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
@@ -269,6 +274,32 @@ pub unsafe fn fma_chains(iters: u64) -> f32 {
     // SAFETY: `out` holds 8 floats.
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
     out.iter().sum()
+}
+
+/// FLOPs per step of [`fma_chains_avx512`]: 24 chains × 16 lanes × 2.
+pub const FMA_CHAIN_FLOPS_AVX512: u64 = 768;
+
+/// Twenty-four independent FMA chains of 16 lanes, `iters` steps each (the
+/// FMA-peak probe on AVX-512 CPUs). Two full 512-bit FMA ports of 4-cycle
+/// latency need 8 chains in flight; 24 leave the scheduler slack. On CPUs
+/// that split 512-bit FMAs in two (Zen 4) it measures the same rate as AVX2.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn fma_chains_avx512(iters: u64) -> f32 {
+    let mut acc = [_mm512_set1_ps(0.0); 24];
+    let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    for _ in 0..iters {
+        for r in acc.iter_mut() {
+            *r = _mm512_fmadd_ps(*r, a, b);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for r in acc {
+        s = _mm512_add_ps(s, r);
+    }
+    _mm512_reduce_add_ps(s)
 }
 
 /// Dot products of 4 rows of `W` with up to 4 rows of `x`, `k` floats each:

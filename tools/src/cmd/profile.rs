@@ -90,7 +90,12 @@ fn profile(args: &Args, threads: usize) -> Result<()> {
     }
     let total = t0.elapsed().as_secs_f64() / args.reps as f64;
     let peak = lml_kernel::gemm::fma_peak_gflops(threads);
-    println!("VGG19 to {:?}, {s}×{s}, batch {}, {threads} threads; FMA peak {peak:.1} GFLOP/s", args.cut, args.batch);
+    println!(
+        "VGG19 to {:?}, {s}×{s}, batch {}, {threads} threads; FMA peak {peak:.1} GFLOP/s ({} chains)",
+        args.cut,
+        args.batch,
+        lml_kernel::gemm::fma_probe_isa()
+    );
     println!("{:<14} {:>10} {:>10} {:>8}", "layer", "ms", "GFLOP/s", "% peak");
     for (name, secs) in &per_layer {
         let secs = secs / args.reps as f64;
