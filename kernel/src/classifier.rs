@@ -14,7 +14,7 @@
 //!
 //! # Images of another size
 //! The training images (CIFAR-10's are 32×32) were resized to the input
-//! side `S` by [`preprocess`](crate::preprocess)'s bilinear interpolation. A
+//! side `S` by [`preprocess`](crate::preprocess())'s bilinear interpolation. A
 //! new image of another size is first brought to the training images' size
 //! `T` by [`resize`] (the same bilinear filter when enlarging; widened to the
 //! scale when shrinking, so a 500×375 photograph is averaged down, not
@@ -178,7 +178,7 @@ impl Classifier {
         self.image_size
     }
 
-    /// The size a new image is brought to before [`preprocess`](crate::preprocess):
+    /// The size a new image is brought to before [`preprocess`](crate::preprocess()):
     /// the training images' size, else `S × S`.
     pub fn target_size(&self) -> (usize, usize) {
         let s = self.vgg.input_size();

@@ -201,8 +201,8 @@ pub fn provenance(root: &Path, jd: &JobDir, cfg: &JobConfig) -> Result<Provenanc
     })
 }
 
-/// The name a value serialises to (`pool5`, `torchvision`).
-fn name<T: Serialize>(v: &T) -> String {
+/// The name a value serialises to (`pool5`, `torchvision`), for messages.
+pub fn name<T: Serialize>(v: &T) -> String {
     match serde_json::to_value(v) {
         Ok(serde_json::Value::String(s)) => s,
         Ok(other) => other.to_string(),

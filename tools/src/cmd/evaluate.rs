@@ -45,10 +45,9 @@ fn evaluate(args: &Args) -> Result<()> {
             "job": m.job.as_str(), "data": args.data, "split": args.split, "images": n,
             "correct": c.correct(), "accuracy": c.accuracy(), "classes": c.scores(), "confusion": c,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        super::predict::print_all(&(serde_json::to_string_pretty(&doc)? + "\n"))
     } else {
-        println!("job {} on {} ({} images of split {})", m.job, args.data.display(), n, args.split);
-        print!("{}", c.to_text());
+        let head = format!("job {} on {} ({} images of split {})\n", m.job, args.data.display(), n, args.split);
+        super::predict::print_all(&(head + &c.to_text()))
     }
-    Ok(())
 }

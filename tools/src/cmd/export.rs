@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Parser;
 use lml_tools::export::{export_npy, export_safetensors, Format};
-use lml_tools::model::ModelArgs;
+use lml_tools::model::{name, ModelArgs};
 
 #[derive(Parser)]
 pub struct Args {
@@ -33,22 +33,22 @@ pub fn run(args: &Args) -> Result<()> {
         Format::Safetensors => {
             let bytes = export_safetensors(c, &args.out, &source, args.force)?;
             println!(
-                "wrote {} ({:.1} MB): torchvision VGG19, {} classes, input {} (preset {:?}), cut {:?}",
+                "wrote {} ({:.1} MB): torchvision VGG19, {} classes, input {} (preset {}), cut {}",
                 args.out.display(),
                 bytes as f64 / 1e6,
                 c.classes().len(),
                 c.vgg().input_size(),
-                c.vgg().preset(),
-                c.vgg().cut()
+                name(&c.vgg().preset()),
+                name(&c.vgg().cut())
             );
         }
         Format::Npy => {
             export_npy(c, &args.out, &source, args.force)?;
             println!(
-                "wrote {}: lml classifier folder ({} classes, cut {:?})",
+                "wrote {}: lml classifier folder ({} classes, cut {})",
                 args.out.display(),
                 c.classes().len(),
-                c.vgg().cut()
+                name(&c.vgg().cut())
             );
         }
     }

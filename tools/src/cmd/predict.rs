@@ -60,6 +60,16 @@ fn model_json(m: &JobModel) -> Value {
     })
 }
 
+/// Writes `text` to stdout in one go; a closed pipe (`lml predict … | head`)
+/// is not an error.
+pub(crate) fn print_all(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 pub fn run(args: &Args) -> Result<()> {
     let (pool, _) = lml_tools::bars::pool(args.model.threads)?;
     pool.install(|| predict(args))
@@ -74,7 +84,7 @@ fn predict(args: &Args) -> Result<()> {
     let k = args.top.min(names.len());
     let Some(dir) = &args.data else {
         let preds = classify_files(&m.classifier, &args.images)?;
-        if args.json {
+        return if args.json {
             let items: Vec<Value> = args
                 .images
                 .iter()
@@ -84,13 +94,16 @@ fn predict(args: &Args) -> Result<()> {
                            "top": top_json(&m, p, k), "probabilities": p.probabilities, "logits": p.logits})
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&json!({"model": model_json(&m), "predictions": items}))?);
+            print_all(&(serde_json::to_string_pretty(&json!({"model": model_json(&m), "predictions": items}))? + "\n"))
         } else {
-            for (f, p) in args.images.iter().zip(&preds) {
-                println!("{}: {}", f.display(), top_text(&m, p, k));
-            }
-        }
-        return Ok(());
+            let lines: String = args
+                .images
+                .iter()
+                .zip(&preds)
+                .map(|(f, p)| format!("{}: {}\n", f.display(), top_text(&m, p, k)))
+                .collect();
+            print_all(&lines)
+        };
     };
     let data = open_split(dir, &args.split, names.len())?;
     let n = data.len().min(args.limit.unwrap_or(usize::MAX));
@@ -112,13 +125,14 @@ fn predict(args: &Args) -> Result<()> {
             .collect();
         let doc = json!({"model": model_json(&m), "data": dir, "split": args.split, "images": n,
                          "correct": correct, "predictions": items});
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        print_all(&(serde_json::to_string_pretty(&doc)? + "\n"))
     } else {
+        let mut text = String::new();
         for (i, (p, &t)) in preds.iter().zip(labels).enumerate() {
             let mark = if p.predicted == t as usize { "" } else { "  WRONG" };
-            println!("{i:>6}  true {:<12}  {}{mark}", names[t as usize], top_text(&m, p, k));
+            text += &format!("{i:>6}  true {:<12}  {}{mark}\n", names[t as usize], top_text(&m, p, k));
         }
-        println!("{correct} of {n} correct ({:.4})", correct as f64 / n.max(1) as f64);
+        text += &format!("{correct} of {n} correct ({:.4})\n", correct as f64 / n.max(1) as f64);
+        print_all(&text)
     }
-    Ok(())
 }
