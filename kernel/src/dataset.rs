@@ -61,6 +61,12 @@ impl ImageDataset {
             .expect("validated at open")
     }
 
+    /// `(H, W)` of every image.
+    pub fn image_size(&self) -> (usize, usize) {
+        let (_, h, w, _) = self.images().dim();
+        (h, w)
+    }
+
     /// All labels.
     pub fn labels(&self) -> &[u32] {
         &self.labels

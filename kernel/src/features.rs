@@ -107,6 +107,11 @@ pub struct CacheNote {
     /// The weight directory, as the producer named it.
     pub weights: PathBuf,
     pub shards: usize,
+    /// `[H, W]` of the images the features came from (before the resize to
+    /// `input_size`): a new image of another size is brought to it first
+    /// ([`crate::classifier`]). Absent in notes written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<[usize; 2]>,
 }
 
 /// Rows `[start, end)` of shard `index` of `count` over `n` rows

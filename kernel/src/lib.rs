@@ -47,6 +47,7 @@
 //! ```
 
 pub mod approx;
+pub mod classifier;
 pub mod dataset;
 pub mod error;
 pub mod features;

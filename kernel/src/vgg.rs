@@ -302,6 +302,11 @@ impl Vgg19 {
         self.cut
     }
 
+    /// The weight store the extractor reads (for exporting its tensors).
+    pub fn store(&self) -> &WeightStore {
+        &self.store
+    }
+
     /// The normalisation the weights expect.
     pub fn preset(&self) -> Preset {
         self.store.preset()

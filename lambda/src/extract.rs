@@ -1036,6 +1036,7 @@ async fn merge<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, 
                     preset: cfg.preset,
                     weights: PathBuf::from(&cfg.spec.weights),
                     shards: cfg.shards,
+                    image_size: Some(image_size(&svc.root, &cfg.spec)?),
                 };
                 let out = cfg.out(&svc.root);
                 // The class list first: the note, which the merge writes
@@ -1062,6 +1063,17 @@ async fn merge<I: Invoker, P: ProgressStore, C: Clock>(svc: &Services<I, P, C>, 
         Box::pin(crate::pipeline::then(svc, p)).await?;
     }
     Ok(Outcome::Merged { cache: summary.cache })
+}
+
+/// `[H, W]` of the spec's images, from their `.npy` header (recorded in the cache's note).
+fn image_size(root: &Path, spec: &ExtractSpec) -> Result<[usize; 2]> {
+    let paths = crate::services::DataPaths::new(root, &spec.data())?;
+    let images = paths.resolve("images")?.expect("named in the spec");
+    let shape = lml_kernel::npy::MappedNpy::open(&images)?.header()?.shape;
+    match shape[..] {
+        [_, h, w, 3] => Ok([h, w]),
+        _ => Err(ProtocolError::job(&images, format!("images of shape {shape:?}, expected [N, H, W, 3]"))),
+    }
 }
 
 /// The labels file and the images' folder, resolved under the root.

@@ -72,6 +72,7 @@ pub struct SafeTensors {
     file: File,
     data_start: u64,
     entries: BTreeMap<String, Entry>,
+    metadata: BTreeMap<String, String>,
 }
 
 fn dtype_size(dtype: &str) -> Option<u64> {
@@ -91,8 +92,14 @@ impl SafeTensors {
         let io = |e| ConvertError::Io { path: path.to_path_buf(), source: e };
         let mut file = File::open(path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
-        let (data_start, entries) = parse_safetensors_header(path, file_len, &mut file)?;
-        Ok(SafeTensors { path: path.to_path_buf(), file, data_start, entries })
+        let header = parse_header(path, file_len, &mut file)?;
+        Ok(SafeTensors {
+            path: path.to_path_buf(),
+            file,
+            data_start: header.data_start,
+            entries: header.entries,
+            metadata: header.metadata,
+        })
     }
 
     /// Tensor names in the file.
@@ -100,7 +107,14 @@ impl SafeTensors {
         self.entries.keys().map(String::as_str)
     }
 
-    fn shape(&self, key: &str) -> Option<&[usize]> {
+    /// The header's `__metadata__`: its string entries (the format allows
+    /// strings only; an entry of another type is not kept).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Tensor `key`'s shape, if the file holds it.
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
         self.entries.get(key).map(|e| e.shape.as_slice())
     }
 
@@ -146,6 +160,18 @@ pub(crate) fn parse_safetensors_header(
     file_len: u64,
     r: &mut dyn Read,
 ) -> Result<(u64, BTreeMap<String, Entry>)> {
+    parse_header(path, file_len, r).map(|h| (h.data_start, h.entries))
+}
+
+/// A validated safetensors header.
+struct Header {
+    data_start: u64,
+    entries: BTreeMap<String, Entry>,
+    metadata: BTreeMap<String, String>,
+}
+
+/// [`parse_safetensors_header`], keeping `__metadata__` too.
+fn parse_header(path: &Path, file_len: u64, r: &mut dyn Read) -> Result<Header> {
     let bad = |reason: String| ConvertError::Header { path: path.to_path_buf(), reason };
     let mut len = [0u8; 8];
     r.read_exact(&mut len).map_err(|_| bad(format!("file of {file_len} bytes has no 8-byte header length")))?;
@@ -161,8 +187,12 @@ pub(crate) fn parse_safetensors_header(
     let json: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| bad(format!("JSON: {e}")))?;
     let mut entries = BTreeMap::new();
+    let mut metadata = BTreeMap::new();
     for (key, v) in json {
         if key == "__metadata__" {
+            if let serde_json::Value::Object(m) = v {
+                metadata.extend(m.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))));
+            }
             continue;
         }
         let e: serde_json::Map<String, serde_json::Value> =
@@ -196,7 +226,7 @@ pub(crate) fn parse_safetensors_header(
         }
         entries.insert(key, Entry { dtype: dtype.into(), shape, begin, end });
     }
-    Ok((8 + n, entries))
+    Ok(Header { data_start: 8 + n, entries, metadata })
 }
 
 /// Decodes tensor `key`'s little-endian bytes (exactly its entry's size, as
@@ -291,6 +321,11 @@ pub fn convert_safetensors(input: &Path, out: &Path, preset: Preset) -> Result<C
         };
         let numel: usize = spec.shape.iter().product();
         let actual = st.shape(&key).expect("found above").to_vec();
+        // A classifier.6 of another class count is another task's head (an
+        // `lml export` of a trained classifier): not the ImageNet head, not converted.
+        if spec.name.starts_with("classifier.6.") && actual.first() != spec.shape.first() {
+            continue;
+        }
         if actual.iter().product::<usize>() != numel || (key == spec.name && actual != spec.shape) {
             return Err(ConvertError::Tensor {
                 path: input.into(),
@@ -320,6 +355,21 @@ pub fn convert_safetensors(input: &Path, out: &Path, preset: Preset) -> Result<C
 /// # Errors
 /// I/O errors.
 pub fn write_safetensors(path: &Path, tensors: &[(String, ArrayViewD<'_, f32>)]) -> std::io::Result<()> {
+    lml_kernel::npy::publish_atomic(path, |w| write_safetensors_to(w, tensors, &BTreeMap::new()))
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Streams `tensors` as `.safetensors` (dtype `F32`, in the order given) to
+/// `w`, with `metadata` in the header's `__metadata__` beside
+/// `"format": "pt"` (what PyTorch's loaders expect).
+///
+/// # Errors
+/// I/O errors from `w`.
+pub fn write_safetensors_to(
+    w: &mut dyn Write,
+    tensors: &[(String, ArrayViewD<'_, f32>)],
+    metadata: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
     let mut header = serde_json::Map::new();
     let mut offset = 0u64;
     for (name, t) in tensors {
@@ -330,24 +380,26 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, ArrayViewD<'_, f32>)])
         );
         offset += bytes;
     }
-    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut meta = serde_json::Map::new();
+    meta.insert("format".into(), "pt".into());
+    meta.extend(metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))));
+    header.insert("__metadata__".into(), serde_json::Value::Object(meta));
     let mut text = serde_json::to_string(&header).expect("header serialises");
     while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
-    lml_kernel::npy::publish_atomic(path, |w| {
-        w.write_all(&(text.len() as u64).to_le_bytes())?;
-        w.write_all(text.as_bytes())?;
-        for (_, t) in tensors {
-            let standard = t.as_standard_layout();
-            for chunk in standard.as_slice().expect("standard layout").chunks(1 << 16) {
-                let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
-                w.write_all(&bytes)?;
-            }
+    w.write_all(&(text.len() as u64).to_le_bytes())?;
+    w.write_all(text.as_bytes())?;
+    let mut bytes = Vec::with_capacity(4 << 16);
+    for (_, t) in tensors {
+        let standard = t.as_standard_layout();
+        for chunk in standard.as_slice().expect("standard layout").chunks(1 << 16) {
+            bytes.clear();
+            bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+            w.write_all(&bytes)?;
         }
-        Ok(())
-    })
-    .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+    Ok(())
 }
 
 /// Renames torchvision keys to timm's VGG layout (and reshapes fc1/fc2 to

@@ -66,6 +66,17 @@ enum Command {
     /// Generate format-exact fixtures for tests and demos.
     #[command(subcommand)]
     Synth(cmd::synth::Command),
+    /// Classify image files (PNG, JPEG, any size) or a prepared split with a
+    /// finished job's classifier: the frozen VGG19, the job's feature
+    /// standardisation and its trained head. Prints the top classes.
+    Predict(Box<cmd::predict::Args>),
+    /// Accuracy, per-class precision and recall, and the confusion matrix of
+    /// a finished job's classifier on a prepared split.
+    Evaluate(Box<cmd::evaluate::Args>),
+    /// Export a finished job's classifier: torchvision's VGG19 layout as
+    /// .safetensors (the head in classifier.6, standardisation folded in),
+    /// or the kernel's own .npy folder (--format npy).
+    Export(Box<cmd::export::Args>),
 }
 
 fn main() -> Result<()> {
@@ -83,5 +94,8 @@ fn main() -> Result<()> {
         Command::Fetch(args) => cmd::fetch::run(args),
         Command::TrainHead(args) => cmd::train_head::run(&args),
         Command::Synth(command) => cmd::synth::run(command),
+        Command::Predict(args) => cmd::predict::run(&args),
+        Command::Evaluate(args) => cmd::evaluate::run(&args),
+        Command::Export(args) => cmd::export::run(&args),
     }
 }

@@ -9,7 +9,9 @@ use ndarray::{Array4, ArrayView4};
 
 use crate::error::{KernelError, Result};
 
-fn bounds(i: usize, input: usize, out: usize) -> (usize, usize) {
+/// The input range `[⌊i·input/out⌋, ⌈(i+1)·input/out⌉)` that output cell
+/// `i` of `out` averages along an axis of `input` values (torchvision's rule).
+pub fn adaptive_pool_window(i: usize, input: usize, out: usize) -> (usize, usize) {
     ((i * input) / out, ((i + 1) * input).div_ceil(out))
 }
 
@@ -27,8 +29,8 @@ pub fn adaptive_avgpool2d_forward(input: ArrayView4<'_, f32>, out_hw: (usize, us
         return Ok(input.to_owned());
     }
     Ok(Array4::from_shape_fn((n, c, oh, ow), |(b, ch, i, j)| {
-        let (y0, y1) = bounds(i, h, oh);
-        let (x0, x1) = bounds(j, w, ow);
+        let (y0, y1) = adaptive_pool_window(i, h, oh);
+        let (x0, x1) = adaptive_pool_window(j, w, ow);
         let mut s = 0.0f32;
         for y in y0..y1 {
             for x in x0..x1 {
@@ -54,9 +56,9 @@ pub fn adaptive_avgpool2d_backward(grad_out: ArrayView4<'_, f32>, input_hw: (usi
     for b in 0..n {
         for ch in 0..c {
             for i in 0..oh {
-                let (y0, y1) = bounds(i, h, oh);
+                let (y0, y1) = adaptive_pool_window(i, h, oh);
                 for j in 0..ow {
-                    let (x0, x1) = bounds(j, w, ow);
+                    let (x0, x1) = adaptive_pool_window(j, w, ow);
                     let share = grad_out[[b, ch, i, j]] / ((y1 - y0) * (x1 - x0)) as f32;
                     for y in y0..y1 {
                         for x in x0..x1 {

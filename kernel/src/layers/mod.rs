@@ -12,10 +12,10 @@ pub mod padded;
 pub mod relu;
 pub mod softmax;
 
-pub use avgpool::{adaptive_avgpool2d_backward, adaptive_avgpool2d_forward};
+pub use avgpool::{adaptive_avgpool2d_backward, adaptive_avgpool2d_forward, adaptive_pool_window};
 pub use conv2d::{conv2d_backward, conv2d_forward, Conv2dGrads};
 pub use dense::{dense_backward, dense_forward, dense_forward_on, DenseGrads};
 pub use maxpool::{maxpool2d_backward, maxpool2d_forward, maxpool2d_values_into, MaxPoolOutput};
 pub use padded::PaddedLayout;
 pub use relu::{relu_backward, relu_inplace};
-pub use softmax::{softmax_cross_entropy, SoftmaxCrossEntropy};
+pub use softmax::{argmax, softmax, softmax_cross_entropy, SoftmaxCrossEntropy};

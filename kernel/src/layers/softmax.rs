@@ -55,3 +55,33 @@ pub fn softmax_cross_entropy(logits: ArrayView2<'_, f32>, labels: &[u32]) -> Res
     }
     Ok(SoftmaxCrossEntropy { loss_sum, grad, correct, count: n })
 }
+
+/// Softmax probabilities of `logits [N, classes]`, row by row:
+/// `p_j = exp(z_j − m) / Σ_i exp(z_i − m)` with `m = max_j z_j`, the sum in
+/// f64 (as [`softmax_cross_entropy`]). Returns `[N, classes]`.
+pub fn softmax(logits: ArrayView2<'_, f32>) -> Array2<f32> {
+    let mut p = Array2::<f32>::zeros(logits.raw_dim());
+    for (z, mut out) in logits.outer_iter().zip(p.outer_iter_mut()) {
+        let m = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let sum: f64 = z.iter().map(|&v| ((v - m) as f64).exp()).sum();
+        for (o, &v) in out.iter_mut().zip(z.iter()) {
+            *o = (((v - m) as f64).exp() / sum) as f32;
+        }
+    }
+    p
+}
+
+/// Index of the largest value (the first one on ties), as
+/// [`softmax_cross_entropy`] counts a prediction; `None` when empty.
+pub fn argmax(values: &[f32]) -> Option<usize> {
+    if values.is_empty() {
+        return None;
+    }
+    let (mut arg, mut m) = (0usize, f32::NEG_INFINITY);
+    for (j, &v) in values.iter().enumerate() {
+        if v > m {
+            (arg, m) = (j, v);
+        }
+    }
+    Some(arg)
+}

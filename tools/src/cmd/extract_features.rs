@@ -91,6 +91,7 @@ fn extract(args: &Args) -> Result<()> {
         preset: vgg.preset(),
         weights: args.weights.canonicalize().unwrap_or_else(|_| args.weights.clone()),
         shards: count,
+        image_size: Some(data.image_size().into()),
     };
     match merge(&args.out, &args.split, count, &y, &note)? {
         Some(p) => {
