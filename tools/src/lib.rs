@@ -14,6 +14,7 @@ pub mod fuzz;
 pub mod job;
 pub mod keras;
 pub mod pickle;
+pub mod pictures;
 pub mod report;
 pub mod synth;
 pub mod work;
