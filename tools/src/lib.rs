@@ -8,6 +8,7 @@ pub mod bars;
 pub mod calibrate;
 pub mod cifar;
 pub mod convert;
+pub mod experiment;
 pub mod features;
 pub mod fetch;
 pub mod fuzz;

@@ -3,7 +3,9 @@
 pub mod convert_weights;
 pub mod demo;
 pub mod extract_features;
+pub mod experiment;
 pub mod fetch;
+pub mod plot;
 pub mod prepare_cifar10;
 pub mod profile;
 pub mod start_event;
