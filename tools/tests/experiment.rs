@@ -23,7 +23,8 @@ fn lml(args: &[&str]) -> (String, String) {
 fn csv(path: &Path) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(path).unwrap();
     let parse = |line: &str| {
-        let (mut fields, mut field, mut quoted, mut chars) = (Vec::new(), String::new(), false, line.chars().peekable());
+        let (mut fields, mut field, mut quoted, mut chars) =
+            (Vec::new(), String::new(), false, line.chars().peekable());
         while let Some(c) = chars.next() {
             match (c, quoted) {
                 ('"', true) if chars.peek() == Some(&'"') => {
@@ -84,14 +85,25 @@ fn cell<'a>(rows: &'a [Vec<String>], row: usize, col: &str) -> &'a str {
 fn time_limit_reproduces_table_3_rows_with_the_seeds_numbers() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, out) = (tmp.path().join("lab"), tmp.path().join("out"));
-    let (stdout, _) =
-        lml(&["experiment", "time-limit", "--scale", "tiny", "--root", root.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (stdout, _) = lml(&[
+        "experiment",
+        "time-limit",
+        "--scale",
+        "tiny",
+        "--root",
+        root.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(stdout.contains("Table 3: training steps in one invocation"), "{stdout}");
     let rows = csv(&out.join("table3-time-limit.csv"));
     assert_eq!(rows.len(), 3, "header + the tiny scale's 2 limits: {rows:?}");
     // The seed's rows for 2 and 8 minutes: 4 and 37 steps.
     assert_eq!((cell(&rows, 1, "limit (min)"), cell(&rows, 1, "seed: total")), ("2", "4"));
-    assert_eq!((cell(&rows, 2, "limit (min)"), cell(&rows, 2, "seed: total"), cell(&rows, 2, "seed: epochs")), ("8", "37", "1"));
+    assert_eq!(
+        (cell(&rows, 2, "limit (min)"), cell(&rows, 2, "seed: total"), cell(&rows, 2, "seed: epochs")),
+        ("8", "37", "1")
+    );
     for r in 1..3 {
         let first: u64 = cell(&rows, r, "here: steps in one").split(' ').next().unwrap().parse().unwrap();
         let invocations: u64 = cell(&rows, r, "here: invocations").parse().unwrap();
@@ -104,7 +116,11 @@ fn time_limit_reproduces_table_3_rows_with_the_seeds_numbers() {
     }
     let md = std::fs::read_to_string(out.join("table3-time-limit.md")).unwrap();
     assert_eq!(md.lines().filter(|l| l.starts_with("| ")).count(), 3, "{md}");
-    check_figure(&out, "table3-time-limit", &["seed, AWS Lambda (measured)", "ours, local runtime (measured)", "ours (projected)"]);
+    check_figure(
+        &out,
+        "table3-time-limit",
+        &["seed, AWS Lambda (measured)", "ours, local runtime (measured)", "ours (projected)"],
+    );
 }
 
 #[test]
@@ -115,11 +131,21 @@ fn memory_reproduces_table_5_rows_with_shares_and_threads() {
     let rows = csv(&out.join("table5-memory.csv"));
     assert_eq!(rows.len(), 3, "{rows:?}");
     assert_eq!(
-        (cell(&rows, 1, "memory"), cell(&rows, 1, "seed: time"), cell(&rows, 1, "vCPU share"), cell(&rows, 1, "threads")),
+        (
+            cell(&rows, 1, "memory"),
+            cell(&rows, 1, "seed: time"),
+            cell(&rows, 1, "vCPU share"),
+            cell(&rows, 1, "threads")
+        ),
         ("1", "out of memory", "0.58", "1")
     );
     assert_eq!(
-        (cell(&rows, 2, "memory"), cell(&rows, 2, "seed: time"), cell(&rows, 2, "vCPU share"), cell(&rows, 2, "threads")),
+        (
+            cell(&rows, 2, "memory"),
+            cell(&rows, 2, "seed: time"),
+            cell(&rows, 2, "vCPU share"),
+            cell(&rows, 2, "threads")
+        ),
         ("10", "11 min 42 s", "5.79", "6")
     );
     // The projection divides one step's time by the share: 10 GB is 10 × faster than 1 GB.
@@ -132,13 +158,27 @@ fn memory_reproduces_table_5_rows_with_shares_and_threads() {
 fn workers_reproduces_table_6_and_draws_figures_12_and_14() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, out) = (tmp.path().join("lab"), tmp.path().join("out"));
-    let (stdout, _) =
-        lml(&["experiment", "workers", "--scale", "tiny", "--root", root.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (stdout, _) = lml(&[
+        "experiment",
+        "workers",
+        "--scale",
+        "tiny",
+        "--root",
+        root.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(stdout.contains("Table 6: time against the number of workers"), "{stdout}");
     let rows = csv(&out.join("table6-workers.csv"));
     assert_eq!(rows.len(), 4, "header, 1 and 2 workers, one process: {rows:?}");
-    assert_eq!((cell(&rows, 1, "workers"), cell(&rows, 1, "seed: time"), cell(&rows, 1, "here: batch")), ("1", "221", "16"));
-    assert_eq!((cell(&rows, 2, "workers"), cell(&rows, 2, "seed: time"), cell(&rows, 2, "here: batch")), ("2", "193", "8"));
+    assert_eq!(
+        (cell(&rows, 1, "workers"), cell(&rows, 1, "seed: time"), cell(&rows, 1, "here: batch")),
+        ("1", "221", "16")
+    );
+    assert_eq!(
+        (cell(&rows, 2, "workers"), cell(&rows, 2, "seed: time"), cell(&rows, 2, "here: batch")),
+        ("2", "193", "8")
+    );
     assert!(cell(&rows, 3, "workers").starts_with("one process"), "{rows:?}");
     for r in 1..=3 {
         assert_eq!(cell(&rows, r, "here: rounds"), "2", "32 images, 16 a round");
@@ -150,7 +190,11 @@ fn workers_reproduces_table_6_and_draws_figures_12_and_14() {
     assert!(inv(1) >= 2 * 2 && inv(2) >= 2 * 3, "{} {}", inv(1), inv(2));
     let aws = |r: usize| -> f64 { cell(&rows, r, "AWS projection").parse().unwrap() };
     assert!(aws(1) > 0.0 && aws(2) > 0.0);
-    check_figure(&out, "fig12-workers", &["workers", "seed (measured)", "ours (projected)", "local runtime, 1 vCPU a worker"]);
+    check_figure(
+        &out,
+        "fig12-workers",
+        &["workers", "seed (measured)", "ours (projected)", "local runtime, 1 vCPU a worker"],
+    );
     check_figure(&out, "fig14-vm", &["VM, 4 vCPUs,", "workers of 8 GB", "one process,", "Lambda, 16"]);
 }
 
@@ -177,7 +221,8 @@ fn plot_draws_a_finished_jobs_curves() {
     write_split(&feats, "train", 90, 1);
     write_split(&feats, "test", 30, 2);
     let f = feats.to_str().unwrap();
-    let common = ["--root", root, "--features", f, "--workers", "3", "--epochs", "3", "--batch", "5", "--memory", "1769"];
+    let common =
+        ["--root", root, "--features", f, "--workers", "3", "--epochs", "3", "--batch", "5", "--memory", "1769"];
     lml(&[&["train", "--job", "every"][..], &common, &["--eval-every", "1"]].concat());
     lml(&[&["train", "--job", "epochs"][..], &common].concat());
     // Every round evaluated: 18 training and 18 held-out points.
@@ -205,6 +250,9 @@ fn plot_draws_a_finished_jobs_curves() {
     // A job that does not exist, or an unknown format: errors naming them.
     let out = Command::new(env!("CARGO_BIN_EXE_lml")).args(["plot", "nope", "--root", root]).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no job nope"));
-    let out = Command::new(env!("CARGO_BIN_EXE_lml")).args(["plot", "every", "--root", root, "--out", "x.jpg"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lml"))
+        .args(["plot", "every", "--root", root, "--out", "x.jpg"])
+        .output()
+        .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("expected a .png or .svg"));
 }

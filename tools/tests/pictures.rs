@@ -24,7 +24,10 @@ impl Rgb {
     }
     /// Pixels of the rectangle `[x0, x1) × [y0, y1)`.
     fn region(&self, (x0, y0): (usize, usize), (x1, y1): (usize, usize)) -> Vec<[u8; 3]> {
-        (y0..y1.min(self.h)).flat_map(|y| (x0..x1.min(self.w)).map(move |x| (x, y))).map(|(x, y)| self.at(x, y)).collect()
+        (y0..y1.min(self.h))
+            .flat_map(|y| (x0..x1.min(self.w)).map(move |x| (x, y)))
+            .map(|(x, y)| self.at(x, y))
+            .collect()
     }
     fn count(&self, c: [u8; 3]) -> usize {
         self.px.iter().filter(|&&p| p == c).count()
@@ -58,7 +61,8 @@ fn rgb(c: plotters::style::RGBColor) -> [u8; 3] {
 fn assert_text(img: &Rgb, from: (usize, usize), to: (usize, usize), what: &str) {
     let band = img.region(from, to);
     let dark = band.iter().filter(|p| p.iter().all(|&v| v < 100)).count();
-    let greys: HashSet<u8> = band.iter().filter(|p| p[0] == p[1] && p[1] == p[2] && p[0] > 0 && p[0] < 255).map(|p| p[0]).collect();
+    let greys: HashSet<u8> =
+        band.iter().filter(|p| p[0] == p[1] && p[1] == p[2] && p[0] > 0 && p[0] < 255).map(|p| p[0]).collect();
     assert!(dark > 40, "{what}: {dark} dark pixels, no text drawn?");
     assert!(greys.len() > 10, "{what}: {} grey levels, glyphs not anti-aliased?", greys.len());
 }
@@ -76,7 +80,11 @@ fn svg_text(p: &Picture) -> String {
 
 fn curves() -> Curves {
     let train = (0..40u64)
-        .map(|k| Point { round: k, loss: 2.3 * (-(k as f64) / 12.0).exp() + 0.1, accuracy: 1.0 - 0.9 * (-(k as f64) / 10.0).exp() })
+        .map(|k| Point {
+            round: k,
+            loss: 2.3 * (-(k as f64) / 12.0).exp() + 0.1,
+            accuracy: 1.0 - 0.9 * (-(k as f64) / 10.0).exp(),
+        })
         .collect();
     let held_out = (1..=4u64)
         .map(|e| Point { round: e * 10, loss: 2.0 * (-(e as f64) / 1.5).exp() + 0.2, accuracy: 0.5 + 0.1 * e as f64 })
@@ -109,7 +117,15 @@ fn training_curves_show_both_series_epoch_marks_and_text() {
 
     let svg = training_curves(&c, Format::Svg).unwrap();
     let t = svg_text(&svg);
-    for needle in ["job demo, 4 workers", "training loss", "held-out loss", "training accuracy", "held-out accuracy", "round", "epoch 3"] {
+    for needle in [
+        "job demo, 4 workers",
+        "training loss",
+        "held-out loss",
+        "training accuracy",
+        "held-out accuracy",
+        "round",
+        "epoch 3",
+    ] {
         assert!(t.contains(needle), "SVG lacks {needle:?}: {t}");
     }
     // No finite point: refused, not an empty picture.
@@ -135,7 +151,16 @@ fn confusion_matrix_shades_rows_and_writes_counts_and_names() {
     assert_text(&img, (0, 56), (130, 56 + 3 * 64), "row names");
     assert_text(&img, (100, 0), (400, 50), "title");
     let t = svg_text(&confusion_matrix(&m, &names, "held-out", Format::Svg).unwrap());
-    for needle in ["airplane", "automobile", "bird", "held-out: 27 examples, accuracy 0.556", "predicted class", "true class", "10", "7"] {
+    for needle in [
+        "airplane",
+        "automobile",
+        "bird",
+        "held-out: 27 examples, accuracy 0.556",
+        "predicted class",
+        "true class",
+        "10",
+        "7",
+    ] {
         assert!(t.contains(needle), "SVG lacks {needle:?}: {t}");
     }
     // Many classes: drawn without counts, within bounds.
@@ -217,7 +242,11 @@ fn line_and_bar_panels_draw_every_series_and_bar() {
             title: "measured here".into(),
             x_label: "workers".into(),
             y_label: "time (s)".into(),
-            series: vec![Series { name: "local runtime".into(), points: workers.iter().map(|&w| (w, 10.0 / w.min(2.0) + w * 0.1)).collect(), dashed: false }],
+            series: vec![Series {
+                name: "local runtime".into(),
+                points: workers.iter().map(|&w| (w, 10.0 / w.min(2.0) + w * 0.1)).collect(),
+                dashed: false,
+            }],
             log2_x: true,
         },
         Panel {
@@ -225,8 +254,16 @@ fn line_and_bar_panels_draw_every_series_and_bar() {
             x_label: "workers".into(),
             y_label: "time (min)".into(),
             series: vec![
-                Series { name: "seed, measured".into(), points: workers.iter().copied().zip(seed).collect(), dashed: false },
-                Series { name: "ours, projected".into(), points: workers.iter().map(|&w| (w, 20.0 / w + 5.0)).collect(), dashed: true },
+                Series {
+                    name: "seed, measured".into(),
+                    points: workers.iter().copied().zip(seed).collect(),
+                    dashed: false,
+                },
+                Series {
+                    name: "ours, projected".into(),
+                    points: workers.iter().map(|&w| (w, 20.0 / w + 5.0)).collect(),
+                    dashed: true,
+                },
             ],
             log2_x: true,
         },
@@ -242,7 +279,9 @@ fn line_and_bar_panels_draw_every_series_and_bar() {
     assert_eq!(img.region((0, 40), (560, 500)).iter().filter(|&&p| p == rgb(colour(1))).count(), 0);
     assert_text(&img, (300, 0), (820, 36), "title");
     let t = svg_text(&line_panels("Fig. 12", &panels, Format::Svg).unwrap());
-    for needle in ["measured here", "AWS Lambda", "seed, measured", "ours, projected", "workers", "time (min)", "32", "16"] {
+    for needle in
+        ["measured here", "AWS Lambda", "seed, measured", "ours, projected", "workers", "time (min)", "32", "16"]
+    {
         assert!(t.contains(needle), "SVG lacks {needle:?}: {t}");
     }
 

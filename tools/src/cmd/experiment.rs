@@ -44,7 +44,10 @@ pub fn run(command: Command) -> Result<()> {
         Command::All(a) => (a, &["time-limit", "memory", "workers"]),
     };
     let out = args.out.clone().unwrap_or_else(|| args.root.join("results"));
-    eprintln!("preparing {} (generated images, random VGG19 weights to pool5; kept for later runs)", args.root.display());
+    eprintln!(
+        "preparing {} (generated images, random VGG19 weights to pool5; kept for later runs)",
+        args.root.display()
+    );
     let lab = Lab::new(&args.root, args.scale)?;
     for name in which {
         eprintln!("experiment {name} at the {} scale …", args.scale);

@@ -2,8 +2,8 @@
 
 pub mod convert_weights;
 pub mod demo;
-pub mod extract_features;
 pub mod experiment;
+pub mod extract_features;
 pub mod fetch;
 pub mod plot;
 pub mod prepare_cifar10;

@@ -178,7 +178,8 @@ impl Lab {
             .enable_all()
             .build()
             .map_err(|source| ExperimentError::Io { path: root.to_owned(), source })?;
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         Ok(Lab { root: root.to_owned(), scale, weights: rel.to_string_lossy().into_owned(), runtime, stamp })
     }
 

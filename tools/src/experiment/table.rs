@@ -65,7 +65,14 @@ impl Table {
     /// The table as text with aligned columns, for a terminal.
     pub fn text(&self) -> String {
         let widths: Vec<usize> = (0..self.columns.len())
-            .map(|i| self.rows.iter().map(|r| r[i].chars().count()).chain([self.columns[i].chars().count()]).max().unwrap_or(0))
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([self.columns[i].chars().count()])
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let line = |cells: &[String]| {
             cells
@@ -102,6 +109,6 @@ mod tests {
         t.notes.push("scaled".into());
         assert_eq!(t.markdown(), "**T**\n\n| a | b\\|c |\n|---|---|\n| 1 | x, \"y\" |\n| 22 |  |\n\n* scaled\n");
         assert_eq!(t.csv(), "a,b|c\n1,\"x, \"\"y\"\"\"\n22,\n");
-        assert_eq!(t.text(), "T\na   b|c\n--  --------\n1   x, \"y\"\n22\n  scaled\n");
+        assert_eq!(t.text(), "T\na   b|c\n--  ------\n1   x, \"y\"\n22\n  scaled\n");
     }
 }

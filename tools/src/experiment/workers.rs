@@ -21,7 +21,9 @@ use lml_kernel::optim::{LrSchedule, Sgd};
 use lml_kernel::standardize::FeatureStats;
 use lml_kernel::trainer::{FeatureSource, ImageFeatures, Trainer};
 use lml_kernel::Vgg19;
-use lml_lambda::cost::{seconds_per_example, JobShape, Prices, DEFAULT_COMBINE_S, DEFAULT_WORKER_OVERHEAD_S, MB_PER_VCPU};
+use lml_lambda::cost::{
+    seconds_per_example, JobShape, Prices, DEFAULT_COMBINE_S, DEFAULT_WORKER_OVERHEAD_S, MB_PER_VCPU,
+};
 use lml_lambda::{JobSpec, SyncMode};
 
 use super::table::Table;
@@ -30,8 +32,14 @@ use crate::calibrate::Speeds;
 use crate::pictures::plots::{BarPanel, Panel, Series};
 
 /// The seed's Table 6: (workers, epochs per worker, epochs, time in minutes).
-pub const SEED: [(usize, u64, u64, f64); 6] =
-    [(1, 45, 45, 221.0), (2, 36, 72, 193.0), (4, 30, 120, 157.0), (8, 27, 216, 139.0), (16, 21, 336, 118.0), (32, 18, 576, 132.0)];
+pub const SEED: [(usize, u64, u64, f64); 6] = [
+    (1, 45, 45, 221.0),
+    (2, 36, 72, 193.0),
+    (4, 30, 120, 157.0),
+    (8, 27, 216, 139.0),
+    (16, 21, 336, 118.0),
+    (32, 18, 576, 132.0),
+];
 
 /// The seed's worker memory (8 GB, its Table 5's choice).
 pub const SEED_MEMORY_MB: u32 = 8192;
@@ -210,7 +218,11 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
                 "time (s)",
                 vec![
                     Series { name: "local runtime, 1 vCPU a worker".into(), points: here_pts, dashed: false },
-                    Series { name: format!("one process, {cores} threads"), points: vec![(lo, vm_s), (hi, vm_s)], dashed: true },
+                    Series {
+                        name: format!("one process, {cores} threads"),
+                        points: vec![(lo, vm_s), (hi, vm_s)],
+                        dashed: true,
+                    },
                 ],
             ),
             log2(
@@ -224,16 +236,24 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
         ],
     };
     let mut here_bars = vec![(format!("one process, {cores} threads"), vm_s)];
-    for &(w, s) in times.iter().filter(|(w, _)| *w == 1 || *w == cores || *w == 16 || Some(w) == times.last().map(|l| &l.0)) {
+    for &(w, s) in
+        times.iter().filter(|(w, _)| *w == 1 || *w == cores || *w == 16 || Some(w) == times.last().map(|l| &l.0))
+    {
         here_bars.push((format!("local runtime, {w} worker{}", if w == 1 { "" } else { "s" }), s));
     }
     here_bars.dedup_by(|a, b| a.0 == b.0);
     let cifar = CIFAR10_TRAIN;
-    let vm_aws = cifar as f64 * seconds_per_example(speeds.image_224_fc7_s + speeds.feature_row_s, SEED_VM_VCPUS * MB_PER_VCPU);
+    let vm_aws =
+        cifar as f64 * seconds_per_example(speeds.image_224_fc7_s + speeds.feature_row_s, SEED_VM_VCPUS * MB_PER_VCPU);
     let fig14 = Figure::Bars {
         title: "One machine against Lambda workers (the seed's Fig. 14)".into(),
         panels: vec![
-            BarPanel { title: "here (scaled, measured)".into(), y_label: "time (s)".into(), bars: here_bars, unit: " s".into() },
+            BarPanel {
+                title: "here (scaled, measured)".into(),
+                y_label: "time (s)".into(),
+                bars: here_bars,
+                unit: " s".into(),
+            },
             BarPanel {
                 title: "AWS, one CIFAR-10 epoch at 224 (projected)".into(),
                 y_label: "time (min)".into(),

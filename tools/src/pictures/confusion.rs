@@ -64,7 +64,11 @@ pub fn confusion_matrix(
     if !classes.is_empty() && classes.len() != n {
         return Err(bad(format!("{} class names for {n} classes", classes.len())));
     }
-    let total = matrix.iter().flatten().try_fold(0u64, |a, &b| a.checked_add(b)).ok_or_else(|| bad("the counts' total overflows".into()))?;
+    let total = matrix
+        .iter()
+        .flatten()
+        .try_fold(0u64, |a, &b| a.checked_add(b))
+        .ok_or_else(|| bad("the counts' total overflows".into()))?;
     let correct: u64 = (0..n).map(|i| matrix[i][i]).sum();
     let accuracy = if total > 0 { correct as f64 / total as f64 } else { 0.0 };
     let names = if classes.is_empty() { (0..n).map(|i| i.to_string()).collect() } else { classes.to_vec() };
@@ -101,7 +105,8 @@ impl Draw for Matrix<'_> {
                 root.draw(&Rectangle::new([(x0, y0), (x0 + cell, y0 + cell)], shade(share).filled())).map_err(&err)?;
                 if show_counts {
                     let ink = if share > 0.5 { WHITE } else { BLACK };
-                    let style = text((cell as u32 / 3).clamp(9, 16)).color(&ink).pos(Pos::new(HPos::Center, VPos::Center));
+                    let style =
+                        text((cell as u32 / 3).clamp(9, 16)).color(&ink).pos(Pos::new(HPos::Center, VPos::Center));
                     root.draw(&Text::new(count.to_string(), (x0 + cell / 2, y0 + cell / 2), style)).map_err(&err)?;
                 }
             }
@@ -175,7 +180,8 @@ mod tests {
     #[test]
     fn bad_matrices_are_refused_naming_the_problem() {
         let names = |n: usize| (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>();
-        let cases: [(Vec<Vec<u64>>, Vec<String>, &str); 4] = [
+        type Case = (Vec<Vec<u64>>, Vec<String>, &'static str);
+        let cases: [Case; 4] = [
             (vec![], vec![], "0 classes"),
             (vec![vec![1, 2], vec![3]], vec![], "row 1 has 1 columns"),
             (vec![vec![1]], names(2), "2 class names for 1 classes"),

@@ -122,18 +122,10 @@ impl Draw for Curves {
                     e += self.rounds_per_epoch;
                 }
             }
-            let train: Vec<(f64, f64)> = self
-                .train
-                .iter()
-                .filter(|p| finite(value(p)))
-                .map(|p| (p.round as f64, value(p)))
-                .collect();
-            let held: Vec<(f64, f64)> = self
-                .held_out
-                .iter()
-                .filter(|p| finite(value(p)))
-                .map(|p| (p.round as f64, value(p)))
-                .collect();
+            let train: Vec<(f64, f64)> =
+                self.train.iter().filter(|p| finite(value(p))).map(|p| (p.round as f64, value(p))).collect();
+            let held: Vec<(f64, f64)> =
+                self.held_out.iter().filter(|p| finite(value(p))).map(|p| (p.round as f64, value(p))).collect();
             let (c0, c1) = (colour(0), colour(1));
             chart
                 .draw_series(LineSeries::new(train, c0.stroke_width(2)))
@@ -146,13 +138,15 @@ impl Draw for Curves {
                     .map_err(&err)?
                     .label(format!("held-out {name}"))
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c1.stroke_width(2)));
-                chart
-                    .draw_series(held.into_iter().map(|p| Circle::new(p, 4, c1.filled())))
-                    .map_err(&err)?;
+                chart.draw_series(held.into_iter().map(|p| Circle::new(p, 4, c1.filled()))).map_err(&err)?;
             }
             chart
                 .configure_series_labels()
-                .position(if name == "loss" { SeriesLabelPosition::UpperRight } else { SeriesLabelPosition::LowerRight })
+                .position(if name == "loss" {
+                    SeriesLabelPosition::UpperRight
+                } else {
+                    SeriesLabelPosition::LowerRight
+                })
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(200, 200, 200))
                 .label_font(text(14))

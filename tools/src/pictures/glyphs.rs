@@ -10,10 +10,8 @@
 //! and anchors and quarter-turn rotations follow plotters' conventions.
 
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
-use plotters_backend::{
-    BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingBackend, DrawingErrorKind,
-};
 use plotters::style::text_anchor::{HPos, VPos};
+use plotters_backend::{BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingBackend, DrawingErrorKind};
 
 use super::FONT;
 

@@ -183,8 +183,7 @@ impl Draw for Grid<'_, '_> {
             };
             let mark = if im.correct() { "" } else { "× " };
             root.draw(&label(format!("{mark}{}", clip(&im.predicted, 16)), by + side + 8, ink)).map_err(&err)?;
-            root.draw(&label(format!("true: {}", clip(&im.truth, 14)), by + side + 24, &GREY))
-                .map_err(&err)?;
+            root.draw(&label(format!("true: {}", clip(&im.truth, 14)), by + side + 24, &GREY)).map_err(&err)?;
         }
         Ok(())
     }

@@ -73,7 +73,7 @@ pub fn line_panels(title: &str, panels: &[Panel], format: Format) -> Result<Pict
             return Err(PictureError::data("plot", format!("panel {:?} has no finite point", p.title)));
         }
         if p.log2_x {
-            if let Some((x, _)) = points.clone().find(|(x, _)| !(*x > 0.0)) {
+            if let Some((x, _)) = points.clone().find(|(x, _)| x.is_nan() || *x <= 0.0) {
                 return Err(PictureError::data("plot", format!("panel {:?}: x {x} on a log axis", p.title)));
             }
         }
@@ -122,7 +122,8 @@ impl Draw for Lines<'_> {
                 .flat_map(|s| s.points.iter().map(|&(x, y)| (tx(x), y)))
                 .filter(|(x, y)| x.is_finite() && y.is_finite())
                 .collect();
-            let (x_lo, x_hi) = finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+            let (x_lo, x_hi) =
+                finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
             let pad = ((x_hi - x_lo) * 0.06).max(0.25);
             let (x_lo, x_hi) = if panel.log2_x { (x_lo - pad, x_hi + pad) } else { (x_lo.min(0.0), x_hi + pad) };
             let y_hi = finite.iter().map(|p| p.1).fold(0.0f64, f64::max).max(1e-9) * 1.12;
@@ -149,12 +150,8 @@ impl Draw for Lines<'_> {
                 .map_err(&err)?;
             for (i, s) in panel.series.iter().enumerate() {
                 let c = colour(i);
-                let pts: Vec<(f64, f64)> = s
-                    .points
-                    .iter()
-                    .map(|&(x, y)| (tx(x), y))
-                    .filter(|(x, y)| x.is_finite() && y.is_finite())
-                    .collect();
+                let pts: Vec<(f64, f64)> =
+                    s.points.iter().map(|&(x, y)| (tx(x), y)).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
                 if pts.is_empty() {
                     continue;
                 }
@@ -210,7 +207,9 @@ impl Draw for Bars<'_> {
                 .map_err(&err)?;
             for (i, (label, v)) in panel.bars.iter().enumerate() {
                 let (x0, x1) = (i as f64 + 0.15, i as f64 + 0.85);
-                chart.draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x1, *v)], colour(i).filled()))).map_err(&err)?;
+                chart
+                    .draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x1, *v)], colour(i).filled())))
+                    .map_err(&err)?;
                 let value = if *v >= 100.0 { format!("{v:.0}{}", panel.unit) } else { format!("{v:.1}{}", panel.unit) };
                 chart
                     .draw_series(std::iter::once(Text::new(
@@ -264,10 +263,7 @@ mod tests {
     #[test]
     fn long_labels_split_near_the_middle() {
         assert_eq!(split_label("VM"), ("VM".into(), String::new()));
-        assert_eq!(
-            split_label("local runtime, 16 workers"),
-            ("local runtime,".into(), "16 workers".into())
-        );
+        assert_eq!(split_label("local runtime, 16 workers"), ("local runtime,".into(), "16 workers".into()));
     }
 
     #[test]
