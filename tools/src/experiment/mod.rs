@@ -145,6 +145,9 @@ pub struct JobRun {
     /// From the first parameters to the last (the rounds only, without the
     /// start's standardisation pass), by the round records (s).
     pub rounds_s: f64,
+    /// CPU time this process spent from the start event to idle (s): the
+    /// work whatever else the machine runs ([`cpu_seconds`]).
+    pub cpu_s: f64,
     /// Invocations run (start, workers and continuations, combines; retries too).
     pub invocations: u64,
     pub progress: Progress,
@@ -220,10 +223,12 @@ impl Lab {
         self.runtime.block_on(async move {
             let rt = LocalRuntime::start(&self.root, SystemClock, config);
             let t = Instant::now();
+            let cpu = cpu_seconds();
             let start = Event::Start(StartEvent { job: job.clone(), workers, spec });
             rt.call(&start.to_json()).await?;
             rt.idle().await;
             let wall_s = t.elapsed().as_secs_f64();
+            let cpu_s = cpu_seconds() - cpu;
             if let Some(d) = rt.dead_letters().first() {
                 return Err(failed(format!("an invocation failed for good: {} ({})", d.error, d.event)));
             }
@@ -238,6 +243,7 @@ impl Lab {
                 job,
                 wall_s,
                 rounds_s,
+                cpu_s,
                 invocations: rt.invocations(),
                 progress,
             })
@@ -273,6 +279,20 @@ pub fn epochs_steps(steps: u64) -> (u64, u64, u64) {
     (steps / SEED_STEPS_PER_EPOCH, steps % SEED_STEPS_PER_EPOCH, steps)
 }
 
+/// CPU time (user + system) this process has used, in seconds, from
+/// `/proc/self/stat` (in units of `USER_HZ`, 100 a second on Linux); 0 where
+/// there is no such file. Unlike wall time it does not grow when other
+/// processes share the cores.
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // The command name (field 2) may hold spaces: count fields after its ')'.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 /// The machine: CPU model and logical CPUs, for the tables' notes.
 pub fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -290,5 +310,22 @@ mod tests {
         assert_eq!(epochs_steps(0), (0, 0, 0));
         assert_eq!("tiny".parse::<Scale>(), Ok(Scale::Tiny));
         assert!("huge".parse::<Scale>().is_err());
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let before = cpu_seconds();
+        let t = Instant::now();
+        let mut x = 0u64;
+        // Spin until the counter shows 0.2 s of CPU (however loaded the machine, within a minute).
+        while cpu_seconds() - before < 0.2 && t.elapsed().as_secs() < 60 {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(std::hint::black_box(1));
+            }
+        }
+        std::hint::black_box(x);
+        let used = cpu_seconds() - before;
+        assert!(used >= 0.2, "{used} s of CPU counted after {:?} of spinning", t.elapsed());
+        assert!(used <= t.elapsed().as_secs_f64() * 2.0 + 0.05, "{used} s of CPU in {:?}", t.elapsed());
     }
 }

@@ -142,6 +142,7 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
             "here: rounds",
             "here: time (s)",
             "here: speed-up",
+            "here: CPU time (s)",
             "here: invocations",
             "AWS projection: the seed's epochs (min)",
         ],
@@ -172,6 +173,7 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
             run.progress.rounds.len().to_string(),
             format!("{:.2}", run.rounds_s),
             format!("{:.2}×", base / run.rounds_s),
+            format!("{:.2}", run.cpu_s),
             run.invocations.to_string(),
             aws_min.map_or("-".into(), |m| format!("{m:.1}")),
         ]);
@@ -181,7 +183,9 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
             aws_pts.push((workers as f64, m));
         }
     }
+    let cpu = super::cpu_seconds();
     let vm_s = one_process(lab, n, g, cores)?;
+    let vm_cpu = super::cpu_seconds() - cpu;
     t.row(vec![
         format!("one process, {cores} threads"),
         String::new(),
@@ -191,10 +195,11 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
         n.div_ceil(g).to_string(),
         format!("{vm_s:.2}"),
         format!("{:.2}×", times[0].1 / vm_s),
+        format!("{vm_cpu:.2}"),
     ]);
     t.notes = vec![
         format!(
-            "here: {} on the local runtime, every worker 1,769 MB (one compute thread); the frozen VGG19 at every step on {INPUT_SIZE}×{INPUT_SIZE} images to {CUT:?}; times are the rounds' (the start's standardisation pass over up to 256 images is left out, and out of the one-process time too)",
+            "here: {} on the local runtime, every worker 1,769 MB (one compute thread); the frozen VGG19 at every step on {INPUT_SIZE}×{INPUT_SIZE} images to {CUT:?}; times are the rounds' (the start's standardisation pass over up to 256 images is left out, and out of the one-process time too); CPU time is the whole job's, standardisation included, and does not grow when other processes share the cores",
             machine()
         ),
         format!("every row is the same training (gradient sum: one SGD step of {g} examples a round); this machine has {cores} cores, so beyond {cores} workers there is nothing left to run in parallel"),
