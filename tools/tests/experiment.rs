@@ -106,11 +106,16 @@ fn time_limit_reproduces_table_3_rows_with_the_seeds_numbers() {
     );
     for r in 1..3 {
         let first: u64 = cell(&rows, r, "here: steps in one").split(' ').next().unwrap().parse().unwrap();
-        let invocations: u64 = cell(&rows, r, "here: invocations").parse().unwrap();
-        assert!((1..=8).contains(&first), "row {r}: {first} steps in the first invocation");
+        // "3", or "3, then timed out" when a step outran the limit on every try (a loaded machine).
+        let invocations = cell(&rows, r, "here: invocations");
+        let timed_out = invocations.ends_with("then timed out");
+        let invocations: u64 = invocations.split(',').next().unwrap().parse().unwrap();
+        assert!((1..=8).contains(&first) || timed_out, "row {r}: {first} steps in the first invocation");
         // Each invocation runs at least one step: the job of 8 steps needs at most 8.
         assert!((1..=8).contains(&invocations), "row {r}: {invocations} invocations");
-        assert_eq!(invocations == 1, first == 8, "row {r}: one invocation iff it did every step");
+        if !timed_out {
+            assert_eq!(invocations == 1, first == 8, "row {r}: one invocation iff it did every step");
+        }
         let projected: u64 = cell(&rows, r, "AWS projection").split(' ').next().unwrap().parse().unwrap();
         assert!(projected > 0, "row {r}");
     }

@@ -101,7 +101,8 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
         };
         let run = lab.run(&format!("memory-{gb}gb"), 1, memory, spec)?;
         let saves = lml_lambda::compute::continuation_saves(&run.folder, 0, 0)?;
-        let first = saves.first().map_or(s, |c| c.cursor as u64);
+        // Without a save the first invocation did every step, unless it timed out on every try.
+        let first = saves.first().map_or(if run.timed_out { 0 } else { s }, |c| c.cursor as u64);
         let aws_s = s as f64 * seconds_per_example(seed_step_s(&speeds), memory);
         let seed = SEED.iter().find(|r| r.0 == gb);
         let (e, st, total) = epochs_steps(first);
@@ -114,7 +115,7 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
             format!("{:.2}", vcpu_share(memory)),
             compute_threads(memory).to_string(),
             format!("{total} ({e} epochs + {st} steps)"),
-            format!("{:.2}", run.rounds_s),
+            if run.timed_out { "- (timed out)".into() } else { format!("{:.2}", run.rounds_s) },
             format!("{:.1} min", aws_s / 60.0),
         ]);
         if let Some(r) = seed.filter(|r| r.3 == 60) {
@@ -124,7 +125,9 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
             let sec: f64 = words.nth(1).and_then(|w| w.parse().ok()).unwrap_or(0.0);
             seed_pts.push((f64::from(gb), m + sec / 60.0));
         }
-        here_pts.push((f64::from(gb), run.rounds_s));
+        if !run.timed_out {
+            here_pts.push((f64::from(gb), run.rounds_s));
+        }
         aws_pts.push((f64::from(gb), aws_s / 60.0));
     }
     let peak = peak_rss_mib().map_or("unknown".into(), |m| format!("{m:.0} MiB"));

@@ -150,6 +150,10 @@ pub struct JobRun {
     pub cpu_s: f64,
     /// Invocations run (start, workers and continuations, combines; retries too).
     pub invocations: u64,
+    /// An invocation ran past its time limit on every try (Lambda's two
+    /// retries included), so the job stopped there: the limit is too short
+    /// for one step, at least while the machine is this busy.
+    pub timed_out: bool,
     pub progress: Progress,
 }
 
@@ -214,7 +218,8 @@ impl Lab {
     ///
     /// # Errors
     /// The start's error; [`ExperimentError::Job`] if an invocation failed for
-    /// good or the job did not finish.
+    /// good (other than by running past its limit: [`JobRun::timed_out`]) or
+    /// the job did not finish.
     pub fn run(&self, name: &str, workers: usize, memory_mb: u32, spec: JobSpec) -> Result<JobRun> {
         let job = JobId::new(&format!("{name}-{}", self.stamp))?;
         let config = LocalConfig { memory_mb, time_limit_ms: spec.time_limit_ms, ..LocalConfig::default() };
@@ -229,12 +234,17 @@ impl Lab {
             rt.idle().await;
             let wall_s = t.elapsed().as_secs_f64();
             let cpu_s = cpu_seconds() - cpu;
-            if let Some(d) = rt.dead_letters().first() {
+            let dead = rt.dead_letters();
+            // The local runtime's words for a run past the limit (`lml_lambda::local`).
+            let (timeouts, others): (Vec<_>, Vec<_>) = dead.iter().partition(|d| d.error.starts_with("timed out"));
+            if let Some(d) = others.first() {
                 return Err(failed(format!("an invocation failed for good: {} ({})", d.error, d.event)));
             }
+            let timed_out = !timeouts.is_empty();
             let progress = LocalProgress::new(&self.root).load(&job).await?;
             match progress.job.as_ref().map(|j| j.status) {
                 Some(JobStatus::Finished) => {}
+                _ if timed_out => {}
                 other => return Err(failed(format!("ended {other:?}, not finished"))),
             }
             let rounds_s = progress.rounds.values().map(|r| r.round_ms).sum::<u64>() as f64 / 1e3;
@@ -245,6 +255,7 @@ impl Lab {
                 rounds_s,
                 cpu_s,
                 invocations: rt.invocations(),
+                timed_out,
                 progress,
             })
         })

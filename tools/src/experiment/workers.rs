@@ -160,6 +160,12 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
             ..JobSpec::default()
         };
         let run = lab.run(&format!("workers-{workers}"), workers, MB_PER_VCPU, spec)?;
+        if run.timed_out {
+            return Err(super::ExperimentError::Job {
+                job: run.job.to_string(),
+                message: "an invocation ran past its 15-minute limit on every try".into(),
+            });
+        }
         let base = times.first().map_or(run.rounds_s, |&(_, s)| s);
         times.push((workers, run.rounds_s));
         let seed = SEED.iter().find(|r| r.0 == workers);
