@@ -86,6 +86,10 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
         ],
     );
     let (mut seed_pts, mut here_pts, mut aws_pts) = (Vec::new(), Vec::new(), Vec::new());
+    // The seed's limit less the reserve a worker keeps (a tenth, at most the spec's default).
+    let aws_limit_s = SEED_LIMIT_MIN as f64 * 60.0;
+    let aws_usable_s = aws_limit_s - (aws_limit_s / 10.0).min(default.safety_ms as f64 / 1e3);
+    let mut over_limit = Vec::new();
     for gb in sizes_gb(lab.scale) {
         let memory = gb * 1024;
         let spec = JobSpec {
@@ -104,6 +108,9 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
         // Without a save the first invocation did every step, unless it timed out on every try.
         let first = saves.first().map_or(if run.timed_out { 0 } else { s }, |c| c.cursor as u64);
         let aws_s = s as f64 * seconds_per_example(seed_step_s(&speeds), memory);
+        if aws_s > aws_usable_s {
+            over_limit.push(gb);
+        }
         let seed = SEED.iter().find(|r| r.0 == gb);
         let (e, st, total) = epochs_steps(first);
         t.row(vec![
@@ -114,7 +121,7 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
             seed.map_or("-".into(), |r| r.4.to_string()),
             format!("{:.2}", vcpu_share(memory)),
             compute_threads(memory).to_string(),
-            format!("{total} ({e} epochs + {st} steps)"),
+            format!("{total} (= {e}×20 + {st})"),
             if run.timed_out { "- (timed out)".into() } else { format!("{:.2}", run.rounds_s) },
             format!("{:.1} min", aws_s / 60.0),
         ]);
@@ -142,8 +149,13 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
         ),
         format!("peak resident memory of this whole process (every row, the runtime, the weights mapped): {peak}: no row runs out of memory (the seed needed 5 GB)"),
         format!(
-            "AWS projection: our system at the seed's scale (224×224 → fc7 at every step), compute time = seconds per step on one vCPU ({:.2} s, {speeds_note}) / the vCPU share; every row fits one 15-minute invocation",
-            seed_step_s(&speeds)
+            "AWS projection: our system at the seed's scale (224×224 → fc7 at every step), compute time = seconds per step on one vCPU ({:.2} s, {speeds_note}) / the vCPU share; {}",
+            seed_step_s(&speeds),
+            if over_limit.is_empty() {
+                "every row fits one 15-minute invocation".to_string()
+            } else {
+                format!("{over_limit:?} GB need more than one 15-minute invocation (continuations)")
+            }
         ),
     ];
     let panel = |title: &str, y: &str, series: Vec<Series>| Panel {

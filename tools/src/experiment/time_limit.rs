@@ -123,10 +123,10 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
             seed.map_or("-".into(), |r| r.2.to_string()),
             seed.map_or("-".into(), |r| r.3.to_string()),
             format!("{:.1}", limit_ms as f64 / 1e3),
-            format!("{total} ({e} epochs + {st} steps)"),
+            format!("{total} (= {e}×20 + {st})"),
             if run.timed_out { format!("{}, then timed out", saves.len() + 1) } else { (saves.len() + 1).to_string() },
             if run.timed_out { "- (timed out)".into() } else { format!("{:.2}", run.rounds_s) },
-            format!("{atotal} ({ae} epochs + {ast} steps)"),
+            format!("{atotal} (= {ae}×20 + {ast})"),
         ]);
         if let Some(r) = seed {
             seed_pts.push((minutes as f64, r.3 as f64));
