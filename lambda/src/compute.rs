@@ -293,6 +293,26 @@ fn latest_partial(jd: &JobDir, k: u64, w: usize) -> Option<u64> {
     (seq > 0).then_some(seq)
 }
 
+/// The continuation saves worker `w` published in round `k`, in order
+/// (`seq` 1, 2, …): each says how many units of its slice (micro-batches;
+/// local steps under model averaging) were done when an invocation handed
+/// over to its continuation, so the first is what the first invocation got
+/// done before its deadline. Empty if it saved none, or once the round's
+/// files are pruned (when the round after it is applied).
+///
+/// # Errors
+/// [`ProtocolError::BadJob`] naming a save that is malformed.
+pub fn continuation_saves(jd: &JobDir, k: u64, w: usize) -> Result<Vec<PartialMeta>> {
+    let mut saves = Vec::new();
+    let mut seq = 1;
+    while present(&jd.partial(k, w, seq)) {
+        let path = jd.partial(k, w, seq);
+        saves.push(read_bundle(&path)?.typed_meta(&path)?);
+        seq += 1;
+    }
+    Ok(saves)
+}
+
 /// Worker `w`'s work in round `k`: resumes from its latest continuation save,
 /// runs units (micro-batches, or local steps) until done or until the next
 /// unit might not finish `safety_ms` before `deadline_ms`, and returns the

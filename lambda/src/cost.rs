@@ -51,6 +51,14 @@ pub fn seconds_per_example(per_vcpu_s: f64, memory_mb: u32) -> f64 {
     per_vcpu_s / vcpu_share(memory_mb.max(1))
 }
 
+/// Assumed seconds a worker invocation spends besides computing (start-up,
+/// reading parameters, publishing, reducing): an assumption of the
+/// planner, not a measurement on Lambda (`lml plan --worker-overhead`).
+pub const DEFAULT_WORKER_OVERHEAD_S: f64 = 0.2;
+
+/// Assumed seconds one combine invocation takes (`lml plan --combine`).
+pub const DEFAULT_COMBINE_S: f64 = 0.5;
+
 /// Unit prices in US dollars.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Prices {

@@ -196,6 +196,38 @@ async fn continuations_change_nothing() {
     assert_eq!(results[0], results[1], "continuations changed the result");
 }
 
+/// The continuation saves of a one-round job say how far each invocation
+/// got: their cursors rise, stay inside the slice, are numbered 1, 2, … and
+/// are as many as the worker record's continuations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_saves_record_each_invocations_progress() {
+    let (x, y) = blobs(24, 8, 3, 5);
+    let dir = temp_root();
+    write_features(dir.path(), "train", &x, &y);
+    let mut cfg = local_config();
+    cfg.enforce_time_limit = false;
+    cfg.time_limit_ms = 40;
+    // One round of 12 micro-batches of 2; a 40 ms budget on a clock that
+    // advances 10 ms a reading leaves room for a few micro-batches an invocation.
+    let h = json!({"batch": 24, "micro_batch": 2, "epochs": 1, "time_limit_ms": 40, "safety_ms": 10});
+    let rt = LocalRuntime::start(dir.path(), TickClock::new(1_000_000, 10), cfg);
+    run_job(&rt, "saves", 1, spec("train", h)).await;
+    let job = JobId::new("saves").unwrap();
+    let p = LocalProgress::new(dir.path()).load(&job).await.unwrap();
+    let continuations = p.workers[&(0, 0)].continuations;
+    let jd = lml_lambda::layout::JobDir::new(dir.path(), &job);
+    let saves = lml_lambda::compute::continuation_saves(&jd, 0, 0).unwrap();
+    assert!(continuations >= 2, "only {continuations} continuations");
+    assert_eq!(saves.len() as u64, continuations);
+    for (i, s) in saves.iter().enumerate() {
+        assert_eq!(s.seq, i as u64 + 1);
+        assert!(s.cursor >= 1 && s.cursor < 12, "save {i}: cursor {}", s.cursor);
+        assert_eq!(s.count, 2 * s.cursor, "save {i}: examples so far");
+    }
+    assert!(saves.windows(2).all(|w| w[0].cursor < w[1].cursor), "{saves:?}");
+    assert!(lml_lambda::compute::continuation_saves(&jd, 0, 1).unwrap().is_empty());
+}
+
 /// Workers that run images through the frozen VGG19 at every step (the
 /// seed's way) train the same head as workers reading cached features.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

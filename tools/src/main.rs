@@ -31,6 +31,14 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Print a job's progress and final accuracy.
     Status(cmd::status::Args),
+    /// Draw a job's training curves (training and held-out loss and
+    /// accuracy per round, with epoch marks) as PNG or SVG.
+    Plot(cmd::plot::Args),
+    /// Reproduce the seed's experiments on the local runtime, scaled down:
+    /// its Tables 3 (time limit), 5 (memory) and 6 (workers, with Figs. 12
+    /// and 14), beside the seed's numbers and our projection for AWS.
+    #[command(subcommand)]
+    Experiment(cmd::experiment::Command),
     /// Ask a running job to stop after the round in progress.
     Stop(cmd::stop::Args),
     /// Kernel demo: generate images (and random VGG19 weights unless given),
@@ -85,6 +93,8 @@ fn main() -> Result<()> {
         Command::StartEvent(args) => cmd::start_event::run(&args),
         Command::Plan(args) => plan::plan(&args),
         Command::Status(args) => cmd::status::run(&args),
+        Command::Plot(args) => cmd::plot::run(&args),
+        Command::Experiment(command) => cmd::experiment::run(command),
         Command::Stop(args) => cmd::stop::run(&args),
         Command::Demo(args) => cmd::demo::run(&args),
         Command::Profile(args) => cmd::profile::run(&args),

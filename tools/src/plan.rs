@@ -72,10 +72,10 @@ pub struct PlanArgs {
     #[arg(long, default_value_t = 900.0)]
     time_limit: f64,
     /// Assumed seconds per worker invocation besides compute (start, reads, publishing, reduction).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = lml_lambda::cost::DEFAULT_WORKER_OVERHEAD_S)]
     worker_overhead: f64,
     /// Assumed seconds per combine invocation.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = lml_lambda::cost::DEFAULT_COMBINE_S)]
     combine: f64,
     /// Days the data stays on EFS.
     #[arg(long, default_value_t = 1.0)]

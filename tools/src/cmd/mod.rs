@@ -3,9 +3,11 @@
 pub mod convert_weights;
 pub mod demo;
 pub mod evaluate;
+pub mod experiment;
 pub mod export;
 pub mod extract_features;
 pub mod fetch;
+pub mod plot;
 pub mod predict;
 pub mod prepare_cifar10;
 pub mod profile;
