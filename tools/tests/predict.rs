@@ -316,11 +316,27 @@ fn evaluate_agrees_with_an_independent_count() {
         assert_eq!(score["recall"], want(matrix[c][c], support), "class {c}");
     }
 
-    let (ok, stdout, stderr) = run(&["evaluate", "--job", "ev", "--root", r.s(), "--data", data.to_str().unwrap()]);
+    let heatmap = r.root.join("confusion.png");
+    let (ok, stdout, stderr) = run(&[
+        "evaluate",
+        "--job",
+        "ev",
+        "--root",
+        r.s(),
+        "--data",
+        data.to_str().unwrap(),
+        "--heatmap",
+        heatmap.to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
+    // The heat map: a real picture with many colours (shaded cells, text), not an empty canvas.
+    let (hw, hh, colours) = png_summary(&std::fs::read(&heatmap).expect("the heat map was written"));
+    assert!(hw >= 300 && hh >= 300, "{hw}×{hh}");
+    assert!(colours > 20, "only {colours} distinct colours");
     assert!(stdout.contains(&format!("accuracy {acc:.4} ({correct} of {n})")), "{stdout}");
     assert!(stdout.contains("confusion (rows: true class, columns: predicted)"), "{stdout}");
 
+    let grid = r.root.join("grid.png");
     let doc = run_json(&[
         "predict",
         "--job",
@@ -332,9 +348,15 @@ fn evaluate_agrees_with_an_independent_count() {
         "--limit",
         "10",
         "--json",
+        "--grid",
+        grid.to_str().unwrap(),
     ]);
     let preds = doc["predictions"].as_array().unwrap();
     assert_eq!(preds.len(), 10);
+    // The grid: 10 images in rows of 6, so at least two rows of 112-pixel cells, in many colours.
+    let (gw, gh, colours) = png_summary(&std::fs::read(&grid).expect("the grid was written"));
+    assert!(gw >= 6 * 112 && gh >= 2 * 112, "{gw}×{gh}");
+    assert!(colours > 50, "only {colours} distinct colours");
     for (i, p) in preds.iter().enumerate() {
         assert_eq!(
             (p["index"].as_u64(), p["predicted"].as_u64(), p["truth"].as_u64()),
@@ -342,6 +364,17 @@ fn evaluate_agrees_with_an_independent_count() {
         );
         assert_logits("predict --data vs cache", &logits_of(p), logits.row(i).as_slice().unwrap(), PREDICT_VS_FEATURES);
     }
+}
+
+/// Width, height and number of distinct pixel values of a PNG.
+fn png_summary(png: &[u8]) -> (u32, u32, usize) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("sized")];
+    let info = reader.next_frame(&mut buf).expect("a frame");
+    let colours: std::collections::BTreeSet<&[u8]> =
+        buf[..info.buffer_size()].chunks(info.color_type.samples()).collect();
+    (info.width, info.height, colours.len())
 }
 
 fn python_with_safetensors() -> bool {
