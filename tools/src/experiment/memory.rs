@@ -10,7 +10,7 @@
 //! and a 549 MB model); the peak resident memory of these runs is noted.
 
 use lml_lambda::cost::{compute_threads, seconds_per_example, vcpu_share};
-use lml_lambda::{JobSpec, SyncMode};
+use lml_lambda::JobSpec;
 
 use super::table::Table;
 use super::{
@@ -92,21 +92,7 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
     let mut over_limit = Vec::new();
     for gb in sizes_gb(lab.scale) {
         let memory = gb * 1024;
-        let spec = JobSpec {
-            data: data.clone(),
-            epochs: 1,
-            batch: SEED_BATCH,
-            micro_batch: SEED_BATCH,
-            sync: SyncMode::ModelAverage,
-            local_steps: s as usize,
-            time_limit_ms: limit_ms,
-            safety_ms: (limit_ms / 10).min(default.safety_ms),
-            ..default.clone()
-        };
-        let run = lab.run(&format!("memory-{gb}gb"), 1, memory, spec)?;
-        let saves = lml_lambda::compute::continuation_saves(&run.folder, 0, 0)?;
-        // Without a save the first invocation did every step, unless it timed out on every try.
-        let first = saves.first().map_or(if run.timed_out { 0 } else { s }, |c| c.cursor as u64);
+        let (run, first, _) = lab.seed_steps(&format!("memory-{gb}gb"), memory, &data, s, limit_ms)?;
         let aws_s = s as f64 * seconds_per_example(seed_step_s(&speeds), memory);
         if aws_s > aws_usable_s {
             over_limit.push(gb);

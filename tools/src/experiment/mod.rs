@@ -213,6 +213,41 @@ impl Lab {
         self.root.join(&self.weights)
     }
 
+    /// The seed's sequential steps in one worker: `steps` steps of the seed's
+    /// batch as local steps of one model-averaging round on `data`, under a
+    /// time limit of `limit_ms` (a tenth kept in reserve, at most the default's).
+    /// Returns the run, the steps its first invocation did (all of them
+    /// without a continuation save, unless every try timed out) and the
+    /// number of continuation saves (invocations − 1).
+    ///
+    /// # Errors
+    /// As [`run`](Self::run), and a continuation save that cannot be read.
+    pub fn seed_steps(
+        &self,
+        name: &str,
+        memory_mb: u32,
+        data: &DataSpec,
+        steps: u64,
+        limit_ms: u64,
+    ) -> Result<(JobRun, u64, usize)> {
+        let default = JobSpec::default();
+        let spec = JobSpec {
+            data: data.clone(),
+            epochs: 1,
+            batch: SEED_BATCH,
+            micro_batch: SEED_BATCH,
+            sync: lml_lambda::SyncMode::ModelAverage,
+            local_steps: steps as usize,
+            time_limit_ms: limit_ms,
+            safety_ms: (limit_ms / 10).min(default.safety_ms),
+            ..default
+        };
+        let run = self.run(name, 1, memory_mb, spec)?;
+        let saves = lml_lambda::compute::continuation_saves(&run.folder, 0, 0)?;
+        let first = saves.first().map_or(if run.timed_out { 0 } else { steps }, |c| c.cursor as u64);
+        Ok((run, first, saves.len()))
+    }
+
     /// Runs `spec` on `workers` workers of `memory_mb` to its end on a fresh
     /// local runtime whose invocations get `spec.time_limit_ms`.
     ///

@@ -10,7 +10,7 @@
 //! its continuation save ([`lml_lambda::compute::continuation_saves`]).
 
 use lml_lambda::cost::{compute_threads, vcpu_share, MAX_MEMORY_MB, MB_PER_VCPU};
-use lml_lambda::{JobSpec, SyncMode};
+use lml_lambda::JobSpec;
 
 use super::table::Table;
 use super::{
@@ -95,21 +95,7 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
     let (mut seed_pts, mut here_pts, mut aws_pts) = (Vec::new(), Vec::new(), Vec::new());
     for minutes in limits(lab.scale) {
         let limit_ms = (minutes as f64 * SECONDS_PER_SEED_MINUTE * 1e3).round() as u64;
-        let spec = JobSpec {
-            data: data.clone(),
-            epochs: 1,
-            batch: SEED_BATCH,
-            micro_batch: SEED_BATCH,
-            sync: SyncMode::ModelAverage,
-            local_steps: s as usize,
-            time_limit_ms: limit_ms,
-            safety_ms: (limit_ms / 10).min(default.safety_ms),
-            ..default.clone()
-        };
-        let run = lab.run(&format!("time-limit-{minutes}"), 1, memory, spec)?;
-        let saves = lml_lambda::compute::continuation_saves(&run.folder, 0, 0)?;
-        // Without a save the first invocation did every step, unless it timed out on every try.
-        let first = saves.first().map_or(if run.timed_out { 0 } else { s }, |c| c.cursor as u64);
+        let (run, first, saves) = lab.seed_steps(&format!("time-limit-{minutes}"), memory, &data, s, limit_ms)?;
         // The planner's step at the seed's scale and memory, inside the limit less the reserve.
         let aws_limit_s = minutes as f64 * 60.0;
         let reserve_s = (aws_limit_s / 10.0).min(default.safety_ms as f64 / 1e3);
@@ -124,7 +110,7 @@ pub fn run(lab: &Lab) -> Result<Outcome> {
             seed.map_or("-".into(), |r| r.3.to_string()),
             format!("{:.1}", limit_ms as f64 / 1e3),
             format!("{total} (= {e}×20 + {st})"),
-            if run.timed_out { format!("{}, then timed out", saves.len() + 1) } else { (saves.len() + 1).to_string() },
+            if run.timed_out { format!("{}, then timed out", saves + 1) } else { (saves + 1).to_string() },
             if run.timed_out { "- (timed out)".into() } else { format!("{:.2}", run.rounds_s) },
             format!("{atotal} (= {ae}×20 + {ast})"),
         ]);
