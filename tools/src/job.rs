@@ -15,6 +15,10 @@ use lml_lambda::{DataSpec, JobSpec, SyncMode};
 /// Workers per round when a command is not told.
 pub const DEFAULT_WORKERS: usize = 4;
 
+/// The storage root of every command that creates or reads jobs, unless
+/// told otherwise (the README's main command keeps everything there).
+pub const DEFAULT_ROOT: &str = "runs/local";
+
 /// The job's training flags: every [`JobSpec`] field but the data.
 #[derive(Args, Clone, Debug, PartialEq)]
 pub struct JobArgs {

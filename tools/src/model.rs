@@ -43,9 +43,6 @@ use lml_lambda::{JobConfig, JobId, ProtocolError};
 use ndarray::{Array2, Array3, Array4};
 use serde::Serialize;
 
-/// The storage root of the commands that read jobs, unless told otherwise.
-pub const DEFAULT_ROOT: &str = "runs/local";
-
 /// Most bytes an image file may decode to (a 16384 × 16384 RGB image is
 /// 768 MB): a larger image is refused before it is allocated.
 pub const MAX_IMAGE_BYTES: u64 = 1 << 30;
@@ -123,7 +120,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub job: String,
     /// Storage root the job is under (as given to `lml train`).
-    #[arg(long, default_value = DEFAULT_ROOT)]
+    #[arg(long, default_value = crate::job::DEFAULT_ROOT)]
     pub root: PathBuf,
     /// VGG19 weight folder the job's features were extracted with: needed
     /// when the job does not record it (features without a note) or it has moved.

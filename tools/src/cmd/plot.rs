@@ -16,7 +16,7 @@ pub struct Args {
     /// The job id.
     job: String,
     /// Storage root.
-    #[arg(long, default_value = "runs/local")]
+    #[arg(long, default_value = lml_tools::job::DEFAULT_ROOT)]
     root: PathBuf,
     /// Output file, `.png` or `.svg` (default: `<job>-curves.png` in the current folder).
     #[arg(long)]

@@ -16,7 +16,7 @@ pub struct Args {
     /// The job id.
     job: String,
     /// Storage root.
-    #[arg(long, default_value = "runs/local")]
+    #[arg(long, default_value = lml_tools::job::DEFAULT_ROOT)]
     root: PathBuf,
     /// Also list every round.
     #[arg(long)]

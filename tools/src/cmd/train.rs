@@ -20,7 +20,7 @@ use lml_tools::work::{ensure_images, weights_or_random};
 pub struct Args {
     /// Storage root shared by all invocations (EFS on AWS, a folder here);
     /// data paths must lie under it.
-    #[arg(long, default_value = "runs/local")]
+    #[arg(long, default_value = lml_tools::job::DEFAULT_ROOT)]
     root: PathBuf,
     /// Job id (default: train-<unix seconds>).
     #[arg(long)]
