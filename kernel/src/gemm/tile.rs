@@ -22,8 +22,8 @@
 //! ```
 //!
 //! each of `prev`, `bias`, `relu` and the `keep` mask optional. Rows `rows..MR`
-//! are computed (the packed A rows past `m` are zeros) but neither read from
-//! `prev` nor stored.
+//! may be computed (the packed A rows past `m` are zeros; the AVX2 kernel
+//! skips them) but are neither read from `prev` nor stored.
 //!
 //! Every kernel has the signature
 //! `unsafe fn(kb: usize, a: *const f32, b: *const f32, offsets: *const usize, st: &TileStore)`

@@ -155,27 +155,44 @@ unsafe fn tile_avx512<const PREFETCH: bool>(
 
 /// AVX2 + FMA 6×16 tile, reading B rows through `offsets` (see [`kernel_avx512`]).
 ///
+/// A panel with fewer than 6 live rows (the last panel of a layer whose
+/// channel count is not a multiple of 6: 64 = 10·6 + 4, 128 = 21·6 + 2) runs
+/// only its live rows: a `rows`-row kernel does `rows/6` of the FMAs instead of
+/// multiplying zeros (VGG19's 64- and 128-channel blocks lost 3% to that).
+///
 /// # Safety
 /// The CPU must support AVX2 and FMA; otherwise the contract of
 /// [`super::tile`] with `MR = 6`, `NR = 16`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn kernel_avx2(kb: usize, a: *const f32, b: *const f32, offsets: *const usize, st: &TileStore) {
-    if st.prefetch_b != 0 {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { tile_avx2::<true>(kb, a, b, offsets, st) }
-    } else {
-        // SAFETY: as above.
-        unsafe { tile_avx2::<false>(kb, a, b, offsets, st) }
+    // SAFETY (every arm): forwarded from the caller's contract; a `R`-row
+    // kernel reads the first `R ≥ st.rows` floats of each 6-float A step.
+    unsafe {
+        match (st.prefetch_b != 0, st.rows) {
+            (true, 0..=1) => tile_avx2::<true, 1>(kb, a, b, offsets, st),
+            (true, 2) => tile_avx2::<true, 2>(kb, a, b, offsets, st),
+            (true, 3) => tile_avx2::<true, 3>(kb, a, b, offsets, st),
+            (true, 4) => tile_avx2::<true, 4>(kb, a, b, offsets, st),
+            (true, 5) => tile_avx2::<true, 5>(kb, a, b, offsets, st),
+            (true, _) => tile_avx2::<true, AVX2_MR>(kb, a, b, offsets, st),
+            (false, 0..=1) => tile_avx2::<false, 1>(kb, a, b, offsets, st),
+            (false, 2) => tile_avx2::<false, 2>(kb, a, b, offsets, st),
+            (false, 3) => tile_avx2::<false, 3>(kb, a, b, offsets, st),
+            (false, 4) => tile_avx2::<false, 4>(kb, a, b, offsets, st),
+            (false, 5) => tile_avx2::<false, 5>(kb, a, b, offsets, st),
+            (false, _) => tile_avx2::<false, AVX2_MR>(kb, a, b, offsets, st),
+        }
     }
 }
 
-/// [`kernel_avx2`] with the prefetch decided at compile time.
+/// [`kernel_avx2`] with the prefetch and the live row count `R ≤ 6` decided
+/// at compile time.
 ///
 /// # Safety
-/// As [`kernel_avx2`].
+/// As [`kernel_avx2`], with `st.rows ≤ R ≤ AVX2_MR`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn tile_avx2<const PREFETCH: bool>(
+unsafe fn tile_avx2<const PREFETCH: bool, const R: usize>(
     kb: usize,
     a: *const f32,
     b: *const f32,
@@ -183,12 +200,18 @@ unsafe fn tile_avx2<const PREFETCH: bool>(
     st: &TileStore,
 ) {
     prefetch_c_tile(st, AVX2_NR * 4);
-    let mut c0 = [_mm256_setzero_ps(); AVX2_MR];
-    let mut c1 = [_mm256_setzero_ps(); AVX2_MR];
-    let mut a = a;
-    for kk in 0..kb {
-        // SAFETY: `offsets` has kb entries; the addressed B row holds 16 readable floats.
-        let (b0, b1) = unsafe {
+    // Fewer than 8 accumulators cannot cover 2 FMA ports × 4 cycles of
+    // latency: for R ≤ 2 odd k steps go to a second set, added at the end.
+    let split = R <= 2;
+    let mut c0 = [_mm256_setzero_ps(); R];
+    let mut c1 = [_mm256_setzero_ps(); R];
+    let mut d0 = [_mm256_setzero_ps(); R];
+    let mut d1 = [_mm256_setzero_ps(); R];
+    // One k step into (acc0, acc1): B row `kk`, A step `kk`.
+    let step = |kk: usize, acc0: &mut [__m256; R], acc1: &mut [__m256; R]| {
+        // SAFETY: `offsets` has kb entries; the addressed B row holds 16
+        // readable floats; A step `kk` is within the `kb·6` floats of the panel.
+        unsafe {
             let row = b.add(*offsets.add(kk));
             if PREFETCH {
                 // A hint only: the address may lie past the buffer (wrapping_add), prefetches never fault.
@@ -196,16 +219,35 @@ unsafe fn tile_avx2<const PREFETCH: bool>(
                 _mm_prefetch::<_MM_HINT_T1>(ahead);
                 _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64));
             }
-            (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)))
-        };
-        for i in 0..AVX2_MR {
-            // SAFETY: within the `kb·6` floats of the A panel.
-            let ai = _mm256_set1_ps(unsafe { *a.add(i) });
-            c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
-            c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+            let (b0, b1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+            let ak = a.add(kk * AVX2_MR);
+            for i in 0..R {
+                let ai = _mm256_set1_ps(*ak.add(i));
+                acc0[i] = _mm256_fmadd_ps(ai, b0, acc0[i]);
+                acc1[i] = _mm256_fmadd_ps(ai, b1, acc1[i]);
+            }
         }
-        // SAFETY: advancing within (or one past the end of) the A panel.
-        a = unsafe { a.add(AVX2_MR) };
+    };
+    if split {
+        let mut kk = 0;
+        while kk + 1 < kb {
+            step(kk, &mut c0, &mut c1);
+            step(kk + 1, &mut d0, &mut d1);
+            kk += 2;
+        }
+        if kk < kb {
+            step(kk, &mut c0, &mut c1);
+        }
+    } else {
+        for kk in 0..kb {
+            step(kk, &mut c0, &mut c1);
+        }
+    }
+    if split {
+        for i in 0..R {
+            c0[i] = _mm256_add_ps(c0[i], d0[i]);
+            c1[i] = _mm256_add_ps(c1[i], d1[i]);
+        }
     }
     let zero = _mm256_setzero_ps();
     // Lane masks from the keep bits: all ones where the bit is set.
@@ -215,7 +257,7 @@ unsafe fn tile_avx2<const PREFETCH: bool>(
         _mm256_castsi256_ps(_mm256_cmpeq_epi32(sel, lanes))
     };
     let (m0, m1) = (lane_mask(st.keep & 0xff), lane_mask((st.keep >> 8) & 0xff));
-    for i in 0..AVX2_MR {
+    for i in 0..R {
         if i >= st.rows {
             break;
         }
