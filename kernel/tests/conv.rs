@@ -620,4 +620,17 @@ fn conv_policies() {
         }
     }
     assert_eq!(ConvPolicy::Auto.algorithm((64, 64), (224, 224), &strided), ConvAlgorithm::PackedIm2col);
+    // The automatic choice: F(4×4) where its partial tiles waste little, F(2×2)
+    // on 2×2 images, direct with 3 input channels or where no tile saves half.
+    let auto = |c, o, hw| ConvPolicy::Auto.algorithm((c, o), (hw, hw), &vgg);
+    let f4 = ConvAlgorithm::Winograd(WinogradTile::F4);
+    let f2 = ConvAlgorithm::Winograd(WinogradTile::F2);
+    for hw in [224, 112, 56, 28, 14, 8, 4] {
+        assert_eq!(auto(64, 128, hw), f4, "{hw}");
+        assert_eq!(auto(512, 512, hw), f4, "{hw}");
+        assert_eq!(auto(3, 64, hw), ConvAlgorithm::choose(true, (hw, hw), &vgg), "{hw}");
+    }
+    assert_eq!(auto(512, 512, 2), f2);
+    assert_eq!(auto(512, 512, 1), ConvAlgorithm::choose(true, (1, 1), &vgg));
+    assert_eq!(auto(32, 512, 224), ConvAlgorithm::Implicit);
 }

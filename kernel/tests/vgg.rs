@@ -223,6 +223,24 @@ fn features_are_independent_of_batch_composition_and_threads() {
     assert_eq!(all.row(1), one.row(0));
 }
 
+/// The automatic policy's plan: direct for conv1_1 (3 input channels),
+/// Winograd F(4×4) elsewhere at 224; at 32, F(2×2) on block 5's 2×2 maps.
+#[test]
+fn auto_plan_runs_winograd_where_measured_faster() {
+    use lml_kernel::layers::WinogradTile::{F2, F4};
+    let plan = |size| Vgg19::open(dir(), size, Cut::Fc7).unwrap().with_conv_policy(ConvPolicy::Auto).conv_plan();
+    let at224 = plan(224);
+    assert_eq!(at224.len(), 16);
+    assert_eq!(at224[0], ("features.0", ConvAlgorithm::Implicit));
+    assert!(at224[1..].iter().all(|&(_, a)| a == ConvAlgorithm::Winograd(F4)), "{at224:?}");
+    let at32 = plan(32);
+    assert_eq!(at32[0], ("features.0", ConvAlgorithm::Implicit));
+    assert!(at32[1..12].iter().all(|&(_, a)| a == ConvAlgorithm::Winograd(F4)), "{at32:?}");
+    assert!(at32[12..].iter().all(|&(_, a)| a == ConvAlgorithm::Winograd(F2)), "{at32:?}");
+    let direct = Vgg19::open(dir(), 224, Cut::Fc7).unwrap().with_conv_policy(ConvPolicy::Direct).conv_plan();
+    assert!(direct.iter().all(|&(_, a)| a == ConvAlgorithm::Implicit), "{direct:?}");
+}
+
 #[test]
 fn bad_configuration_is_a_typed_error() {
     assert!(matches!(Vgg19::open(dir(), 48, Cut::Fc7), Err(KernelError::Invalid { .. })));

@@ -299,18 +299,6 @@ pub fn gemm_gather(a: &PackedA, n: usize, b: &[f32], offsets: &[usize], c: &mut 
     gather(a, n, b, &panels, offsets, Target::Plain(c));
 }
 
-/// [`gemm_gather`] with each panel of NR columns starting where `panels`
-/// says: column `jr·NR + t` of `B` at row `kk` is `b[panels[jr] + offsets[kk] + t]`
-/// (NR = `a.kernel().nr()`), so `B` may be stored as packed panels (the
-/// Winograd convolution's transformed input) and read without a copy.
-///
-/// # Panics
-/// If `c.len() != m·n`, `panels.len() != ⌈n / NR⌉`, `offsets.len() != k`,
-/// or a panel's reads (`panels[jr] + offsets[kk] + NR`) pass the end of `b`.
-pub fn gemm_gather_panels(a: &PackedA, n: usize, b: &[f32], panels: &[usize], offsets: &[usize], c: &mut [f32]) {
-    gather(a, n, b, panels, offsets, Target::Plain(c));
-}
-
 /// [`gemm_gather`] with the columns in runs, finished by `epilogue`.
 ///
 /// Column `jr·NR + t` of `B` (`t < NR`, NR = `a.kernel().nr()`) at row `kk`

@@ -339,17 +339,51 @@ impl ConvPolicy {
     /// input with `window`, its filters packed for a microkernel.
     pub fn algorithm(self, (c, o): (usize, usize), input_hw: (usize, usize), window: &Window2d) -> ConvAlgorithm {
         let direct = ConvAlgorithm::choose(true, input_hw, window);
-        let winograd_fits = window.kernel == (3, 3) && window.stride == (1, 1);
+        let winograd_fits =
+            window.kernel == (3, 3) && window.stride == (1, 1) && window.validate(input_hw.0, input_hw.1).is_ok();
         match self {
             ConvPolicy::Direct => direct,
             ConvPolicy::Winograd(tile) if winograd_fits => ConvAlgorithm::Winograd(tile),
             ConvPolicy::Winograd(_) => direct,
-            ConvPolicy::Auto => {
-                let _ = (c, o);
-                direct
+            ConvPolicy::Auto if winograd_fits => {
+                let out_hw = (window.out_h(input_hw.0), window.out_w(input_hw.1));
+                winograd_tile((c, o), out_hw).map_or(direct, ConvAlgorithm::Winograd)
             }
+            ConvPolicy::Auto => direct,
         }
     }
+}
+
+/// Fewest input and output channels for which [`ConvPolicy::Auto`] runs
+/// Winograd: with 3 input channels (VGG's conv1_1) the transforms cost more
+/// than the 27-deep products they save (measured 0.5× the direct speed at
+/// 224 and at 32), from 64 on it is faster on every VGG19 layer measured.
+pub const WINOGRAD_MIN_CHANNELS: usize = 64;
+
+/// Largest ratio of Winograd's multiplications to the direct convolution's
+/// (tile waste included, [`WinogradTile::work_ratio`]) for which
+/// [`ConvPolicy::Auto`] runs Winograd.
+pub const WINOGRAD_MAX_WORK: f64 = 0.5;
+
+/// The Winograd tile [`ConvPolicy::Auto`] runs a 3×3 stride-1 convolution of
+/// `c → o` channels with an `h × w` output with, if any: the tile doing the fewest
+/// multiplications, F(4×4) on a tie (its transforms cost less per
+/// multiplication saved). Measured per VGG19 layer (CPU time, AMD EPYC Zen 4,
+/// `cargo run --release -p lml-benches --example conv_cpu_time`): at 224×224
+/// F(4×4) beats direct by 1.5× (block 1) to 2.4× (block 4) and F(2×2) on
+/// every layer, 14×14 included (its 31% partial-tile waste still leaves
+/// 0.33 of the multiplications, F(2×2)'s 0.44); at 32×32, F(4×4) on blocks
+/// 1–4 (1.4–2.7×), and on block 5's 2×2 images F(2×2) (2.5×), where F(4×4)
+/// computes a whole 4×4 tile for 4 outputs (work ratio 1.0, 1.07×).
+pub fn winograd_tile((c, o): (usize, usize), (h, w): (usize, usize)) -> Option<WinogradTile> {
+    if c < WINOGRAD_MIN_CHANNELS || o < WINOGRAD_MIN_CHANNELS {
+        return None;
+    }
+    let best = WinogradTile::ALL
+        .into_iter()
+        .min_by(|a, b| a.work_ratio((h, w)).total_cmp(&b.work_ratio((h, w))))
+        .expect("two tiles");
+    (best.work_ratio((h, w)) <= WINOGRAD_MAX_WORK).then_some(best)
 }
 
 impl std::fmt::Display for ConvPolicy {

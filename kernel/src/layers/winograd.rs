@@ -49,11 +49,11 @@
 //!   the output's [`PaddedLayout`] (the next convolution's input), frame
 //!   zeros included, so layers chain as the implicit GEMM's do.
 
-use ndarray::{Array3, ArrayView1, ArrayView4, ArrayViewMut2, Axis};
+use ndarray::{Array3, ArrayView1, ArrayView4, ArrayViewMut2, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
-use crate::gemm::{gemm_gather_panels, Microkernel, PackedA};
+use crate::gemm::{gemm_gather_fused, Epilogue, Microkernel, PackedA, Segment};
 use crate::geometry::Window2d;
 use crate::layers::padded::PaddedLayout;
 
@@ -230,62 +230,84 @@ impl WinogradFilters {
 /// (see [`tiles_per_task`]).
 const TASK_TILES: usize = 128;
 
-/// Tiles per task: a multiple of the panel width `nr` up to `target` for
-/// which the thread with the most tasks has the fewest tiles (within 2%),
-/// the widest such (a task reads every `U_ξ` once, so wider tasks read the
-/// filters less often).
+/// Tiles per task: a multiple of the panel width `nr` from half `target`
+/// (or less, if there are too few tiles to give every thread a task) to
+/// `target` for which the thread with the most tasks has the fewest tiles
+/// (within 2%), the widest such. A task reads every `U_ξ` once (all the
+/// layer's transformed filters), so narrower tasks read them more often.
 fn tiles_per_task(total: usize, threads: usize, nr: usize, target: usize) -> usize {
     let threads = threads.max(1);
-    let widths = (1..=target.div_ceil(nr).max(1)).map(|u| u * nr);
+    let most = target.div_ceil(nr).max(1);
+    let least = most.div_ceil(2).min(total.div_ceil(nr).div_ceil(threads)).max(1);
+    let widths = (least..=most).map(|u| u * nr);
     let slowest = |w: usize| total.div_ceil(w).div_ceil(threads) * w;
     let best = widths.clone().map(slowest).min().expect("a non-empty range");
     widths.filter(|&w| slowest(w) * 100 <= best * 102).max().expect("the best width qualifies")
 }
 
-/// The 1-D transforms applied lane-wise (one lane per tile or per column),
-/// written out so that each output is a short sum of its nonzero terms. The
-/// tests check them against [`WinogradMatrices`].
+/// Lanes a transform works on at once: one block of tiles (or strip
+/// columns). Fixed-size blocks, not slices, so that the compiler vectorises
+/// every step without runtime alias checks (two SSE or one AVX register).
+const L: usize = 8;
+type Lanes = [f32; L];
+
+#[inline(always)]
+fn add(a: Lanes, b: Lanes) -> Lanes {
+    std::array::from_fn(|l| a[l] + b[l])
+}
+
+#[inline(always)]
+fn sub(a: Lanes, b: Lanes) -> Lanes {
+    std::array::from_fn(|l| a[l] - b[l])
+}
+
+#[inline(always)]
+fn scale(k: f32, a: Lanes) -> Lanes {
+    std::array::from_fn(|l| k * a[l])
+}
+
+#[inline(always)]
+fn load(src: &[f32], at: usize) -> Lanes {
+    src[at..at + L].try_into().expect("L floats")
+}
+
+#[inline(always)]
+fn store(dst: &mut [f32], at: usize, v: Lanes) {
+    dst[at..at + L].copy_from_slice(&v);
+}
+
+/// The 1-D transforms on blocks of lanes, written out so that each output
+/// is a short sum of its nonzero terms (the tests check them against
+/// [`WinogradMatrices`]). Arrays are sized for the largest tile; a tile
+/// reads and writes its first `A` (or `M`) rows.
 trait Transform {
     const M: usize;
     const A: usize;
-    /// `out[j][l] = Σ_r Bᵀ[j][r]·d[r][l]` for `l < out[0].len()` (`d` has `A` rows, `out` `A`).
-    fn input(d: &[&[f32]], out: &mut [&mut [f32]]);
-    /// `out[a][l] = Σ_i Aᵀ[a][i]·x[i][l]` for `l < out[0].len()` (`x` has `A` rows, `out` `M`).
-    fn output(x: &[&[f32]], out: &mut [&mut [f32]]);
+    /// `out[j] = Σ_r Bᵀ[j][r]·d[r]`.
+    fn input(d: &[Lanes; 6]) -> [Lanes; 6];
+    /// `out[a] = Σ_i Aᵀ[a][i]·x[i]`.
+    fn output(x: &[Lanes; 6]) -> [Lanes; 4];
 }
 
 struct F2T;
 struct F4T;
+
+const ZERO: Lanes = [0.0; L];
 
 impl Transform for F2T {
     const M: usize = 2;
     const A: usize = 4;
 
     #[inline(always)]
-    fn input(d: &[&[f32]], out: &mut [&mut [f32]]) {
-        let [o0, o1, o2, o3, ..] = out else { unreachable!("4 rows") };
-        let n = o0.len();
-        let (o1, o2, o3) = (&mut o1[..n], &mut o2[..n], &mut o3[..n]);
-        let (d0, d1, d2, d3) = (&d[0][..n], &d[1][..n], &d[2][..n], &d[3][..n]);
-        for l in 0..n {
-            let (x0, x1, x2, x3) = (d0[l], d1[l], d2[l], d3[l]);
-            o0[l] = x0 - x2;
-            o1[l] = x1 + x2;
-            o2[l] = x2 - x1;
-            o3[l] = x1 - x3;
-        }
+    fn input(d: &[Lanes; 6]) -> [Lanes; 6] {
+        let [x0, x1, x2, x3, ..] = *d;
+        [sub(x0, x2), add(x1, x2), sub(x2, x1), sub(x1, x3), ZERO, ZERO]
     }
 
     #[inline(always)]
-    fn output(x: &[&[f32]], out: &mut [&mut [f32]]) {
-        let [o0, o1, ..] = out else { unreachable!("2 rows") };
-        let n = o0.len();
-        let o1 = &mut o1[..n];
-        let (x0, x1, x2, x3) = (&x[0][..n], &x[1][..n], &x[2][..n], &x[3][..n]);
-        for l in 0..n {
-            o0[l] = x0[l] + x1[l] + x2[l];
-            o1[l] = x1[l] - x2[l] - x3[l];
-        }
+    fn output(x: &[Lanes; 6]) -> [Lanes; 4] {
+        let [x0, x1, x2, x3, ..] = *x;
+        [add(add(x0, x1), x2), sub(sub(x1, x2), x3), ZERO, ZERO]
     }
 }
 
@@ -294,38 +316,30 @@ impl Transform for F4T {
     const A: usize = 6;
 
     #[inline(always)]
-    fn input(d: &[&[f32]], out: &mut [&mut [f32]]) {
-        let [o0, o1, o2, o3, o4, o5, ..] = out else { unreachable!("6 rows") };
-        let n = o0.len();
-        let (o1, o2, o3, o4, o5) = (&mut o1[..n], &mut o2[..n], &mut o3[..n], &mut o4[..n], &mut o5[..n]);
-        let (d0, d1, d2) = (&d[0][..n], &d[1][..n], &d[2][..n]);
-        let (d3, d4, d5) = (&d[3][..n], &d[4][..n], &d[5][..n]);
-        for l in 0..n {
-            let (x0, x1, x2, x3, x4, x5) = (d0[l], d1[l], d2[l], d3[l], d4[l], d5[l]);
-            o0[l] = 4.0 * x0 - 5.0 * x2 + x4;
-            o1[l] = (x3 + x4) - 4.0 * (x1 + x2);
-            o2[l] = (x4 - x3) + 4.0 * (x1 - x2);
-            o3[l] = (x4 - x2) + 2.0 * (x3 - x1);
-            o4[l] = (x4 - x2) + 2.0 * (x1 - x3);
-            o5[l] = 4.0 * x1 - 5.0 * x3 + x5;
-        }
+    fn input(d: &[Lanes; 6]) -> [Lanes; 6] {
+        let [x0, x1, x2, x3, x4, x5] = *d;
+        let (x42, x13) = (sub(x4, x2), sub(x1, x3));
+        [
+            add(sub(scale(4.0, x0), scale(5.0, x2)), x4),
+            sub(add(x3, x4), scale(4.0, add(x1, x2))),
+            add(sub(x4, x3), scale(4.0, sub(x1, x2))),
+            sub(x42, scale(2.0, x13)),
+            add(x42, scale(2.0, x13)),
+            add(sub(scale(4.0, x1), scale(5.0, x3)), x5),
+        ]
     }
 
     #[inline(always)]
-    fn output(x: &[&[f32]], out: &mut [&mut [f32]]) {
-        let [o0, o1, o2, o3, ..] = out else { unreachable!("4 rows") };
-        let n = o0.len();
-        let (o1, o2, o3) = (&mut o1[..n], &mut o2[..n], &mut o3[..n]);
-        let (x0, x1, x2) = (&x[0][..n], &x[1][..n], &x[2][..n]);
-        let (x3, x4, x5) = (&x[3][..n], &x[4][..n], &x[5][..n]);
-        for l in 0..n {
-            let (s12, d12) = (x1[l] + x2[l], x1[l] - x2[l]);
-            let (s34, d34) = (x3[l] + x4[l], x3[l] - x4[l]);
-            o0[l] = x0[l] + s12 + s34;
-            o1[l] = d12 + 2.0 * d34;
-            o2[l] = s12 + 4.0 * s34;
-            o3[l] = d12 + 8.0 * d34 + x5[l];
-        }
+    fn output(x: &[Lanes; 6]) -> [Lanes; 4] {
+        let [x0, x1, x2, x3, x4, x5] = *x;
+        let (s12, d12) = (add(x1, x2), sub(x1, x2));
+        let (s34, d34) = (add(x3, x4), sub(x3, x4));
+        [
+            add(add(x0, s12), s34),
+            add(d12, scale(2.0, d34)),
+            add(s12, scale(4.0, s34)),
+            add(add(d12, scale(8.0, d34)), x5),
+        ]
     }
 }
 
@@ -352,20 +366,26 @@ struct Task<'a> {
 /// Per-thread buffers, grown as needed and reused across tasks.
 #[derive(Default)]
 struct Scratch {
-    /// Transformed input, `α²` blocks of `C × T_pad` in packed panels.
+    /// Transformed input as packed B panels, panel by panel, `α²` panels
+    /// (one per `V_ξ`) of `C × NR` each: `V_ξ[c, t]` at
+    /// `((t / NR)·α² + ξ)·C·NR + c·NR + t % NR`.
     v: Vec<f32>,
-    /// Products, `α²` blocks of `O × T` row-major.
+    /// Products `M_ξ[o, t]` at `o·α²·T + ξ·T + t`, and `L` floats of slack
+    /// (the output transform reads whole blocks of lanes).
     m: Vec<f32>,
-    /// Vertical pass of a strip: `α` rows of `X_pad` columns.
+    /// Vertical pass of a strip: `α` rows.
     t1: Vec<f32>,
-    /// The same with the `m` phases of `x` apart: `α·m` rows of `nq + 1`.
+    /// The same with the `m` phases of `x` apart: `α·m` rows.
     t1d: Vec<f32>,
-    /// Zeros standing for patch rows past the frame.
-    zeros: Vec<f32>,
-    /// Output transform's first pass (`α·m` rows) and second (`m` rows), `nq` lanes each.
-    z: Vec<f32>,
+    /// Patch columns over the task's tiles: `α²` rows.
+    cols: Vec<f32>,
+    /// The output transform's first pass (`α·m` rows over the task's
+    /// tiles) and second (`m²` rows).
+    h: Vec<f32>,
     y: Vec<f32>,
     panels: Vec<usize>,
+    /// Partial sums of the products between k-blocks (`C` > [`KC`](crate::gemm::KC)).
+    partial: Vec<f32>,
 }
 
 /// What every task of one convolution reads.
@@ -383,6 +403,8 @@ struct Layer<'a> {
     left: usize,
     /// B row offsets: `c·NR`.
     offsets: Vec<usize>,
+    /// `[O]` zeros: the products are stored without bias (it comes after the output transform).
+    zero_bias: Vec<f32>,
 }
 
 /// Winograd convolution (3×3, stride 1) from one [`PaddedLayout`] to
@@ -561,6 +583,7 @@ fn run<T: Transform>(
         ow,
         left: top.1,
         offsets: (0..filters.in_channels).map(|ch| ch * nr).collect(),
+        zero_bias: vec![0.0; o],
     };
     tasks.into_par_iter().for_each_init(Scratch::default, |s, mut task| run_task::<T>(&layer, &mut task, s));
 }
@@ -579,164 +602,226 @@ fn run_task<T: Transform>(layer: &Layer<'_>, task: &mut Task<'_>, s: &mut Scratc
     let nr = layer.filters.kernel().nr();
     let tiles = task.tiles;
     let t_pad = tiles.next_multiple_of(nr);
-    let v_len = a2 * c * t_pad;
+    let npanels = t_pad / nr;
+    let v_len = npanels * c * a2 * nr;
     grown(&mut s.v, v_len);
     input_transform::<T>(layer, task, t_pad, s);
-    let npanels = t_pad / nr;
+    // V_ξ's panel jr starts at (jr·α² + ξ)·C·NR, its row c at c·NR from there.
     s.panels.clear();
-    s.panels.extend((0..a2).flat_map(|xi| (0..npanels).map(move |jr| xi * c * t_pad + jr * c * nr)));
-    let mbuf = grown(&mut s.m, a2 * o * tiles);
-    for (xi, dst) in mbuf.chunks_exact_mut(o * tiles).enumerate() {
+    s.panels.extend((0..a2).flat_map(|xi| (0..npanels).map(move |jr| (jr * a2 + xi) * c * nr)));
+    // M_ξ[o, t] at o·α²·T + ξ·T + t: one output channel's products are contiguous.
+    let m_len = a2 * o * tiles;
+    let mbuf = grown(&mut s.m, m_len + L);
+    for xi in 0..a2 {
         let panels = &s.panels[xi * npanels..(xi + 1) * npanels];
-        gemm_gather_panels(&layer.filters.u[xi], tiles, &s.v[..v_len], panels, &layer.offsets, dst);
+        let view = ArrayViewMut2::from_shape((o, tiles).strides((a2 * tiles, 1)), &mut mbuf[xi * tiles..m_len])
+            .expect("M_ξ inside the products");
+        let mut segments = [Segment { col0: 0, view }];
+        let mut epilogue = Epilogue { bias: &layer.zero_bias, relu: false, segments: &mut segments, keep: None };
+        gemm_gather_fused(
+            &layer.filters.u[xi],
+            tiles,
+            &s.v[..v_len],
+            panels,
+            &layer.offsets,
+            &mut epilogue,
+            &mut s.partial,
+        );
     }
     output_transform::<T>(layer, task, s);
 }
 
 /// `V_ξ[c, t] = (Bᵀ d B)[i, j]` for every channel and tile of the task, into
-/// `s.v` as `α²` blocks of `C × T_pad` in `NR`-wide panels: element `(c, t)`
-/// of block `ξ` at `ξ·C·T_pad + (t / NR)·C·NR + c·NR + t % NR`.
+/// `s.v` as packed B panels (see [`Scratch::v`]).
+///
+/// Per channel: each piece's strip goes down its `α` rows (contiguous along
+/// `x`), its `m` phases of `x` are split apart, and column `s` of every
+/// patch is copied to row `(i, s)` of `cols` at the tile's task index; then
+/// one pass along the patches' columns runs over all the task's tiles in
+/// blocks of `L` lanes, which land in whole runs of the panels.
+#[inline(never)]
 fn input_transform<T: Transform>(layer: &Layer<'_>, task: &Task<'_>, t_pad: usize, s: &mut Scratch) {
     let (m, a) = (T::M, T::A);
     let lin = &layer.lin;
     let (hp, wp) = (lin.hp, lin.wp);
     let c_in = layer.filters.in_channels;
     let nr = layer.filters.kernel().nr();
-    let block = c_in * t_pad;
-    for piece in &task.pieces {
-        let nq = piece.q1 - piece.q0;
-        // Strip columns x = 0..X map to padded columns off.1 + m·q0 + x.
-        let x_len = m * nq + 2;
-        let x_pad = m * (nq + 1);
-        let col = layer.off.1 + m * piece.q0;
-        let cols = x_len.min(wp.saturating_sub(col));
-        let t1 = grown(&mut s.t1, a * x_pad);
-        let t1d = grown(&mut s.t1d, a * x_pad);
-        let zeros = grown(&mut s.zeros, x_pad);
-        zeros.fill(0.0);
-        let zeros = &*zeros;
-        for ch in 0..c_in {
+    // Rows (i, s) of patch columns over the task's tiles, one block of slack
+    // (the copies write whole blocks, the pass reads them).
+    let stride = t_pad + L;
+    let widest = task.pieces.iter().map(|p| p.q1 - p.q0).max().unwrap_or(0);
+    let x_max = m * (widest.next_multiple_of(L) + L);
+    let cols_buf = grown(&mut s.cols, a * a * stride);
+    let t1 = grown(&mut s.t1, a * x_max);
+    let t1d = grown(&mut s.t1d, a * x_max);
+    for ch in 0..c_in {
+        for piece in &task.pieces {
+            let nq = piece.q1 - piece.q0;
+            // A phase row holds the piece's tiles in whole blocks and one block
+            // more, for the reads one tile to the right.
+            let q_pad = nq.next_multiple_of(L) + L;
+            // Strip columns x = 0..m·nq + 2 map to padded columns off.1 + m·q0 + x;
+            // those at or past the frame's edge (`cols`) and the rest of the row are zeros.
+            let x_pad = m * q_pad;
+            let col = layer.off.1 + m * piece.q0;
+            let cols = (m * nq + 2).min(wp.saturating_sub(col));
             let base = ch * lin.plane + piece.img * lin.image();
-            // Vertical pass: t1[i][x] = Σ_r Bᵀ[i][r]·d[r][x] over the valid columns, zeros after.
-            let src: [&[f32]; 6] = std::array::from_fn(|r| {
+            // Vertical pass, down the α rows of the strip (patch rows past the frame are zeros).
+            let rows: [Option<&[f32]>; 6] = std::array::from_fn(|r| {
                 let pr = m * piece.ty + layer.off.0 + r;
-                if r < a && pr < hp && cols > 0 {
-                    &layer.input[base + pr * wp + col..][..cols]
-                } else {
-                    &zeros[..cols]
-                }
+                (r < a && pr < hp && cols > 0).then(|| &layer.input[base + pr * wp + col..][..cols])
             });
-            {
-                let mut rows = t1.chunks_exact_mut(x_pad);
-                let mut dst: [&mut [f32]; 6] =
-                    std::array::from_fn(|_| rows.next().map(|r| &mut r[..cols]).unwrap_or_default());
-                T::input(&src[..a], &mut dst[..a]);
+            let row_block = |x: usize| -> [Lanes; 6] {
+                std::array::from_fn(|r| match rows[r] {
+                    Some(row) if x + L <= cols => load(row, x),
+                    Some(row) if x < cols => std::array::from_fn(|l| row.get(x + l).copied().unwrap_or(0.0)),
+                    _ => ZERO,
+                })
+            };
+            let filled = cols.next_multiple_of(L);
+            for x in (0..filled).step_by(L) {
+                let out = T::input(&row_block(x));
+                for (i, v) in out.iter().take(a).enumerate() {
+                    store(t1, i * x_pad + x, *v);
+                }
             }
-            for row in t1.chunks_exact_mut(x_pad) {
-                row[cols..].fill(0.0);
+            for row in t1[..a * x_pad].chunks_exact_mut(x_pad) {
+                row[filled..].fill(0.0);
             }
-            // Split the m phases of x: t1d[i·m + p][q] = t1[i][m·q + p].
-            let q_len = nq + 1;
-            for (row, phases) in t1.chunks_exact(x_pad).zip(t1d.chunks_exact_mut(m * q_len)) {
-                for (q, xs) in row.chunks_exact(m).enumerate() {
-                    for (p, &v) in xs.iter().enumerate() {
-                        phases[p * q_len + q] = v;
+            // Split the m phases of x (phase p of row i holds t1[i][m·q + p] at
+            // q), then copy patch column s = phase s % m from tile s / m on.
+            for (i, row) in t1[..a * x_pad].chunks_exact(x_pad).enumerate() {
+                let phases = &mut t1d[..x_pad];
+                for (g, xs) in row.chunks_exact(m * L).enumerate() {
+                    for p in 0..m {
+                        let v: Lanes = std::array::from_fn(|q| xs[m * q + p]);
+                        store(phases, p * q_pad + g * L, v);
+                    }
+                }
+                for k in 0..a {
+                    let src = &phases[(k % m) * q_pad + k / m..];
+                    let dst = &mut cols_buf[(i * a + k) * stride + piece.t0..];
+                    for u in (0..nq).step_by(L) {
+                        store(dst, u, load(src, u));
                     }
                 }
             }
-            // Horizontal pass, panel run by panel run: column s of tile q is
-            // phase s % m at lane q + s / m.
-            let mut q = 0;
-            while q < nq {
-                let t = piece.t0 + q;
+        }
+        // Along the patch columns, over every tile of the task, panel by panel.
+        for i in 0..a {
+            let rows = &cols_buf[i * a * stride..(i + 1) * a * stride];
+            for t in (0..t_pad).step_by(L) {
+                let d: [Lanes; 6] = std::array::from_fn(|k| if k < a { load(rows, k * stride + t) } else { ZERO });
+                let out = T::input(&d);
+                // Lanes t .. t + L: one run of a panel unless NR is not a multiple of L (NEON's 12).
                 let (panel, lane) = (t / nr, t % nr);
-                let len = (nr - lane).min(nq - q);
-                let at = panel * c_in * nr + ch * nr + lane;
-                for i in 0..a {
-                    let phases = &t1d[i * m * q_len..(i + 1) * m * q_len];
-                    let d: [&[f32]; 6] =
-                        std::array::from_fn(
-                            |k| {
-                                if k < a {
-                                    &phases[(k % m) * q_len + q + k / m..][..len]
-                                } else {
-                                    &[]
-                                }
-                            },
-                        );
-                    // Blocks ξ = i·α + j for j = 0..α, one float run in each.
-                    let mut blocks = s.v[i * a * block..(i + 1) * a * block].chunks_exact_mut(block);
-                    let mut dst: [&mut [f32]; 6] =
-                        std::array::from_fn(|_| blocks.next().map(|b| &mut b[at..at + len]).unwrap_or_default());
-                    T::input(&d[..a], &mut dst[..a]);
+                let run = L.min(nr - lane);
+                let at = panel * a * a * c_in * nr + ch * nr + lane;
+                for (j, v) in out.iter().take(a).enumerate() {
+                    let xi = (i * a + j) * c_in * nr;
+                    if run == L {
+                        store(&mut s.v, at + xi, *v);
+                    } else {
+                        s.v[at + xi..at + xi + run].copy_from_slice(&v[..run]);
+                        let rest = (L - run).min(t_pad - (t + run));
+                        let next = (panel + 1) * a * a * c_in * nr + ch * nr + xi;
+                        s.v[next..next + rest].copy_from_slice(&v[run..run + rest]);
+                    }
                 }
-                q += len;
             }
         }
     }
 }
 
 /// `y = relu?(Aᵀ M A + b)` for every output channel and tile of the task,
-/// stored into the pieces' output rows (frame columns as zeros).
+/// stored into the pieces' output rows (frame columns as zeros). Per output
+/// channel, both passes run over all the task's tiles in blocks of `L`
+/// (the products' rows are contiguous over tiles); the pieces then take
+/// their tiles' outputs, interleaved along each output row.
+#[inline(never)]
 fn output_transform<T: Transform>(layer: &Layer<'_>, task: &mut Task<'_>, s: &mut Scratch) {
     let (m, a) = (T::M, T::A);
     let o_ch = layer.filters.out_channels;
     let tiles = task.tiles;
-    let mbuf = &s.m[..a * a * o_ch * tiles];
+    let lanes = tiles.next_multiple_of(L);
+    let mbuf = &s.m[..a * a * o_ch * tiles + L];
     let (relu, left, ow) = (layer.relu, layer.left, layer.ow);
-    for piece in task.pieces.iter_mut() {
-        let nq = piece.q1 - piece.q0;
-        let z = grown(&mut s.z, a * m * nq);
-        let y = grown(&mut s.y, m * nq);
-        // Output columns of the piece: x = m·q0 .. min(m·q1, OW), at view column left + x − col0.
-        let x0 = m * piece.q0;
-        let x1 = (m * piece.q1).min(ow);
-        let (lo, hi) = (left + x0 - piece.col0, left + x1 - piece.col0);
-        let full = (x1 - x0) / m;
-        let rows = m.min(layer.oh - m * piece.ty);
-        for oc in 0..o_ch {
-            let b = layer.bias[oc];
-            // Pass 1, down i: z[j·m + r][q] = Σ_i Aᵀ[r][i]·M_{i·α+j}[oc, t0 + q].
+    // z: α·m rows over the tiles; y: m·m rows (output row r, column p).
+    let z = grown(&mut s.h, a * m * lanes);
+    let y = grown(&mut s.y, m * m * lanes + L);
+    for oc in 0..o_ch {
+        let b = layer.bias[oc];
+        for u in (0..lanes).step_by(L) {
+            // Pass 1, down i: z[j·m + r] = Σ_i Aᵀ[r][i]·M_{i·α+j}[oc, t].
             for j in 0..a {
-                let src: [&[f32]; 6] = std::array::from_fn(|i| {
-                    if i < a {
-                        &mbuf[((i * a + j) * o_ch + oc) * tiles + piece.t0..][..nq]
-                    } else {
-                        &[]
-                    }
-                });
-                let mut zs = z[j * m * nq..(j + 1) * m * nq].chunks_exact_mut(nq);
-                let mut dst: [&mut [f32]; 4] = std::array::from_fn(|_| zs.next().unwrap_or_default());
-                T::output(&src[..a], &mut dst[..m]);
-            }
-            // Pass 2, along j, per output row r of the tile row.
-            for r in 0..rows {
-                let src: [&[f32]; 6] = std::array::from_fn(|j| if j < a { &z[(j * m + r) * nq..][..nq] } else { &[] });
-                {
-                    let mut ys = y.chunks_exact_mut(nq);
-                    let mut dst: [&mut [f32]; 4] = std::array::from_fn(|_| ys.next().unwrap_or_default());
-                    T::output(&src[..a], &mut dst[..m]);
+                let x: [Lanes; 6] =
+                    std::array::from_fn(
+                        |i| {
+                            if i < a {
+                                load(mbuf, (oc * a * a + i * a + j) * tiles + u)
+                            } else {
+                                ZERO
+                            }
+                        },
+                    );
+                for (r, v) in T::output(&x).iter().take(m).enumerate() {
+                    store(z, (j * m + r) * lanes + u, *v);
                 }
+            }
+            // Pass 2, along j, then bias and ReLU: y[r·m + p] = output (r, p) of each tile.
+            for r in 0..m {
+                let x: [Lanes; 6] =
+                    std::array::from_fn(|j| if j < a { load(z, (j * m + r) * lanes + u) } else { ZERO });
+                for (p, v) in T::output(&x).iter().take(m).enumerate() {
+                    let v = v.map(|e| {
+                        let e = e + b;
+                        if relu && e < 0.0 {
+                            0.0
+                        } else {
+                            e
+                        }
+                    });
+                    store(y, (r * m + p) * lanes + u, v);
+                }
+            }
+        }
+        for piece in task.pieces.iter_mut() {
+            // Output columns of the piece: x = m·q0 .. min(m·q1, OW), at view column left + x − col0.
+            let (x0, x1) = (m * piece.q0, (m * piece.q1).min(ow));
+            let (lo, hi) = (left + x0 - piece.col0, left + x1 - piece.col0);
+            let rows = m.min(layer.oh - m * piece.ty);
+            for r in 0..rows {
                 let mut view_row = piece.rows[r].row_mut(oc);
                 let dst = view_row.as_slice_mut().expect("output rows have unit column stride");
                 dst[..lo].fill(0.0);
                 dst[hi..].fill(0.0);
-                let finish = |v: f32| {
-                    let z = v + b;
-                    if relu && z < 0.0 {
-                        0.0
+                let mut at = lo;
+                let mut t = piece.t0;
+                while at < hi {
+                    let v: [Lanes; 4] =
+                        std::array::from_fn(|p| if p < m { load(y, (r * m + p) * lanes + t) } else { ZERO });
+                    let mut row = [0.0f32; 4 * L];
+                    for q in 0..L {
+                        for p in 0..m {
+                            row[q * m + p] = v[p][q];
+                        }
+                    }
+                    // Whole blocks of m·L columns, else tile by tile (fixed-size copies, no call).
+                    if at + m * L <= hi {
+                        dst[at..at + m * L].copy_from_slice(&row[..m * L]);
                     } else {
-                        z
+                        for (d, v) in dst[at..hi].chunks_mut(m).zip(row.chunks_exact(m)) {
+                            if d.len() == m {
+                                d.copy_from_slice(&v[..m]);
+                            } else {
+                                for (d, v) in d.iter_mut().zip(v) {
+                                    *d = *v;
+                                }
+                            }
+                        }
                     }
-                };
-                // Interleave the m outputs of each tile along the row.
-                for (q, out) in dst[lo..lo + full * m].chunks_exact_mut(m).enumerate() {
-                    for (p, v) in out.iter_mut().enumerate() {
-                        *v = finish(y[p * nq + q]);
-                    }
-                }
-                for (p, v) in dst[lo + full * m..hi].iter_mut().enumerate() {
-                    *v = finish(y[p * nq + full]);
+                    at += m * L;
+                    t += L;
                 }
             }
         }
@@ -747,16 +832,13 @@ fn output_transform<T: Transform>(layer: &Layer<'_>, task: &mut Task<'_>, s: &mu
 mod tests {
     use super::*;
 
-    /// Applies a lane transform to the unit vectors: column `r` of the result is row-wise `Σ M[·][r]`.
-    fn as_matrix(rows_in: usize, rows_out: usize, f: impl Fn(&[&[f32]], &mut [&mut [f32]])) -> Vec<Vec<f64>> {
+    /// A block transform as a matrix: column `r` is its output for the unit input `r`.
+    fn as_matrix(rows_in: usize, rows_out: usize, f: impl Fn(&[Lanes; 6]) -> Vec<Lanes>) -> Vec<Vec<f64>> {
         let mut m = vec![vec![0.0; rows_in]; rows_out];
         for r in 0..rows_in {
-            let unit: Vec<Vec<f32>> = (0..rows_in).map(|k| vec![if k == r { 1.0 } else { 0.0 }; 3]).collect();
-            let d: Vec<&[f32]> = unit.iter().map(|v| &v[..]).collect();
-            let mut out = vec![vec![f32::NAN; 3]; rows_out];
-            let mut o: Vec<&mut [f32]> = out.iter_mut().map(|v| &mut v[..]).collect();
-            f(&d, &mut o);
-            for (j, row) in out.iter().enumerate() {
+            let unit: [Lanes; 6] = std::array::from_fn(|k| [if k == r { 1.0 } else { 0.0 }; L]);
+            let out = f(&unit);
+            for (j, row) in out.iter().take(rows_out).enumerate() {
                 assert!(row.iter().all(|&v| v == row[0]), "every lane computes the same");
                 m[j][r] = row[0] as f64;
             }
@@ -771,10 +853,10 @@ mod tests {
     #[test]
     fn lane_transforms_are_the_matrices() {
         let (f2, f4) = (WinogradTile::F2.matrices(), WinogradTile::F4.matrices());
-        assert_eq!(as_matrix(4, 4, F2T::input), matrix(f2.bt));
-        assert_eq!(as_matrix(4, 2, F2T::output), matrix(f2.at));
-        assert_eq!(as_matrix(6, 6, F4T::input), matrix(f4.bt));
-        assert_eq!(as_matrix(6, 4, F4T::output), matrix(f4.at));
+        assert_eq!(as_matrix(4, 4, |d| F2T::input(d).to_vec()), matrix(f2.bt));
+        assert_eq!(as_matrix(4, 2, |d| F2T::output(d).to_vec()), matrix(f2.at));
+        assert_eq!(as_matrix(6, 6, |d| F4T::input(d).to_vec()), matrix(f4.bt));
+        assert_eq!(as_matrix(6, 4, |d| F4T::output(d).to_vec()), matrix(f4.at));
     }
 
     /// The minimal-filtering identity `Aᵀ[(G g) ⊙ (Bᵀ d)] = correlation(d, g)`
@@ -803,12 +885,13 @@ mod tests {
     #[test]
     fn task_widths_are_whole_panels_and_balanced() {
         assert_eq!(tiles_per_task(8 * 3136, 2, 32, 128), 128);
-        // 16 tiles (one 14×14 image at F4), 2 threads: one panel.
+        // 16 tiles (one 14×14 image at F4), 2 threads: one panel; 64 tiles: one panel each.
         assert_eq!(tiles_per_task(16, 2, 32, 128), 32);
+        assert_eq!(tiles_per_task(64, 2, 32, 128), 32);
         for total in [1, 31, 100, 1000, 6272] {
             for threads in 1..4 {
                 let w = tiles_per_task(total, threads, 12, 128);
-                assert!(w % 12 == 0 && w <= 132 && w >= 12, "{total} {threads}: {w}");
+                assert!(w % 12 == 0 && w <= 132 && (w >= 60 || total <= 60 * threads), "{total} {threads}: {w}");
             }
         }
     }
