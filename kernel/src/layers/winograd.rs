@@ -40,11 +40,14 @@
 //! * **Input transform**: read from the layer's [`PaddedLayout`] (the frame
 //!   supplies the zero padding; patches reaching past the frame read zeros),
 //!   first down the `α` rows of a strip of tiles (contiguous along `x`),
-//!   then along each row with the `m` phases of `x` split apart so that
-//!   neighbouring tiles are neighbouring lanes; written straight into the
-//!   microkernel's packed-panel layout (`V_ξ` as `NR`-wide panels).
+//!   then, with the `m` phases of `x` split apart so that neighbouring tiles
+//!   are neighbouring lanes, along the patches' columns for all the task's
+//!   tiles at once, in blocks of 8 lanes written straight into the
+//!   microkernel's packed B panels (`V_ξ` as `NR`-wide panels).
 //! * **Products**: `α²` GEMMs through the packed frame
-//!   ([`gemm_gather_panels`]), every microkernel (AVX-512, AVX2, NEON, generic).
+//!   ([`gemm_gather_fused`], B read in place from the panels), every
+//!   microkernel (AVX-512, AVX2, NEON, generic), each `M_ξ` stored so that
+//!   one output channel's `α²` products over the task's tiles are contiguous.
 //! * **Output transform**: fused with bias and ReLU and stored straight into
 //!   the output's [`PaddedLayout`] (the next convolution's input), frame
 //!   zeros included, so layers chain as the implicit GEMM's do.
@@ -375,8 +378,8 @@ struct Scratch {
     m: Vec<f32>,
     /// Vertical pass of a strip: `α` rows.
     t1: Vec<f32>,
-    /// The same with the `m` phases of `x` apart: `α·m` rows.
-    t1d: Vec<f32>,
+    /// Zeros standing for patch rows past the frame.
+    zeros: Vec<f32>,
     /// Patch columns over the task's tiles: `α²` rows.
     cols: Vec<f32>,
     /// The output transform's first pass (`α·m` rows over the task's
@@ -635,8 +638,8 @@ fn run_task<T: Transform>(layer: &Layer<'_>, task: &mut Task<'_>, s: &mut Scratc
 /// `s.v` as packed B panels (see [`Scratch::v`]).
 ///
 /// Per channel: each piece's strip goes down its `α` rows (contiguous along
-/// `x`), its `m` phases of `x` are split apart, and column `s` of every
-/// patch is copied to row `(i, s)` of `cols` at the tile's task index; then
+/// `x`), and column `s` of every patch (phase `s % m` of `x`, from tile
+/// `s / m` on) goes to row `(i, s)` of `cols` at the tile's task index; then
 /// one pass along the patches' columns runs over all the task's tiles in
 /// blocks of `L` lanes, which land in whole runs of the panels.
 #[inline(never)]
@@ -646,63 +649,74 @@ fn input_transform<T: Transform>(layer: &Layer<'_>, task: &Task<'_>, t_pad: usiz
     let (hp, wp) = (lin.hp, lin.wp);
     let c_in = layer.filters.in_channels;
     let nr = layer.filters.kernel().nr();
-    // Rows (i, s) of patch columns over the task's tiles, one block of slack
-    // (the copies write whole blocks, the pass reads them).
-    let stride = t_pad + L;
+    // Rows (i, s) of patch columns over the task's tiles, two blocks of
+    // slack (a piece's copies write whole blocks from its first tile; the
+    // next piece overwrites what lands on its tiles).
+    let stride = t_pad + 2 * L;
     let widest = task.pieces.iter().map(|p| p.q1 - p.q0).max().unwrap_or(0);
     let x_max = m * (widest.next_multiple_of(L) + L);
     let cols_buf = grown(&mut s.cols, a * a * stride);
     let t1 = grown(&mut s.t1, a * x_max);
-    let t1d = grown(&mut s.t1d, a * x_max);
+    let zeros = grown(&mut s.zeros, x_max);
+    zeros.fill(0.0);
+    let zeros = &*zeros;
     for ch in 0..c_in {
         for piece in &task.pieces {
             let nq = piece.q1 - piece.q0;
-            // A phase row holds the piece's tiles in whole blocks and one block
-            // more, for the reads one tile to the right.
-            let q_pad = nq.next_multiple_of(L) + L;
             // Strip columns x = 0..m·nq + 2 map to padded columns off.1 + m·q0 + x;
-            // those at or past the frame's edge (`cols`) and the rest of the row are zeros.
-            let x_pad = m * q_pad;
+            // those at or past the frame's edge (`cols`) and the rest of the
+            // row (whole blocks of tiles, and one more) are zeros.
+            let x_pad = m * (nq.next_multiple_of(L) + L);
             let col = layer.off.1 + m * piece.q0;
             let cols = (m * nq + 2).min(wp.saturating_sub(col));
             let base = ch * lin.plane + piece.img * lin.image();
             // Vertical pass, down the α rows of the strip (patch rows past the frame are zeros).
-            let rows: [Option<&[f32]>; 6] = std::array::from_fn(|r| {
+            let rows: [&[f32]; 6] = std::array::from_fn(|r| {
                 let pr = m * piece.ty + layer.off.0 + r;
-                (r < a && pr < hp && cols > 0).then(|| &layer.input[base + pr * wp + col..][..cols])
+                if r < a && pr < hp && cols > 0 {
+                    &layer.input[base + pr * wp + col..][..cols]
+                } else {
+                    &zeros[..cols]
+                }
             });
-            let row_block = |x: usize| -> [Lanes; 6] {
-                std::array::from_fn(|r| match rows[r] {
-                    Some(row) if x + L <= cols => load(row, x),
-                    Some(row) if x < cols => std::array::from_fn(|l| row.get(x + l).copied().unwrap_or(0.0)),
-                    _ => ZERO,
-                })
-            };
-            let filled = cols.next_multiple_of(L);
-            for x in (0..filled).step_by(L) {
-                let out = T::input(&row_block(x));
-                for (i, v) in out.iter().take(a).enumerate() {
+            let whole = cols - cols % L;
+            for x in (0..whole).step_by(L) {
+                let d: [Lanes; 6] = std::array::from_fn(|r| if r < a { load(rows[r], x) } else { ZERO });
+                for (i, v) in T::input(&d).iter().take(a).enumerate() {
                     store(t1, i * x_pad + x, *v);
                 }
             }
+            if whole < cols {
+                let d: [Lanes; 6] = std::array::from_fn(|r| {
+                    let mut v = ZERO;
+                    if r < a {
+                        v[..cols - whole].copy_from_slice(&rows[r][whole..]);
+                    }
+                    v
+                });
+                for (i, v) in T::input(&d).iter().take(a).enumerate() {
+                    store(t1, i * x_pad + whole, *v);
+                }
+            }
+            let filled = cols.next_multiple_of(L);
             for row in t1[..a * x_pad].chunks_exact_mut(x_pad) {
                 row[filled..].fill(0.0);
             }
-            // Split the m phases of x (phase p of row i holds t1[i][m·q + p] at
-            // q), then copy patch column s = phase s % m from tile s / m on.
+            // Patch column s < m of tile q is t1[i][m·q + s] (phase s); column
+            // s ≥ m is column s − m of tile q + 1.
             for (i, row) in t1[..a * x_pad].chunks_exact(x_pad).enumerate() {
-                let phases = &mut t1d[..x_pad];
                 for (g, xs) in row.chunks_exact(m * L).enumerate() {
-                    for p in 0..m {
-                        let v: Lanes = std::array::from_fn(|q| xs[m * q + p]);
-                        store(phases, p * q_pad + g * L, v);
+                    for k in 0..m {
+                        let v: Lanes = std::array::from_fn(|q| xs[m * q + k]);
+                        store(cols_buf, (i * a + k) * stride + piece.t0 + g * L, v);
                     }
                 }
-                for k in 0..a {
-                    let src = &phases[(k % m) * q_pad + k / m..];
-                    let dst = &mut cols_buf[(i * a + k) * stride + piece.t0..];
+                for k in m..a {
+                    let from = (i * a + k - m) * stride + piece.t0 + 1;
+                    let to = (i * a + k) * stride + piece.t0;
                     for u in (0..nq).step_by(L) {
-                        store(dst, u, load(src, u));
+                        let v = load(cols_buf, from + u);
+                        store(cols_buf, to + u, v);
                     }
                 }
             }
