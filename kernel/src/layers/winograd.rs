@@ -738,8 +738,10 @@ fn input_transform<T: Transform>(layer: &Layer<'_>, task: &Task<'_>, t_pad: usiz
                     } else {
                         s.v[at + xi..at + xi + run].copy_from_slice(&v[..run]);
                         let rest = (L - run).min(t_pad - (t + run));
-                        let next = (panel + 1) * a * a * c_in * nr + ch * nr + xi;
-                        s.v[next..next + rest].copy_from_slice(&v[run..run + rest]);
+                        if rest > 0 {
+                            let next = (panel + 1) * a * a * c_in * nr + ch * nr + xi;
+                            s.v[next..next + rest].copy_from_slice(&v[run..run + rest]);
+                        }
                     }
                 }
             }
