@@ -337,6 +337,9 @@ fn vgg19_at_224_every_conv_policy_within_1e_4_of_the_f64_chain() {
     let cuts = reference_chain(&store, &x, conv_f64, |name, y| reference.push((name.to_string(), y.to_owned())));
     let policies = ConvPolicy::ALL;
     let mut errors = vec![Vec::new(); policies.len()];
+    // Every layer's output under Winograd F(4×4), for the layer-local errors below.
+    let mut f4_outputs: Vec<ArrayD<f32>> = Vec::new();
+    let f4 = ConvPolicy::Winograd(lml_kernel::layers::WinogradTile::F4);
     for (p, policy) in policies.into_iter().enumerate() {
         let vgg = Vgg19::open(dir(), 224, Cut::Fc7).unwrap().with_conv_policy(policy);
         let mut k = 0;
@@ -344,6 +347,9 @@ fn vgg19_at_224_every_conv_policy_within_1e_4_of_the_f64_chain() {
             .forward_observed(x.view(), |name, y| {
                 let (rname, r) = &reference[k];
                 assert_eq!(name, rname);
+                if policy == f4 {
+                    f4_outputs.push(y.to_owned());
+                }
                 errors[p].push(relative_error(y.view(), r.view()));
                 if name == "features.36" {
                     let y = y.to_owned().into_shape_with_order((1, 512 * 49)).unwrap();
@@ -356,11 +362,34 @@ fn vgg19_at_224_every_conv_policy_within_1e_4_of_the_f64_chain() {
         assert_eq!(k, reference.len(), "every layer observed");
         assert_close(&format!("fc7 under {policy}"), fc7.view(), cuts[2].view(), Approximation::Features);
     }
-    eprintln!("max |error| / max |reference| per layer, cumulative from the input (224×224, 1 image):");
-    eprintln!("{:<14} {}", "layer", policies.map(|p| format!("{:>12}", p.name())).join(""));
+    // Each F(4×4) convolution against the f64 convolution of its own (fast) input:
+    // within the one-layer Winograd tolerance on every real VGG19 shape.
+    let mut local = vec![None; reference.len()];
+    let mut prev = x.clone().into_dyn();
+    for (k, layer) in VGG19[..Cut::Fc7.layers()].iter().enumerate() {
+        if let LayerKind::Conv { .. } = layer.kind {
+            let w = load(&store, &format!("{}.weight", layer.name)).into_dimensionality::<Ix4>().unwrap();
+            let b = load(&store, &format!("{}.bias", layer.name)).into_dimensionality::<Ix1>().unwrap();
+            let r = conv_f64(prev.view().into_dimensionality::<Ix4>().unwrap(), w.view(), b.view()).into_dyn();
+            let y = f4_outputs[k].view();
+            assert_close(
+                &format!("{} by F(4×4) from its input", layer.name),
+                y.view(),
+                r.view(),
+                Approximation::Winograd,
+            );
+            local[k] = Some(relative_error(y, r.view()));
+        }
+        prev = f4_outputs[k].clone();
+    }
+    eprintln!("max |error| / max |reference| per layer, cumulative from the input (224×224, 1 image),");
+    eprintln!("and F(4×4)'s error in each convolution alone (from its own input):");
+    let header: String = policies.map(|p| format!("{:>12}", p.name())).join("");
+    eprintln!("{:<14} {header}{:>12}", "layer", "f4 alone");
     for (k, (name, _)) in reference.iter().enumerate() {
         let row: Vec<String> = errors.iter().map(|e| format!("{:>12.2e}", e[k])).collect();
-        eprintln!("{name:<14} {}", row.join(""));
+        let alone = local[k].map_or(String::new(), |e| format!("{e:>12.2e}"));
+        eprintln!("{name:<14} {}{alone}", row.join(""));
     }
     let plan = Vgg19::open(dir(), 224, Cut::Fc7).unwrap().conv_plan();
     eprintln!("auto plan: {plan:?}");
