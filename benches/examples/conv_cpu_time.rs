@@ -19,7 +19,8 @@
 //! slow: rayon's idle workers spin a little while they wait, and caches are
 //! shared with the other processes. "Effective GFLOP/s" is the direct
 //! convolution's nominal FLOPs over that time, so Winograd can pass the
-//! FMA peak. Prints the load average with each table.
+//! FMA peak. Prints the load average with each table. `WINOGRAD_TASK_TILES`
+//! overrides the target tiles per Winograd task (`winograd::TASK_TILES`).
 
 use std::time::Instant;
 
@@ -121,7 +122,7 @@ fn main() {
     let filter = std::env::args().nth(1).unwrap_or_default();
     let kernel = Microkernel::select().expect("LML_MICROKERNEL");
     let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    let task_tiles = env("WINOGRAD_TASK_TILES", 128);
+    let task_tiles = env("WINOGRAD_TASK_TILES", lml_kernel::layers::winograd::TASK_TILES);
     let (size, batch) = (env("SIZE", 224), env("BATCH", 8));
     let threads_list: Vec<usize> = match std::env::var("THREADS") {
         Ok(t) => t.split(',').filter_map(|v| v.parse().ok()).collect(),
