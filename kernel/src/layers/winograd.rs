@@ -25,9 +25,10 @@
 //! | `F(4×4, 3×3)` | 6 | 0, 1, −1, 2, −2, ∞ | 36 for 144: 4× fewer |
 //!
 //! These are the well-conditioned small points: the transforms' entries stay
-//! within ±8 (F4's `Aᵀ`) and `1/24` (its `G`), so the f32 error stays within
-//! a few ulps of the sums' scale (measured per VGG19 layer: `approx.rs`'s
-//! [`Approximation::Winograd`](crate::approx::Approximation::Winograd)).
+//! within ±8 (F4's `Aᵀ`) and `1/24` (its `G`). Measured on every VGG19 layer
+//! at 224×224, one F(4×4) layer errs by at most 7.8e-6 of its output's
+//! largest magnitude (the direct path: about 1e-6), the tolerance
+//! [`Approximation::Winograd`](crate::approx::Approximation::Winograd) holds it to.
 //! Larger tiles (F(6×6, 3×3) needs the points ±1/2 as well) lose accuracy
 //! fast and are not offered.
 //!
