@@ -369,7 +369,16 @@ struct Task<'a> {
     pieces: Vec<Piece<'a>>,
 }
 
-/// Per-thread buffers, grown as needed and reused across tasks.
+thread_local! {
+    /// Each pool thread's buffers, kept across calls: they reach ~20 MB at
+    /// VGG's 512-channel layers, and fresh pages cost a fault each on first
+    /// touch (0.43 ms per MB on the development VM, see the `peak` bench).
+    /// Only `run_task` borrows it, and it spawns no rayon work, so the
+    /// borrow is never re-entered.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Per-thread buffers, grown as needed and reused across tasks and calls.
 #[derive(Default)]
 struct Scratch {
     /// Transformed input as packed B panels, panel by panel, `α²` panels
@@ -591,7 +600,9 @@ fn run<T: Transform>(
         offsets: (0..filters.in_channels).map(|ch| ch * nr).collect(),
         zero_bias: vec![0.0; o],
     };
-    tasks.into_par_iter().for_each_init(Scratch::default, |s, mut task| run_task::<T>(&layer, &mut task, s));
+    tasks.into_par_iter().for_each(|mut task| {
+        SCRATCH.with(|s| run_task::<T>(&layer, &mut task, &mut s.borrow_mut()));
+    });
 }
 
 /// `buf` grown to at least `len` floats, its first `len`.
