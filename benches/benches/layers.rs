@@ -1,5 +1,8 @@
 //! Per-layer throughput on the real VGG19 shapes: the 16 convolutions at
-//! 224×224 (batch 8), fc6 at batch 1 (memory-bound) and the raw packed GEMM.
+//! 224×224 (batch 8) by the direct algorithm the network runs (`conv224`)
+//! and by Winograd F(4×4, 3×3) and F(2×2, 3×3) (`winograd224`: throughput
+//! in nominal FLOPs, those of the direct convolution, so it can pass the
+//! FMA peak), fc6 at batch 1 (memory-bound) and the raw packed GEMM.
 //!
 //! The convolutions and fc6 run on the microkernel `Microkernel::select`
 //! picks: the fastest this CPU runs, or the one `LML_MICROKERNEL` names
@@ -13,7 +16,7 @@ use lml_kernel::gemm::{gemm_packed, Microkernel, PackedA, RowSink, Scratch};
 use lml_kernel::geometry::Window2d;
 use lml_kernel::layers::conv2d::{conv2d_forward_into, conv2d_padded, pack_filters, ConvAlgorithm};
 use lml_kernel::layers::dense_forward_on;
-use lml_kernel::layers::PaddedLayout;
+use lml_kernel::layers::{conv2d_winograd, PaddedLayout, WinogradFilters, WinogradTile};
 use ndarray::{Array1, Array2};
 
 fn conv_layers(c: &mut Criterion) {
@@ -73,6 +76,41 @@ fn conv_layers(c: &mut Criterion) {
                         })
                     });
                 }
+            }
+        }
+    }
+    g.finish();
+}
+
+/// The 16 convolutions by Winograd, padded input to padded output as in the
+/// network, batch 8, 1 and 2 threads; ids `{kernel}/{threads}t/{f4|f2}`.
+fn winograd_layers(c: &mut Criterion) {
+    let mut g = c.benchmark_group("winograd224");
+    g.sample_size(10);
+    let kernel = Microkernel::select().expect("LML_MICROKERNEL");
+    let window = Window2d::VGG_CONV;
+    for threads in [1usize, 2] {
+        let pool = lml_kernel::parallel::thread_pool(threads).unwrap();
+        for shape in conv_table(224) {
+            let batch = 8;
+            let x = random_input(batch, shape.in_channels, shape.side, 1);
+            let w = random_input(shape.out_channels, shape.in_channels, 3, 2).mapv(|v| v * 0.05);
+            let bias = Array1::<f32>::zeros(shape.out_channels);
+            let lin = PaddedLayout::conv_input(batch, shape.in_channels, shape.side, shape.side, &window);
+            let lout = lin.conv_output(shape.out_channels, &window);
+            let mut input = vec![0.0; lin.len()];
+            lin.fill(&mut input, x.view()).unwrap();
+            let mut out = vec![0.0; lout.len()];
+            g.throughput(Throughput::Elements(shape.flops() * batch as u64));
+            for tile in WinogradTile::ALL {
+                let f = WinogradFilters::new(w.view(), tile, kernel).unwrap();
+                let id = BenchmarkId::new(format!("{kernel}/{threads}t/{}", tile.name()), shape.name);
+                g.bench_function(id, |b| {
+                    b.iter(|| {
+                        pool.install(|| conv2d_winograd(&input, &lin, &f, bias.view(), &window, true, &mut out, &lout))
+                            .unwrap()
+                    })
+                });
             }
         }
     }
@@ -219,5 +257,5 @@ fn dense_large_batch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, packed_gemm, fc6_batch1, conv_layers, conv_algorithms, dense_large_batch);
+criterion_group!(benches, packed_gemm, fc6_batch1, conv_layers, winograd_layers, conv_algorithms, dense_large_batch);
 criterion_main!(benches);

@@ -6,10 +6,14 @@
 //! Everything runs on the microkernel `Microkernel::select` picks (the
 //! fastest this CPU runs, or the one `LML_MICROKERNEL` names:
 //! `LML_MICROKERNEL=avx2 cargo bench -p lml-benches --bench vgg -- vgg19_224_fc7`);
-//! its name is part of every benchmark id.
+//! its name is part of every benchmark id. The convolutions run the
+//! algorithms the default policy (`auto`) chooses; the forwards are also
+//! run with every convolution forced direct and forced Winograd (ids with
+//! the policy's name: `…/direct/…`, `…/winograd-f4/…`, `…/winograd-f2/…`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lml_benches::{lambda_memory_mb, random_input, weights_dir};
+use lml_kernel::layers::conv2d::ConvPolicy;
 use lml_kernel::optim::Sgd;
 use lml_kernel::trainer::{Head, HeadVelocity};
 use lml_kernel::vgg::flops_per_image;
@@ -24,9 +28,15 @@ fn forward_224(c: &mut Criterion) {
     g.throughput(Throughput::Elements(8 * flops_per_image(224, Cut::Fc7)));
     for threads in [1usize, 2] {
         let pool = lml_kernel::parallel::thread_pool(threads).unwrap();
-        pool.install(|| vgg.forward(x.view()).unwrap()); // page in weights, pack filters
-        let id = format!("{}/batch8/{threads}t", vgg.microkernel());
-        g.bench_function(id, |b| b.iter(|| pool.install(|| vgg.forward(x.view()).unwrap())));
+        for policy in ConvPolicy::ALL {
+            let vgg = vgg.clone().with_conv_policy(policy);
+            pool.install(|| vgg.forward(x.view()).unwrap()); // page in weights, pack filters
+            let id = match policy {
+                ConvPolicy::Auto => format!("{}/batch8/{threads}t", vgg.microkernel()),
+                _ => format!("{}/{policy}/batch8/{threads}t", vgg.microkernel()),
+            };
+            g.bench_function(id, |b| b.iter(|| pool.install(|| vgg.forward(x.view()).unwrap())));
+        }
     }
     g.finish();
 }
@@ -38,9 +48,15 @@ fn conv_32(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(64 * flops_per_image(32, Cut::Pool5)));
     let pool = lml_kernel::parallel::thread_pool(2).unwrap();
-    pool.install(|| vgg.forward(x.view()).unwrap());
-    let id = format!("{}/batch64/2t", vgg.microkernel());
-    g.bench_function(id, |b| b.iter(|| pool.install(|| vgg.forward(x.view()).unwrap())));
+    for policy in [ConvPolicy::Auto, ConvPolicy::Direct] {
+        let vgg = vgg.clone().with_conv_policy(policy);
+        pool.install(|| vgg.forward(x.view()).unwrap());
+        let id = match policy {
+            ConvPolicy::Auto => format!("{}/batch64/2t", vgg.microkernel()),
+            _ => format!("{}/{policy}/batch64/2t", vgg.microkernel()),
+        };
+        g.bench_function(id, |b| b.iter(|| pool.install(|| vgg.forward(x.view()).unwrap())));
+    }
     g.finish();
 }
 

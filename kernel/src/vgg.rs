@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{KernelError, Result};
 use crate::gemm::{Microkernel, PackedA};
 use crate::geometry::Window2d;
-use crate::layers::conv2d::{conv2d_forward_into, conv2d_padded, pack_filters, ConvAlgorithm};
+use crate::layers::conv2d::{conv2d_forward_into, conv2d_padded, pack_filters, ConvAlgorithm, ConvPolicy};
 use crate::layers::padded::PaddedLayout;
+use crate::layers::winograd::{conv2d_winograd, WinogradFilters};
 use crate::layers::{adaptive_avgpool2d_forward, dense_forward_on, maxpool2d_values_into};
 use crate::preprocess::{preprocess, Preset};
 use crate::weights::{NamedTensors, TensorSpec, WeightStore};
@@ -231,19 +232,30 @@ impl Held {
     }
 }
 
+/// A convolution's filters as its algorithm needs them.
+#[derive(Debug)]
+enum ConvFilters {
+    /// Packed for the direct algorithms (implicit, packed im2col).
+    Direct(PackedA),
+    /// Transformed and packed for Winograd.
+    Winograd(WinogradFilters),
+}
+
 /// The frozen VGG19 feature extractor over a [`WeightStore`].
 ///
 /// Dense weights (fc6, fc7: 469 MB) are read straight from the mapping. The
-/// convolution filters (80 MB) are packed into the panel layout of the
-/// extractor's [`Microkernel`] on the first forward pass and kept for the life
-/// of the extractor (shared by its clones).
+/// convolution filters are packed into the panel layout of the extractor's
+/// [`Microkernel`] for the algorithm each layer runs ([`conv_plan`](Self::conv_plan):
+/// 80 MB for the direct algorithms, 4× that for Winograd F(4×4, 3×3)) on the
+/// first forward pass and kept for the life of the extractor (shared by its clones).
 #[derive(Clone, Debug)]
 pub struct Vgg19 {
     store: Arc<WeightStore>,
     input_size: usize,
     cut: Cut,
     kernel: Microkernel,
-    packed: Arc<OnceLock<HashMap<&'static str, PackedA>>>,
+    policy: ConvPolicy,
+    packed: Arc<OnceLock<HashMap<&'static str, ConvFilters>>>,
     workspace: Arc<Mutex<Workspace>>,
 }
 
@@ -261,10 +273,12 @@ impl Vgg19 {
     /// [`tensor_specs`] of at least `cut`). The convolutions run on the
     /// microkernel [`Microkernel::select`] picks (the fastest this CPU runs,
     /// or the one `LML_MICROKERNEL` names); [`with_microkernel`](Self::with_microkernel) picks another.
+    /// Their algorithms follow the policy [`ConvPolicy::select`] reads
+    /// (`LML_CONV`, default `auto`); [`with_conv_policy`](Self::with_conv_policy) picks another.
     ///
     /// # Errors
     /// [`KernelError::Invalid`] if `input_size` is not a positive multiple of
-    /// 32 or `LML_MICROKERNEL` names no kernel this CPU runs;
+    /// 32, `LML_MICROKERNEL` names no kernel this CPU runs or `LML_CONV` no policy;
     /// [`KernelError::MissingTensor`] if the store lacks a tensor `cut` needs.
     pub fn new(store: Arc<WeightStore>, input_size: usize, cut: Cut) -> Result<Self> {
         if input_size == 0 || !input_size.is_multiple_of(32) {
@@ -274,7 +288,8 @@ impl Vgg19 {
             store.view(&spec.name)?;
         }
         let kernel = Microkernel::select()?;
-        Ok(Vgg19 { store, input_size, cut, kernel, packed: Arc::default(), workspace: Arc::default() })
+        let policy = ConvPolicy::select()?;
+        Ok(Vgg19 { store, input_size, cut, kernel, policy, packed: Arc::default(), workspace: Arc::default() })
     }
 
     /// The same extractor on `kernel` (for tests and benchmarks that compare
@@ -287,9 +302,38 @@ impl Vgg19 {
         Ok(Vgg19 { kernel, packed: Arc::default(), workspace: Arc::default(), ..self })
     }
 
+    /// The same extractor with the convolution algorithms `policy` chooses
+    /// (for tests and benchmarks that compare them); filters are packed anew
+    /// on its first forward.
+    pub fn with_conv_policy(self, policy: ConvPolicy) -> Self {
+        Vgg19 { policy, packed: Arc::default(), workspace: Arc::default(), ..self }
+    }
+
     /// The microkernel the convolutions run on.
     pub fn microkernel(&self) -> Microkernel {
         self.kernel
+    }
+
+    /// The policy that chose the convolution algorithms.
+    pub fn conv_policy(&self) -> ConvPolicy {
+        self.policy
+    }
+
+    /// The algorithm each convolution runs, in table order (torchvision names).
+    pub fn conv_plan(&self) -> Vec<(&'static str, ConvAlgorithm)> {
+        let mut side = self.input_size;
+        let mut plan = Vec::new();
+        for layer in &VGG19 {
+            match layer.kind {
+                LayerKind::Conv { in_channels, out_channels } => plan.push((
+                    layer.name,
+                    self.policy.algorithm((in_channels, out_channels), (side, side), &Window2d::VGG_CONV),
+                )),
+                LayerKind::MaxPool => side /= 2,
+                LayerKind::Dense { .. } => {}
+            }
+        }
+        plan
     }
 
     /// Side of the square input.
@@ -335,16 +379,22 @@ impl Vgg19 {
         ))
     }
 
-    /// Conv filters packed for the extractor's microkernel.
-    fn packed_filters(&self) -> Result<&HashMap<&'static str, PackedA>> {
+    /// Conv filters packed for the extractor's microkernel, as each layer's algorithm needs them.
+    fn packed_filters(&self) -> Result<&HashMap<&'static str, ConvFilters>> {
         if let Some(p) = self.packed.get() {
             return Ok(p);
         }
-        let convs: Vec<&'static str> =
-            VGG19.iter().filter(|l| matches!(l.kind, LayerKind::Conv { .. })).map(|l| l.name).collect();
-        let packed: Result<HashMap<&'static str, PackedA>> = convs
+        let packed: Result<HashMap<&'static str, ConvFilters>> = self
+            .conv_plan()
             .into_par_iter()
-            .map(|name| Ok((name, pack_filters(self.params::<Ix4>(name)?.0, self.kernel)?)))
+            .map(|(name, algo)| {
+                let w = self.params::<Ix4>(name)?.0;
+                let filters = match algo {
+                    ConvAlgorithm::Winograd(tile) => ConvFilters::Winograd(WinogradFilters::new(w, tile, self.kernel)?),
+                    _ => ConvFilters::Direct(pack_filters(w, self.kernel)?),
+                };
+                Ok((name, filters))
+            })
             .collect();
         let map = packed?;
         Ok(self.packed.get_or_init(|| map))
@@ -387,7 +437,7 @@ impl Vgg19 {
         };
         // Ping-pong between two buffers: `bufs[src]` holds the current
         // activations as `held` says, the layer writes `bufs[1 - src]`.
-        // Convolutions that run the implicit algorithm (blocks 1–2 at 224)
+        // Convolutions that run the implicit or Winograd algorithms
         // read and write padded layouts, so a block's convolutions pass
         // their activations on without copies, and the pool before a block
         // writes straight into its first convolution's padded input.
@@ -407,10 +457,11 @@ impl Vgg19 {
                 match layer.kind {
                     LayerKind::Conv { out_channels, .. } => {
                         let (wt, b) = self.params::<Ix4>(layer.name)?;
-                        let p = packed.get(layer.name);
                         let window = &Window2d::VGG_CONV;
-                        let algo = ConvAlgorithm::choose(p.is_some(), (h, w), window);
-                        if let (ConvAlgorithm::Implicit, Some(p)) = (algo, p) {
+                        // The filters were packed for the algorithm `conv_plan` chose.
+                        let filters = packed.get(layer.name).expect("every convolution's filters are packed");
+                        let algo = self.policy.algorithm((c, out_channels), (h, w), window);
+                        if matches!(algo, ConvAlgorithm::Implicit | ConvAlgorithm::Winograd(_)) {
                             let lin = PaddedLayout::conv_input(n, c, h, w, window);
                             let (input, lin) = match held {
                                 Held::Padded(l) if l == lin => (&current[..], l),
@@ -420,22 +471,35 @@ impl Vgg19 {
                                 }
                             };
                             let lout = lin.conv_output(out_channels, window);
-                            conv2d_padded(input, &lin, p, b, window, true, grown(next, lout.len()), &lout)?;
+                            let out = grown(next, lout.len());
+                            match filters {
+                                ConvFilters::Direct(p) => conv2d_padded(input, &lin, p, b, window, true, out, &lout)?,
+                                ConvFilters::Winograd(f) => {
+                                    conv2d_winograd(input, &lin, f, b, window, true, out, &lout)?
+                                }
+                            }
                             held = Held::Padded(lout);
                         } else {
+                            let ConvFilters::Direct(p) = filters else {
+                                unreachable!("{algo:?} runs on directly packed filters")
+                            };
                             let shape = [n, out_channels, h, w];
                             let out = plain(next, shape);
-                            conv2d_forward_into(x, wt, p, b, window, true, algo, out, &mut ws.pad)?;
+                            conv2d_forward_into(x, wt, Some(p), b, window, true, algo, out, &mut ws.pad)?;
                             held = Held::Plain(shape);
                         }
                     }
                     LayerKind::MaxPool => {
                         let (oh, ow) = (h / 2, w / 2);
-                        // Pool into the next convolution's padded input when it runs implicitly.
-                        let implicit_next = matches!(layers.get(i + 1).map(|l| l.kind), Some(LayerKind::Conv { .. }))
-                            && ConvAlgorithm::choose(!packed.is_empty(), (oh, ow), &Window2d::VGG_CONV)
-                                == ConvAlgorithm::Implicit;
-                        if implicit_next {
+                        // Pool into the next convolution's padded input when it reads one.
+                        let padded_next = match layers.get(i + 1).map(|l| l.kind) {
+                            Some(LayerKind::Conv { out_channels, .. }) => matches!(
+                                self.policy.algorithm((c, out_channels), (oh, ow), &Window2d::VGG_CONV),
+                                ConvAlgorithm::Implicit | ConvAlgorithm::Winograd(_)
+                            ),
+                            _ => false,
+                        };
+                        if padded_next {
                             let l = PaddedLayout::conv_input(n, c, oh, ow, &Window2d::VGG_CONV);
                             let buf = grown(next, l.len());
                             maxpool2d_values_into(x, &Window2d::VGG_POOL, l.view_mut(buf))?;

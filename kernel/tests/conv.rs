@@ -6,8 +6,10 @@ use common::{dot, each_microkernel, finite_difference, integers, random};
 use lml_kernel::approx::{assert_close, check_close, check_close_to_magnitude, Approximation};
 use lml_kernel::gemm::Microkernel;
 use lml_kernel::geometry::Window2d;
-use lml_kernel::layers::conv2d::{conv2d_forward_algorithm, conv2d_forward_with, pack_filters, ConvAlgorithm};
-use lml_kernel::layers::{conv2d_backward, conv2d_forward, relu_backward};
+use lml_kernel::layers::conv2d::{
+    conv2d_forward_algorithm, conv2d_forward_with, pack_filters, ConvAlgorithm, ConvPolicy, CONV_ENV,
+};
+use lml_kernel::layers::{conv2d_backward, conv2d_forward, relu_backward, WinogradTile};
 use lml_kernel::{reference, KernelError};
 use ndarray::{Array1, Array4, Ix4};
 use proptest::prelude::*;
@@ -51,7 +53,7 @@ impl ConvProblem {
             let y =
                 conv2d_forward_algorithm(x.view(), w.view(), packed.as_ref(), b.view(), &self.window, self.relu, algo)
                     .map_err(|e| e.to_string())?;
-            check_close(&format!("{self:?} {algo:?} {kernel:?}"), y.view(), r.view(), Approximation::Close)?;
+            check_close(&format!("{self:?} {algo:?} {kernel:?}"), y.view(), r.view(), tolerance(algo))?;
         }
         Ok(())
     }
@@ -73,7 +75,7 @@ impl ConvProblem {
 }
 
 /// The portable algorithm, and every packed algorithm that can run `window`
-/// on each of `kernels`.
+/// on each of `kernels` (Winograd with both tiles on 3×3 stride-1 windows).
 fn algorithms(window: &Window2d, kernels: &[Microkernel]) -> Vec<(ConvAlgorithm, Option<Microkernel>)> {
     let mut out = vec![(ConvAlgorithm::Portable, None)];
     for &k in kernels {
@@ -81,8 +83,35 @@ fn algorithms(window: &Window2d, kernels: &[Microkernel]) -> Vec<(ConvAlgorithm,
         if window.stride == (1, 1) {
             out.push((ConvAlgorithm::Implicit, Some(k)));
         }
+        if window.stride == (1, 1) && window.kernel == (3, 3) {
+            out.extend(WinogradTile::ALL.map(|t| (ConvAlgorithm::Winograd(t), Some(k))));
+        }
     }
     out
+}
+
+/// The tolerance an algorithm is held to against the f64 reference.
+fn tolerance(algo: ConvAlgorithm) -> Approximation {
+    match algo {
+        ConvAlgorithm::Winograd(_) => Approximation::Winograd,
+        _ => Approximation::Close,
+    }
+}
+
+/// 3×3 stride-1 windows with any padding up to 3, on shapes spanning
+/// several tiles, panels and k-blocks: every Winograd tile on every kernel.
+fn winograd_problem_strategy() -> impl Strategy<Value = ConvProblem> {
+    (1usize..4, 1usize..24, 1usize..14, 1usize..14, 1usize..40, 0usize..4, 0usize..4, any::<bool>())
+        .prop_map(|(n, c, h, w, o, ph, pw, relu)| ConvProblem {
+            n,
+            c,
+            h,
+            w,
+            o,
+            window: Window2d { kernel: (3, 3), stride: (1, 1), pad: (ph, pw) },
+            relu,
+        })
+        .prop_filter("window must fit", |p| p.window.validate(p.h, p.w).is_ok())
 }
 
 fn window_strategy() -> impl Strategy<Value = Window2d> {
@@ -104,6 +133,16 @@ proptest! {
     #[test]
     fn forward_matches_reference(p in problem_strategy(), seed in 0u64..1000) {
         prop_assert!(p.check_forward(seed).is_ok(), "{}", p.check_forward(seed).unwrap_err());
+    }
+
+    #[test]
+    fn winograd_matches_reference(p in winograd_problem_strategy(), seed in 0u64..1000) {
+        let algos: Vec<_> = Microkernel::runnable()
+            .into_iter()
+            .flat_map(|k| WinogradTile::ALL.map(|t| (ConvAlgorithm::Winograd(t), Some(k))))
+            .collect();
+        let checked = p.check_forward_on(seed, &algos);
+        prop_assert!(checked.is_ok(), "{}", checked.unwrap_err());
     }
 
     #[test]
@@ -136,7 +175,10 @@ fn exact_on_integer_data() {
             let w = integers((13, shape.1, 3, 3), 2);
             let b = integers(13, 3);
             let r = reference::conv2d(x.view(), w.view(), b.view(), &window, false);
-            for (algo, kernel) in algorithms(&window, &[kernel]) {
+            // Winograd's transforms divide (G holds 1/2, 1/6, 1/24): not exact.
+            let exact =
+                algorithms(&window, &[kernel]).into_iter().filter(|(a, _)| !matches!(a, ConvAlgorithm::Winograd(_)));
+            for (algo, kernel) in exact {
                 let packed = kernel.map(|k| pack_filters(w.view(), k).unwrap());
                 let y = conv2d_forward_algorithm(x.view(), w.view(), packed.as_ref(), b.view(), &window, false, algo)
                     .unwrap();
@@ -284,7 +326,8 @@ fn deterministic_across_thread_counts() {
     each_microkernel("deterministic_across_thread_counts", |kernel| {
         let packed = pack_filters(w.view(), kernel).unwrap();
         let mut cases = 0;
-        for algo in [ConvAlgorithm::Implicit, ConvAlgorithm::PackedIm2col] {
+        let winograd = WinogradTile::ALL.map(ConvAlgorithm::Winograd);
+        for algo in [ConvAlgorithm::Implicit, ConvAlgorithm::PackedIm2col].into_iter().chain(winograd) {
             let run = |t| {
                 lml_kernel::parallel::thread_pool(t).unwrap().install(|| {
                     let window = &Window2d::VGG_CONV;
@@ -415,4 +458,179 @@ fn padded_layouts_that_do_not_fit_are_errors() {
     }
     let short = conv2d_padded(&input[..10], &lin, &p, b.view(), &window, true, &mut out, &lout).unwrap_err();
     assert!(matches!(short, KernelError::Shape { .. }), "{short}");
+}
+
+/// Winograd chained through padded layouts as the VGG forward runs it:
+/// F(4×4) into F(2×2) into the implicit GEMM, each writing straight into the
+/// next one's input. Output buffers start as NaN: every float outside the
+/// interiors must come out zero (the frame), every interior value close to
+/// the reference chain. Shapes with partial tiles at the right and bottom,
+/// images smaller than a tile, tasks spanning images and tile rows split
+/// between tasks; 1, 2 and 3 threads (the task widths change with them).
+#[test]
+fn winograd_padded_chain_keeps_the_frame_zero() {
+    use lml_kernel::layers::conv2d::conv2d_padded;
+    use lml_kernel::layers::{conv2d_winograd, PaddedLayout, WinogradFilters};
+    each_microkernel("winograd_padded_chain_keeps_the_frame_zero", |kernel| {
+        let cases =
+            [(2, 3, 9, 13, 8, 5), (1, 4, 40, 33, 16, 9), (5, 3, 2, 2, 5, 6), (3, 2, 3, 1, 4, 3), (2, 5, 7, 70, 10, 3)];
+        let window = Window2d::VGG_CONV;
+        let threads = [1, 2, 3];
+        for (t, (n, c, h, w, o1, o2)) in threads.iter().flat_map(|&t| cases.iter().map(move |&c| (t, c))) {
+            let pool = lml_kernel::parallel::thread_pool(t).unwrap();
+            let x = random((n, c, h, w), 1);
+            let (w1, b1) = (random((o1, c, 3, 3), 2), random(o1, 3));
+            let (w2, b2) = (random((o2, o1, 3, 3), 4), random(o2, 5));
+            let (w3, b3) = (random((o1, o2, 3, 3), 6), random(o1, 7));
+            let l0 = PaddedLayout::conv_input(n, c, h, w, &window);
+            let (l1, l2) = (l0.conv_output(o1, &window), l0.conv_output(o2, &window));
+            let l3 = l2.conv_output(o1, &window);
+            let mut b0 = vec![f32::NAN; l0.len()];
+            let (mut b1buf, mut b2buf, mut b3buf) =
+                (vec![f32::NAN; l1.len()], vec![f32::NAN; l2.len()], vec![f32::NAN; l3.len()]);
+            l0.fill(&mut b0, x.view()).unwrap();
+            let f1 = WinogradFilters::new(w1.view(), WinogradTile::F4, kernel).unwrap();
+            let f2 = WinogradFilters::new(w2.view(), WinogradTile::F2, kernel).unwrap();
+            let p3 = pack_filters(w3.view(), kernel).unwrap();
+            pool.install(|| {
+                conv2d_winograd(&b0, &l0, &f1, b1.view(), &window, true, &mut b1buf, &l1).unwrap();
+                conv2d_winograd(&b1buf, &l1, &f2, b2.view(), &window, true, &mut b2buf, &l2).unwrap();
+                conv2d_padded(&b2buf, &l2, &p3, b3.view(), &window, false, &mut b3buf, &l3).unwrap();
+            });
+            // Each layer against the reference from the fast path's own input.
+            let what = format!("{kernel} {t} threads {n}×{c}×{h}×{w}");
+            let y1 = l1.view(&b1buf).to_owned();
+            let y2 = l2.view(&b2buf).to_owned();
+            let r1 = reference::conv2d(x.view(), w1.view(), b1.view(), &window, true);
+            let r2 = reference::conv2d(y1.view(), w2.view(), b2.view(), &window, true);
+            let r3 = reference::conv2d(y2.view(), w3.view(), b3.view(), &window, false);
+            assert_close(&format!("{what} F4"), y1.view(), r1.view(), Approximation::Winograd);
+            assert_close(&format!("{what} F2"), y2.view(), r2.view(), Approximation::Winograd);
+            assert_close(&format!("{what} implicit"), l3.view(&b3buf), r3.view(), Approximation::Close);
+            for (layout, buf) in [(&l1, &b1buf), (&l2, &b2buf)] {
+                let mut interior = vec![false; buf.len()];
+                let view_start = layout.view(buf).as_ptr() as usize;
+                for p in layout.view(buf).iter() {
+                    interior[layout.origin() + (p as *const f32 as usize - view_start) / 4] = true;
+                }
+                for (i, &v) in buf.iter().enumerate().filter(|&(i, _)| !interior[i]) {
+                    assert_eq!(v, 0.0, "{what}: float {i} outside the interior is {v}");
+                }
+            }
+        }
+        cases.len() * threads.len()
+    });
+}
+
+/// Winograd writes any consistent output layout (here a plain one, no frame)
+/// and reads any input frame at least as large as the padding.
+#[test]
+fn winograd_reads_and_writes_other_layouts() {
+    use lml_kernel::layers::{conv2d_winograd, PaddedLayout, WinogradFilters};
+    let window = Window2d::VGG_CONV;
+    let (n, c, h, w, o) = (2, 3, 10, 7, 5);
+    let x = random((n, c, h, w), 1);
+    let (wt, b) = (random((o, c, 3, 3), 2), random(o, 3));
+    // Input: two frame rows and columns where one is needed, a wide frame.
+    let lin = PaddedLayout { n, c, h, w, top: (2, 2), hp: h + 5, wp: w + 4, plane: n * (h + 5) * (w + 4) + 30 };
+    // Output: no frame at all (NCHW).
+    let lout = PaddedLayout { n, c: o, h, w, top: (0, 0), hp: h, wp: w, plane: n * h * w };
+    let mut input = vec![f32::NAN; lin.len()];
+    lin.fill(&mut input, x.view()).unwrap();
+    let r = reference::conv2d(x.view(), wt.view(), b.view(), &window, false);
+    for kernel in Microkernel::runnable() {
+        for tile in WinogradTile::ALL {
+            let f = WinogradFilters::new(wt.view(), tile, kernel).unwrap();
+            let mut out = vec![f32::NAN; lout.len()];
+            conv2d_winograd(&input, &lin, &f, b.view(), &window, false, &mut out, &lout).unwrap();
+            assert_close(&format!("{kernel} {tile}"), lout.view(&out), r.view(), Approximation::Winograd);
+        }
+    }
+}
+
+#[test]
+fn winograd_misuse_is_a_typed_error() {
+    use lml_kernel::layers::{conv2d_winograd, PaddedLayout, WinogradFilters};
+    let kernel = Microkernel::detect();
+    let window = Window2d::VGG_CONV;
+    let (w, b) = (random((4, 3, 3, 3), 1), random(4, 2));
+    let f = WinogradFilters::new(w.view(), WinogradTile::F4, kernel).unwrap();
+    let lin = PaddedLayout::conv_input(2, 3, 8, 8, &window);
+    let lout = lin.conv_output(4, &window);
+    let input = vec![0.0; lin.len()];
+    let mut out = vec![0.0; lout.len()];
+    let mut run = |lin: &PaddedLayout,
+                   f: &WinogradFilters,
+                   bias: ndarray::ArrayView1<'_, f32>,
+                   win: &Window2d,
+                   lout: &PaddedLayout| {
+        out.resize(lout.len().max(out.len()), 0.0);
+        conv2d_winograd(&input[..lin.len().min(input.len())], lin, f, bias, win, true, &mut out, lout)
+            .unwrap_err()
+            .to_string()
+    };
+    let strided = Window2d::square(3, 2, 1);
+    assert!(run(&lin, &f, b.view(), &strided, &lout).contains("not 3×3 with stride 1"));
+    let other = WinogradFilters::new(random((4, 2, 3, 3), 1).view(), WinogradTile::F2, kernel).unwrap();
+    assert!(run(&lin, &other, b.view(), &window, &lout).contains("winograd filters and bias"));
+    assert!(run(&lin, &f, random(3, 1).view(), &window, &lout).contains("winograd filters and bias"));
+    assert!(run(&PaddedLayout { top: (0, 1), ..lin }, &f, b.view(), &window, &lout).contains("less frame"));
+    assert!(run(&lin, &f, b.view(), &window, &PaddedLayout { c: 5, ..lout }).contains("is not [2, 4, 8, 8]"));
+    let big = PaddedLayout::conv_input(3, 3, 8, 8, &window);
+    assert!(run(&big, &f, b.view(), &window, &lout).contains("at least"));
+    assert!(run(&PaddedLayout { n: 3, ..lin }, &f, b.view(), &window, &lout).contains("plane too short"));
+    let err = WinogradFilters::new(random((4, 3, 5, 5), 1).view(), WinogradTile::F4, kernel).unwrap_err();
+    assert!(matches!(err, KernelError::Shape { .. }), "{err}");
+    for k in Microkernel::unavailable() {
+        let err = WinogradFilters::new(w.view(), WinogradTile::F4, k).unwrap_err();
+        assert!(err.to_string().contains("not supported by this CPU"), "{err}");
+    }
+    let x = random((1, 3, 8, 8), 3);
+    let p = pack_filters(w.view(), kernel).unwrap();
+    let err = conv2d_forward_algorithm(
+        x.view(),
+        w.view(),
+        Some(&p),
+        b.view(),
+        &strided,
+        false,
+        ConvAlgorithm::Winograd(WinogradTile::F2),
+    );
+    assert!(err.unwrap_err().to_string().contains("Winograd needs a 3×3 window"));
+}
+
+/// The policies' names round-trip; forced Winograd runs where the window
+/// allows it and the direct choice elsewhere.
+#[test]
+fn conv_policies() {
+    for p in ConvPolicy::ALL {
+        assert_eq!(p.name().parse::<ConvPolicy>().unwrap(), p);
+        assert_eq!(format!(" {} ", p.name().to_uppercase()).parse::<ConvPolicy>().unwrap(), p);
+    }
+    let err = "winograd-f6".parse::<ConvPolicy>().unwrap_err().to_string();
+    assert!(err.contains(CONV_ENV) && err.contains("auto, direct, winograd-f4, winograd-f2"), "{err}");
+    let vgg = Window2d::VGG_CONV;
+    let strided = Window2d::square(3, 2, 1);
+    for hw in [2, 14, 224] {
+        let direct = ConvAlgorithm::choose(true, (hw, hw), &vgg);
+        assert_eq!(ConvPolicy::Direct.algorithm((64, 64), (hw, hw), &vgg), direct);
+        for t in WinogradTile::ALL {
+            assert_eq!(ConvPolicy::Winograd(t).algorithm((64, 64), (hw, hw), &vgg), ConvAlgorithm::Winograd(t));
+            assert_eq!(ConvPolicy::Winograd(t).algorithm((64, 64), (hw, hw), &strided), ConvAlgorithm::PackedIm2col);
+        }
+    }
+    assert_eq!(ConvPolicy::Auto.algorithm((64, 64), (224, 224), &strided), ConvAlgorithm::PackedIm2col);
+    // The automatic choice: F(4×4) where its partial tiles waste little, F(2×2)
+    // on 2×2 images, direct with 3 input channels or where no tile saves half.
+    let auto = |c, o, hw| ConvPolicy::Auto.algorithm((c, o), (hw, hw), &vgg);
+    let f4 = ConvAlgorithm::Winograd(WinogradTile::F4);
+    let f2 = ConvAlgorithm::Winograd(WinogradTile::F2);
+    for hw in [224, 112, 56, 28, 14, 8, 4] {
+        assert_eq!(auto(64, 128, hw), f4, "{hw}");
+        assert_eq!(auto(512, 512, hw), f4, "{hw}");
+        assert_eq!(auto(3, 64, hw), ConvAlgorithm::choose(true, (hw, hw), &vgg), "{hw}");
+    }
+    assert_eq!(auto(512, 512, 2), f2);
+    assert_eq!(auto(512, 512, 1), ConvAlgorithm::choose(true, (1, 1), &vgg));
+    assert_eq!(auto(32, 512, 224), ConvAlgorithm::Implicit);
 }

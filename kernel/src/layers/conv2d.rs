@@ -14,13 +14,15 @@
 //! pool; a task may span several images (VGG's conv5 at 32×32 has 2×2
 //! outputs per image). `col` is never materialised for more than one task.
 //!
-//! Three strategies ([`ConvAlgorithm`]):
+//! Four strategies ([`ConvAlgorithm`]):
 //! * **implicit** (stride 1): the input is kept in a [`PaddedLayout`] in
 //!   which each row of `col` is a shifted view, read in place by the
 //!   microkernel ([`gemm_gather_fused`]); the output is written, finished,
 //!   into the next layer's padded layout ([`conv2d_padded`]);
 //! * **packed im2col** (any stride): each row of `col` is generated straight
 //!   into the microkernel's panel layout ([`gemm_packed_fused`]);
+//! * **Winograd** (3×3, stride 1): fewer multiplications, through the same
+//!   packed microkernels, padded layout to padded layout (see [`winograd`](super::winograd));
 //! * **portable**: the task's `col` block is gathered into a buffer and
 //!   multiplied by [`sgemm`] (`matrixmultiply`). Kept as a yardstick for the
 //!   tests and benchmarks: the packed strategies run on every CPU (the
@@ -41,6 +43,7 @@ use crate::gemm::{
 };
 use crate::geometry::Window2d;
 use crate::layers::padded::PaddedLayout;
+use crate::layers::winograd::{conv2d_winograd, WinogradFilters, WinogradTile};
 
 /// Target number of output columns per task.
 pub const TILE_COLUMNS: usize = 512;
@@ -251,6 +254,9 @@ pub enum ConvAlgorithm {
     /// Pays `Wp − OW` wasted columns per output row, so it is chosen only
     /// where that is little ([`IMPLICIT_MAX_WASTE`]).
     Implicit,
+    /// Winograd minimal filtering `F(m×m, 3×3)` for 3×3 stride-1 windows:
+    /// `α²/9m²` of the direct multiplications (see [`super::winograd`]).
+    Winograd(WinogradTile),
 }
 
 /// Largest ratio of computed to output columns for which
@@ -280,6 +286,125 @@ impl ConvAlgorithm {
     }
 }
 
+/// The environment variable that forces the convolution algorithms of a
+/// network ([`ConvPolicy::select`]): `auto`, `direct`, `winograd-f2` or `winograd-f4`.
+pub const CONV_ENV: &str = "LML_CONV";
+
+/// Which algorithms a network's convolutions may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConvPolicy {
+    /// Per layer, the algorithm measured fastest ([`ConvPolicy::algorithm`]).
+    #[default]
+    Auto,
+    /// The direct algorithms only ([`ConvAlgorithm::choose`]): the speed reference.
+    Direct,
+    /// Winograd with this tile on every 3×3 stride-1 layer, direct elsewhere.
+    Winograd(WinogradTile),
+}
+
+impl ConvPolicy {
+    /// Every policy, in the order of [`name`](Self::name)s `auto`, `direct`, `winograd-f4`, `winograd-f2`.
+    pub const ALL: [ConvPolicy; 4] = [
+        ConvPolicy::Auto,
+        ConvPolicy::Direct,
+        ConvPolicy::Winograd(WinogradTile::F4),
+        ConvPolicy::Winograd(WinogradTile::F2),
+    ];
+
+    /// The name [`select`](Self::select) and [`FromStr`](std::str::FromStr) accept.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ConvPolicy::Auto => "auto",
+            ConvPolicy::Direct => "direct",
+            ConvPolicy::Winograd(WinogradTile::F4) => "winograd-f4",
+            ConvPolicy::Winograd(WinogradTile::F2) => "winograd-f2",
+        }
+    }
+
+    /// The policy [`CONV_ENV`] names if it is set, else [`Auto`](Self::Auto).
+    ///
+    /// # Errors
+    /// [`KernelError::Invalid`] if the variable names no policy or is not Unicode.
+    pub fn select() -> Result<Self> {
+        match std::env::var(CONV_ENV) {
+            Ok(value) => value.parse(),
+            Err(std::env::VarError::NotPresent) => Ok(ConvPolicy::Auto),
+            Err(std::env::VarError::NotUnicode(v)) => {
+                Err(KernelError::invalid(CONV_ENV, format!("{v:?} is not a convolution policy")))
+            }
+        }
+    }
+
+    /// The algorithm for a convolution of `c → o` channels over an `h × w`
+    /// input with `window`, its filters packed for a microkernel.
+    pub fn algorithm(self, (c, o): (usize, usize), input_hw: (usize, usize), window: &Window2d) -> ConvAlgorithm {
+        let direct = ConvAlgorithm::choose(true, input_hw, window);
+        let winograd_fits =
+            window.kernel == (3, 3) && window.stride == (1, 1) && window.validate(input_hw.0, input_hw.1).is_ok();
+        match self {
+            ConvPolicy::Direct => direct,
+            ConvPolicy::Winograd(tile) if winograd_fits => ConvAlgorithm::Winograd(tile),
+            ConvPolicy::Winograd(_) => direct,
+            ConvPolicy::Auto if winograd_fits => {
+                let out_hw = (window.out_h(input_hw.0), window.out_w(input_hw.1));
+                winograd_tile((c, o), out_hw).map_or(direct, ConvAlgorithm::Winograd)
+            }
+            ConvPolicy::Auto => direct,
+        }
+    }
+}
+
+/// Fewest input and output channels for which [`ConvPolicy::Auto`] runs
+/// Winograd: with 3 input channels (VGG's conv1_1) the transforms cost more
+/// than the 27-deep products they save (measured 0.5× the direct speed at
+/// 224 and at 32), from 64 on it is faster on every VGG19 layer measured.
+pub const WINOGRAD_MIN_CHANNELS: usize = 64;
+
+/// Largest ratio of Winograd's multiplications to the direct convolution's
+/// (tile waste included, [`WinogradTile::work_ratio`]) for which
+/// [`ConvPolicy::Auto`] runs Winograd.
+pub const WINOGRAD_MAX_WORK: f64 = 0.5;
+
+/// The Winograd tile [`ConvPolicy::Auto`] runs a 3×3 stride-1 convolution of
+/// `c → o` channels with an `h × w` output with, if any: the tile doing the fewest
+/// multiplications, F(4×4) on a tie (its transforms cost less per
+/// multiplication saved). Measured per VGG19 layer (CPU time, AMD EPYC Zen 4,
+/// `cargo run --release -p lml-benches --example conv_cpu_time`): at 224×224
+/// F(4×4) beats direct by 1.5× (block 1) to 2.4× (block 4) and F(2×2) on
+/// every layer, 14×14 included (its 31% partial-tile waste still leaves
+/// 0.33 of the multiplications, F(2×2)'s 0.44); at 32×32, F(4×4) on blocks
+/// 1–4 (1.4–2.7×), and on block 5's 2×2 images F(2×2) (2.5×), where F(4×4)
+/// computes a whole 4×4 tile for 4 outputs (work ratio 1.0, 1.07×).
+pub fn winograd_tile((c, o): (usize, usize), (h, w): (usize, usize)) -> Option<WinogradTile> {
+    if c < WINOGRAD_MIN_CHANNELS || o < WINOGRAD_MIN_CHANNELS {
+        return None;
+    }
+    let best = WinogradTile::ALL
+        .into_iter()
+        .min_by(|a, b| a.work_ratio((h, w)).total_cmp(&b.work_ratio((h, w))))
+        .expect("two tiles");
+    (best.work_ratio((h, w)) <= WINOGRAD_MAX_WORK).then_some(best)
+}
+
+impl std::fmt::Display for ConvPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ConvPolicy {
+    type Err = KernelError;
+
+    /// Parses a [`name`](ConvPolicy::name) (ASCII case-insensitive, surrounding blanks ignored).
+    fn from_str(s: &str) -> Result<Self> {
+        let wanted = s.trim();
+        Self::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(wanted)).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.into_iter().map(Self::name).collect();
+            KernelError::invalid(CONV_ENV, format!("unknown convolution policy {s:?} (known: {})", names.join(", ")))
+        })
+    }
+}
+
 /// [`conv2d_forward`] with a chosen strategy: `packed` filters (from
 /// [`pack_filters`] of the same `weight`) select the packed algorithms (see
 /// [`ConvAlgorithm::choose`]), `None` the portable one.
@@ -304,7 +429,9 @@ pub fn conv2d_forward_with(
 /// # Errors
 /// As [`conv2d_forward_with`], plus [`KernelError::Invalid`] if `algorithm`
 /// needs packed filters that were not given, or is `Implicit` with a stride
-/// other than 1.
+/// other than 1, or `Winograd` with a window other than 3×3 stride 1.
+/// (`Winograd` transforms the filters on every call, for the microkernel
+/// `packed` is for: use [`conv2d_winograd`] with [`WinogradFilters`] made once.)
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward_algorithm(
     input: ArrayView4<'_, f32>,
@@ -367,6 +494,23 @@ pub fn conv2d_forward_into(
     }
     let positions = oh * ow;
     if n == 0 || o == 0 || positions == 0 {
+        return Ok(());
+    }
+    if let (ConvAlgorithm::Winograd(tile), Some(p)) = (algorithm, packed) {
+        if window.kernel != (3, 3) || window.stride != (1, 1) {
+            return Err(KernelError::invalid("conv2d algorithm", "Winograd needs a 3×3 window with stride 1"));
+        }
+        let filters = WinogradFilters::new(weight, tile, p.kernel())?;
+        let (c, h, w) = (input.shape()[1], input.shape()[2], input.shape()[3]);
+        let lin = PaddedLayout::conv_input(n, c, h, w, window);
+        let lout = lin.conv_output(o, window);
+        if scratch.len() < lin.len() + lout.len() {
+            scratch.resize(lin.len() + lout.len(), 0.0);
+        }
+        let (pin, pout) = scratch.split_at_mut(lin.len());
+        lin.fill(pin, input)?;
+        conv2d_winograd(pin, &lin, &filters, bias, window, relu, pout, &lout)?;
+        Zip::from(&mut out).and(lout.view(pout)).par_for_each(|d, &s| *d = s);
         return Ok(());
     }
     if let (ConvAlgorithm::Implicit, Some(p)) = (algorithm, packed) {

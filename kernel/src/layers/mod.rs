@@ -11,6 +11,7 @@ pub mod maxpool;
 pub mod padded;
 pub mod relu;
 pub mod softmax;
+pub mod winograd;
 
 pub use avgpool::{adaptive_avgpool2d_backward, adaptive_avgpool2d_forward, adaptive_pool_window};
 pub use conv2d::{conv2d_backward, conv2d_forward, Conv2dGrads};
@@ -19,3 +20,4 @@ pub use maxpool::{maxpool2d_backward, maxpool2d_forward, maxpool2d_values_into, 
 pub use padded::PaddedLayout;
 pub use relu::{relu_backward, relu_inplace};
 pub use softmax::{argmax, softmax, softmax_cross_entropy, SoftmaxCrossEntropy};
+pub use winograd::{conv2d_winograd, WinogradFilters, WinogradTile};

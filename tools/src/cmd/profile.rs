@@ -91,16 +91,21 @@ fn profile(args: &Args, threads: usize) -> Result<()> {
     let total = t0.elapsed().as_secs_f64() / args.reps as f64;
     let peak = lml_kernel::gemm::fma_peak_gflops(threads);
     println!(
-        "VGG19 to {:?}, {s}×{s}, batch {}, {threads} threads; FMA peak {peak:.1} GFLOP/s ({} chains)",
+        "VGG19 to {:?}, {s}×{s}, batch {}, {threads} threads, {} microkernel, convolutions {} (LML_CONV); FMA peak {peak:.1} GFLOP/s ({} chains)",
         args.cut,
         args.batch,
+        vgg.microkernel(),
+        vgg.conv_policy(),
         lml_kernel::gemm::fma_probe_isa()
     );
-    println!("{:<14} {:>10} {:>10} {:>8}", "layer", "ms", "GFLOP/s", "% peak");
+    println!("(GFLOP/s: nominal FLOPs of the direct convolution over time, so Winograd layers can pass the peak)");
+    let plan = vgg.conv_plan();
+    println!("{:<14} {:>10} {:>10} {:>8}  algorithm", "layer", "ms", "GFLOP/s", "% peak");
     for (name, secs) in &per_layer {
         let secs = secs / args.reps as f64;
         let gf = layer_flops(name, s) as f64 * args.batch as f64 / secs / 1e9;
-        println!("{name:<14} {:>10.2} {:>10.1} {:>7.1}%", secs * 1e3, gf, 100.0 * gf / peak);
+        let algo = plan.iter().find(|(n, _)| n == name).map(|(_, a)| format!("{a:?}")).unwrap_or_default();
+        println!("{name:<14} {:>10.2} {:>10.1} {:>7.1}%  {algo}", secs * 1e3, gf, 100.0 * gf / peak);
     }
     let gf = flops_per_image(s, args.cut) as f64 * args.batch as f64 / total / 1e9;
     println!(
