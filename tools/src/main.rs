@@ -29,8 +29,11 @@ enum Command {
     StartEvent(Box<cmd::start_event::Args>),
     /// Estimate what a job would cost and take on AWS Lambda.
     Plan(plan::PlanArgs),
-    /// Print a job's progress and final accuracy.
+    /// Print a job's progress and final accuracy (a job under --root; on AWS: `lml aws status`).
     Status(cmd::status::Args),
+    /// Drive jobs on the deployed function (start, status, stop, resume,
+    /// ingest from S3) through the AWS SDK.
+    Aws(Box<cmd::aws::Args>),
     /// Ask a running job to stop after the round in progress.
     Stop(cmd::stop::Args),
     /// Kernel demo: generate images (and random VGG19 weights unless given),
@@ -74,6 +77,7 @@ fn main() -> Result<()> {
         Command::StartEvent(args) => cmd::start_event::run(&args),
         Command::Plan(args) => plan::plan(&args),
         Command::Status(args) => cmd::status::run(&args),
+        Command::Aws(args) => cmd::aws::run(&args),
         Command::Stop(args) => cmd::stop::run(&args),
         Command::Demo(args) => cmd::demo::run(&args),
         Command::Profile(args) => cmd::profile::run(&args),
