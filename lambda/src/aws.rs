@@ -15,6 +15,7 @@
 //! | `extract` | `data` (an extraction job's [`ExtractRecord`]: images, shards, where the cache is), `status` | `PutItem` (replaces) |
 //! | `shard#000003` | `data` ([`ShardRecord`]: images, worker, compute time, continuations) | `PutItem` if `attribute_not_exists(rec)` |
 //! | `claim#merge` | `owner` (S) | `PutItem` if `attribute_not_exists(rec)`: the extraction merge trigger's second guard |
+//! | `ingest` | `data` (an ingest job's [`IngestRecord`]: objects and bytes copied of how many), `status` | `PutItem` (replaces) |
 //!
 //! Reads are strongly consistent (`ConsistentRead`), so a claim's loser sees the winner.
 
@@ -29,7 +30,10 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use crate::error::{ProtocolError, Result};
 use crate::event::{Event, JobId};
 use crate::layout::Claim;
-use crate::progress::{ExtractRecord, JobRecord, Progress, ProgressStore, RoundRecord, ShardRecord, WorkerRecord};
+use crate::objects::{BoxFuture, ObjectEntry, ObjectHead, ObjectStore, Sink};
+use crate::progress::{
+    ExtractRecord, IngestRecord, JobRecord, Progress, ProgressStore, RoundRecord, ShardRecord, WorkerRecord,
+};
 use crate::services::Invoker;
 
 /// Invokes this function (or any named one) asynchronously: `InvocationType::Event`.
@@ -222,6 +226,13 @@ impl ProgressStore for DynamoProgress {
         self.put_json(job, &format!("shard#{:06}", record.shard), record, true).await
     }
 
+    async fn put_ingest(&self, job: &JobId, record: &IngestRecord) -> Result<()> {
+        let data = serde_json::to_string(record).map_err(|e| ProtocolError::Progress(e.to_string()))?;
+        let status = serde_json::to_value(record.status).expect("serialisable");
+        let status = status.as_str().unwrap_or("running").to_string();
+        self.put(job, "ingest", vec![("data", s(data)), ("status", s(status))], false).await.map(|_| ())
+    }
+
     async fn claim(&self, job: &JobId, key: &str, owner: &str) -> Result<Claim> {
         let rec = format!("claim#{key}");
         if self.put(job, &rec, vec![("owner", s(owner))], true).await? {
@@ -268,6 +279,8 @@ impl ProgressStore for DynamoProgress {
                     p.workers.insert((w.round, w.workerno), w);
                 } else if rec == "extract" {
                     p.extract = Some(data(rec, item)?);
+                } else if rec == "ingest" {
+                    p.ingest = Some(data(rec, item)?);
                 } else if rec.starts_with("shard#") {
                     let r: ShardRecord = data(rec, item)?;
                     p.shards.insert(r.shard, r);
@@ -347,6 +360,235 @@ impl ProgressStore for AnyProgress {
             AnyProgress::Dynamo(p) => p.put_shard(job, record).await,
         }
     }
+    async fn put_ingest(&self, job: &JobId, record: &IngestRecord) -> Result<()> {
+        match self {
+            AnyProgress::Local(p) => p.put_ingest(job, record).await,
+            AnyProgress::Dynamo(p) => p.put_ingest(job, record).await,
+        }
+    }
+}
+
+/// S3 as an ingest job's object store ([`ObjectStore`]): listings, `HEAD`s
+/// (with checksums and part numbers) and ranged `GET`s, each conditional on
+/// the listed ETag, the body streamed chunk by chunk into the sink.
+#[derive(Clone, Debug)]
+pub struct S3Objects {
+    client: aws_sdk_s3::Client,
+}
+
+impl S3Objects {
+    pub fn new(client: aws_sdk_s3::Client) -> Self {
+        S3Objects { client }
+    }
+}
+
+/// An S3 request's failure: refused (the object is gone, changed, out of
+/// range, or access is denied: a 4xx other than timeout and throttling) or
+/// retryable (5xx, throttling, no response at all).
+fn s3_err<E: std::error::Error + Send + Sync + 'static>(
+    bucket: &str,
+    key: &str,
+    what: &str,
+    e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> ProtocolError {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let retryable = !matches!(status, Some(400..=499)) || matches!(status, Some(408 | 429));
+    let status = status.map_or(String::new(), |s| format!("{s} "));
+    ProtocolError::Object {
+        bucket: bucket.into(),
+        key: key.into(),
+        reason: format!("{what}: {status}{}", DisplayErrorContext(&e)),
+        retryable,
+    }
+}
+
+impl ObjectStore for S3Objects {
+    fn list<'a>(&'a self, bucket: &'a str, prefix: &'a str) -> BoxFuture<'a, Result<Vec<ObjectEntry>>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let mut token = None;
+            loop {
+                let page = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .set_continuation_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| s3_err(bucket, prefix, "list", e))?;
+                for o in page.contents() {
+                    let key = o.key().unwrap_or_default().to_string();
+                    let size = o.size().and_then(|s| u64::try_from(s).ok()).ok_or_else(|| ProtocolError::Object {
+                        bucket: bucket.into(),
+                        key: key.clone(),
+                        reason: format!("listed without a valid size ({:?})", o.size()),
+                        retryable: false,
+                    })?;
+                    out.push(ObjectEntry { key, size, etag: o.e_tag().unwrap_or_default().to_string() });
+                }
+                match page.next_continuation_token() {
+                    Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn head<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        etag: &'a str,
+        part: Option<u32>,
+    ) -> BoxFuture<'a, Result<ObjectHead>> {
+        Box::pin(async move {
+            use aws_sdk_s3::types::{ChecksumMode, ServerSideEncryption};
+            let part_number = part.map(|p| i32::try_from(p).unwrap_or(i32::MAX));
+            // A part's HEAD is not made conditional: it only gives the
+            // part's size, and every read after it is (moto compares
+            // If-Match with the part's own ETag, where S3 uses the object's).
+            let h = self
+                .client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .set_if_match(part.is_none().then(|| etag.to_string()))
+                .set_part_number(part_number)
+                .checksum_mode(ChecksumMode::Enabled)
+                .send()
+                .await
+                .map_err(|e| s3_err(bucket, key, "HEAD", e))?;
+            let size = h.content_length().and_then(|s| u64::try_from(s).ok()).ok_or_else(|| ProtocolError::Object {
+                bucket: bucket.into(),
+                key: key.into(),
+                reason: format!("HEAD gave no valid length ({:?})", h.content_length()),
+                retryable: false,
+            })?;
+            let kms = matches!(
+                h.server_side_encryption(),
+                Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
+            );
+            let etag_not_md5 = kms || h.sse_customer_algorithm().is_some();
+            // A composite checksum (of the parts' checksums) ends in `-N`.
+            let full = |v: Option<&str>| v.filter(|v| !v.contains('-')).map(str::to_string);
+            let checksum = [
+                ("sha256", full(h.checksum_sha256())),
+                ("crc64nvme", full(h.checksum_crc64_nvme())),
+                ("crc32c", full(h.checksum_crc32_c())),
+                ("crc32", full(h.checksum_crc32())),
+                ("sha1", full(h.checksum_sha1())),
+            ]
+            .into_iter()
+            .find_map(|(a, v)| v.map(|v| (a.to_string(), v)));
+            Ok(ObjectHead { size, etag: h.e_tag().unwrap_or_default().to_string(), etag_not_md5, checksum })
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        etag: &'a str,
+        range: std::ops::Range<u64>,
+        sink: &'a mut Sink<'a>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            if range.is_empty() {
+                return Ok(0);
+            }
+            let out = self
+                .client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .if_match(etag)
+                .range(format!("bytes={}-{}", range.start, range.end - 1))
+                .send()
+                .await
+                .map_err(|e| s3_err(bucket, key, "GET", e))?;
+            let want = range.end - range.start;
+            if out.content_length().and_then(|n| u64::try_from(n).ok()) != Some(want) {
+                return Err(ProtocolError::Object {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                    reason: format!("GET of {want} bytes answered {:?}", out.content_length()),
+                    retryable: true,
+                });
+            }
+            let mut body = out.body;
+            let mut sent = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| ProtocolError::Object {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                    reason: format!("GET body after {sent} bytes: {}", DisplayErrorContext(&e)),
+                    retryable: true,
+                })?;
+                sent += chunk.len() as u64;
+                if !sink(&chunk)? {
+                    break;
+                }
+            }
+            Ok(sent)
+        })
+    }
+}
+
+/// The deployed function, as a command-line client calls it: events sent
+/// synchronously (`RequestResponse`), the function's answer returned.
+#[derive(Clone, Debug)]
+pub struct FunctionClient {
+    client: aws_sdk_lambda::Client,
+    function: String,
+}
+
+impl FunctionClient {
+    /// A client of `function` (name or ARN) with the region and credentials
+    /// of the environment (profile, `AWS_REGION`, …), at `endpoint` if given
+    /// (else the SDK's own: `AWS_ENDPOINT_URL_LAMBDA`, `AWS_ENDPOINT_URL`,
+    /// the profile's `endpoint_url`, or AWS's).
+    pub async fn from_env(function: impl Into<String>, endpoint: Option<&str>) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(url) = endpoint {
+            loader = loader.endpoint_url(url);
+        }
+        let sdk = loader.load().await;
+        FunctionClient { client: aws_sdk_lambda::Client::new(&sdk), function: function.into() }
+    }
+
+    /// Sends `event` and waits for the function's answer: its result, or
+    /// the error it reports (`{"error": ...}` for a bad event, a function
+    /// error for a failure a retry may cure).
+    ///
+    /// # Errors
+    /// [`ProtocolError::Invoke`] naming the event: the call failed, or the
+    /// function answered with an error (its message inside).
+    pub async fn call(&self, event: &Event) -> Result<serde_json::Value> {
+        let payload = serde_json::to_vec(&event.to_json()).expect("JSON values serialise");
+        let out = self
+            .client
+            .invoke()
+            .function_name(&self.function)
+            .invocation_type(InvocationType::RequestResponse)
+            .payload(Blob::new(payload))
+            .send()
+            .await
+            .map_err(|e| ProtocolError::Invoke(format!("{}: {}", event.describe(), DisplayErrorContext(&e))))?;
+        let body = out.payload().map(|b| b.as_ref().to_vec()).unwrap_or_default();
+        let answer: serde_json::Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+        if let Some(kind) = out.function_error() {
+            let msg = answer.get("errorMessage").and_then(|m| m.as_str()).map_or(answer.to_string(), str::to_string);
+            return Err(ProtocolError::Invoke(format!("{}: function error ({kind}): {msg}", event.describe())));
+        }
+        if let Some(e) = answer.get("error") {
+            let msg = e.as_str().map_or(e.to_string(), str::to_string);
+            return Err(ProtocolError::Invoke(format!("{}: {msg}", event.describe())));
+        }
+        Ok(answer)
+    }
 }
 
 /// The function's configuration, from its environment.
@@ -406,11 +648,31 @@ pub async fn serve<I: Invoker, P: ProgressStore, C: crate::services::Clock>(
 
 /// Local stand-ins for AWS services, for tests and trying things out.
 pub mod emulator {
-    use std::net::TcpListener;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::path::Path;
     use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use super::DynamoProgress;
+
+    /// A port of 127.0.0.1 free now.
+    pub fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free local port").port()
+    }
+
+    fn wait_listening(port: u16, child: &mut Child, what: &str, limit: Duration) {
+        let t = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{what} exited ({status}) before listening on {port}");
+            }
+            assert!(t.elapsed() < limit, "{what} did not listen on {port} within {limit:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 
     /// A `moto_server` on a free port, killed on drop.
     pub struct Moto {
@@ -432,7 +694,16 @@ pub mod emulator {
         /// # Panics
         /// If `moto[server]` (PyPI) is not installed or does not listen within 30 s.
         pub fn start() -> Moto {
-            let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free local port").port();
+            Moto::start_with(&[])
+        }
+
+        /// As [`start`](Self::start), with environment variables for moto
+        /// (e.g. `S3_UPLOAD_PART_MIN_SIZE`, so that tests can upload small parts).
+        ///
+        /// # Panics
+        /// As [`start`](Self::start).
+        pub fn start_with(env: &[(&str, &str)]) -> Moto {
+            let port = free_port();
             let serve = format!(
                 "import moto.server as m; r = m.run_simple; \
                  m.run_simple = lambda *a, **k: r(*a, **dict(k, threaded=False)); \
@@ -440,6 +711,7 @@ pub mod emulator {
             );
             let mut child = Command::new("python3")
                 .args(["-c", &serve])
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -472,6 +744,228 @@ pub mod emulator {
         fn drop(&mut self) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+
+    /// `cargo lambda watch` serving the `lml-lambda` binary on a port of
+    /// 127.0.0.1 (the Lambda runtime and Invoke APIs), killed on drop.
+    pub struct Watch {
+        child: Child,
+        pub port: u16,
+    }
+
+    impl Watch {
+        /// Builds the function (dev profile) and serves it on `port` with `env`
+        /// (`KEY=VALUE` each). The build goes to `<workspace>/target/lambda-watch`:
+        /// `-p lml-lambda` alone resolves other dependency features than the
+        /// workspace, and sharing one target dir would make the two builds
+        /// invalidate each other. Built here first, so that watch (which
+        /// would build on the first invoke) answers at once.
+        ///
+        /// # Panics
+        /// If the build fails, or `cargo lambda` (PyPI `cargo-lambda`) is
+        /// missing or does not listen within 120 s.
+        pub fn start(workspace: &Path, port: u16, env: &[String]) -> Watch {
+            let target_dir = workspace.join("target/lambda-watch");
+            let built = Command::new("cargo")
+                .current_dir(workspace)
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .args(["build", "-p", "lml-lambda", "--bin", "lml-lambda"])
+                .status()
+                .expect("cargo runs");
+            assert!(built.success(), "building the function failed");
+            let mut cmd = Command::new("cargo");
+            cmd.current_dir(workspace)
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .args(["lambda", "watch", "--quiet", "--ignore-changes", "-p", "lml-lambda", "--bin", "lml-lambda"])
+                .args(["--invoke-address", "127.0.0.1", "--invoke-port", &port.to_string(), "--concurrency", "16"]);
+            for e in env {
+                cmd.args(["--env-var", e]);
+            }
+            let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| {
+                panic!("cannot run `cargo lambda watch` ({e}): pip install cargo-lambda (.ci/run does)")
+            });
+            wait_listening(port, &mut child, "cargo lambda watch", Duration::from_secs(120));
+            Watch { child, port }
+        }
+    }
+
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Counts of the asynchronous invokes [`AsyncInvokes`] handled.
+    #[derive(Debug, Default)]
+    pub struct InvokeStats {
+        pub accepted: AtomicUsize,
+        pub delivered: AtomicUsize,
+        pub retried: AtomicUsize,
+        pub failed: AtomicUsize,
+    }
+
+    impl InvokeStats {
+        /// `(accepted, delivered, retried, failed)`.
+        pub fn counts(&self) -> (usize, usize, usize, usize) {
+            let l = |a: &AtomicUsize| a.load(Ordering::SeqCst);
+            (l(&self.accepted), l(&self.delivered), l(&self.retried), l(&self.failed))
+        }
+    }
+
+    /// Lambda's asynchronous invocation in front of `cargo lambda watch`,
+    /// which runs `Event` invokes synchronously and answers a handler error
+    /// with 500: an `Event` invoke is answered 202 at once and delivered in
+    /// the background, a failed delivery retried twice, as Lambda does;
+    /// other invokes are passed through (their answer and `x-amz-*` headers
+    /// returned). Runs until the process ends.
+    pub struct AsyncInvokes {
+        /// `http://127.0.0.1:PORT`: the Lambda endpoint to give clients.
+        pub url: String,
+        pub stats: Arc<InvokeStats>,
+    }
+
+    /// One HTTP/1.1 message: the first line, lower-cased headers, the body.
+    struct Message {
+        first: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Message {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Reads a message with a `Content-Length` or chunked body (or, for a
+    /// response without either, a body to the end of the stream).
+    fn read_message(r: &mut impl BufRead, response: bool) -> Option<Message> {
+        let mut first = String::new();
+        if r.read_line(&mut first).ok()? == 0 {
+            return None;
+        }
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).ok()?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (n, v) = h.split_once(':')?;
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+        let mut m = Message { first: first.trim_end().to_string(), headers, body: Vec::new() };
+        if m.header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let mut size = String::new();
+                r.read_line(&mut size).ok()?;
+                let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+                let mut chunk = vec![0; n + 2];
+                r.read_exact(&mut chunk).ok()?;
+                if n == 0 {
+                    break;
+                }
+                m.body.extend_from_slice(&chunk[..n]);
+            }
+        } else if let Some(len) = m.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            m.body = vec![0; len];
+            r.read_exact(&mut m.body).ok()?;
+        } else if response {
+            r.read_to_end(&mut m.body).ok()?;
+        }
+        Some(m)
+    }
+
+    /// POSTs `body` to `127.0.0.1:port` + `path` as a synchronous invoke.
+    fn post(port: u16, path: &str, body: &[u8]) -> std::io::Result<Message> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+             X-Amz-Invocation-Type: RequestResponse\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes())?;
+        s.write_all(body)?;
+        read_message(&mut BufReader::new(s), true).ok_or_else(|| std::io::Error::other("malformed response"))
+    }
+
+    fn status(m: &Message) -> u16 {
+        m.first.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+
+    impl AsyncInvokes {
+        /// Starts the layer in front of watch at `127.0.0.1:watch_port`.
+        pub fn start(watch_port: u16) -> AsyncInvokes {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("a free local port");
+            let url = format!("http://{}", listener.local_addr().expect("bound"));
+            let stats = Arc::new(InvokeStats::default());
+            let st = stats.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { return };
+                    let stats = st.clone();
+                    std::thread::spawn(move || serve_connection(conn, watch_port, &stats));
+                }
+            });
+            AsyncInvokes { url, stats }
+        }
+    }
+
+    fn serve_connection(conn: TcpStream, port: u16, stats: &Arc<InvokeStats>) {
+        let Ok(mut w) = conn.try_clone() else { return };
+        let mut r = BufReader::new(conn);
+        while let Some(req) = read_message(&mut r, false) {
+            let path = req.first.split_whitespace().nth(1).unwrap_or("/").to_string();
+            if req.header("x-amz-invocation-type") == Some("Event") {
+                stats.accepted.fetch_add(1, Ordering::SeqCst);
+                let resp = "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nx-amzn-RequestId: async\r\n\r\n";
+                if w.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    // Lambda: the first attempt plus two retries of a failed event.
+                    for attempt in 0..3 {
+                        match post(port, &path, &req.body) {
+                            Ok(m) if status(&m) == 200 && m.header("x-amz-function-error").is_none() => {
+                                stats.delivered.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            _ if attempt < 2 => {
+                                stats.retried.fetch_add(1, Ordering::SeqCst);
+                                std::thread::sleep(Duration::from_millis(200));
+                            }
+                            _ => {
+                                stats.failed.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                });
+            } else {
+                let (code, headers, body) = match post(port, &path, &req.body) {
+                    Ok(m) => {
+                        let keep: Vec<(String, String)> = m
+                            .headers
+                            .iter()
+                            .filter(|(n, _)| n.starts_with("x-amz") || n == "content-type")
+                            .cloned()
+                            .collect();
+                        (status(&m), keep, m.body)
+                    }
+                    Err(_) => (502, Vec::new(), Vec::new()),
+                };
+                let mut head = format!("HTTP/1.1 {code} X\r\nContent-Length: {}\r\n", body.len());
+                for (n, v) in headers {
+                    head.push_str(&format!("{n}: {v}\r\n"));
+                }
+                head.push_str("\r\n");
+                if w.write_all(head.as_bytes()).is_err() || w.write_all(&body).is_err() {
+                    return;
+                }
+            }
         }
     }
 }

@@ -57,6 +57,10 @@ pub enum ProtocolError {
     #[error("invocation panicked: {0}")]
     Panicked(String),
 
+    /// An object store (S3) refused or failed a request about an object.
+    #[error("s3://{bucket}/{key}: {reason}")]
+    Object { bucket: String, key: String, reason: String, retryable: bool },
+
     /// An environment variable the runtime reads is malformed.
     #[error("{var}: {reason}")]
     BadEnv { var: &'static str, reason: String },
@@ -84,6 +88,7 @@ impl ProtocolError {
     /// environment (memory, a file that changed) may pass.
     pub fn is_retryable(&self) -> bool {
         match self {
+            ProtocolError::Object { retryable, .. } => *retryable,
             ProtocolError::Io { .. }
             | ProtocolError::Invoke(_)
             | ProtocolError::Progress(_)

@@ -136,6 +136,8 @@ pub enum Event {
     },
     /// `{"extract": "start" | "worker" | "merge", ...}`: an extraction job's event.
     Extract(crate::extract::ExtractEvent),
+    /// `{"ingest": "start" | "copy", ...}`: an ingest job's event (S3 onto the root).
+    Ingest(crate::ingest::IngestEvent),
 }
 
 #[derive(Deserialize)]
@@ -171,6 +173,9 @@ impl Event {
         }
         if payload.get("extract").is_some() {
             return crate::extract::ExtractEvent::parse(payload).map(Event::Extract);
+        }
+        if payload.get("ingest").is_some() {
+            return crate::ingest::IngestEvent::parse(payload).map(Event::Ingest);
         }
         let raw: RawEvent = crate::json::from_value(payload)
             .map_err(|e| ProtocolError::event(e.field.as_deref().unwrap_or("event"), e.reason))?;
@@ -285,6 +290,7 @@ impl Event {
             Event::Resume { job } => json!({"resume": true, "job": job.as_str()}),
             Event::Stop { job } => json!({"stop": true, "job": job.as_str()}),
             Event::Extract(e) => e.to_json(),
+            Event::Ingest(e) => e.to_json(),
         };
         if let Event::Worker(WorkerEvent { round, .. }) | Event::Combine(CombineEvent { round, .. }) = self {
             if let Some(r) = round.round {
@@ -305,6 +311,7 @@ impl Event {
             Event::Combine(e) => &e.job,
             Event::Resume { job } | Event::Stop { job } => job,
             Event::Extract(e) => e.job(),
+            Event::Ingest(e) => e.job(),
         }
     }
 
@@ -324,6 +331,7 @@ impl Event {
             Event::Resume { job } => format!("{job}: resume"),
             Event::Stop { job } => format!("{job}: stop"),
             Event::Extract(e) => e.describe(),
+            Event::Ingest(e) => e.describe(),
         }
     }
 }

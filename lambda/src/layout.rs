@@ -35,6 +35,9 @@ use crate::error::{ProtocolError, Result};
 use crate::event::JobId;
 use crate::spec::JobConfig;
 
+/// The folder under the storage root that holds the job folders.
+pub const JOBS_DIR: &str = "jobs";
+
 /// Paths of one job under the storage root: `<root>/jobs/<job>/`.
 ///
 /// ```text
@@ -66,7 +69,7 @@ fn round_name(k: u64) -> String {
 impl JobDir {
     /// The folder of `job` under `root`.
     pub fn new(root: &Path, job: &JobId) -> Self {
-        JobDir { job: job.clone(), dir: root.join("jobs").join(job.as_str()) }
+        JobDir { job: job.clone(), dir: root.join(JOBS_DIR).join(job.as_str()) }
     }
 
     pub fn config(&self) -> PathBuf {

@@ -32,6 +32,8 @@
 //! | extract start | `"extract": "start"`, `"workers": N`, `"job"`, `"spec"`: an [`extract::ExtractSpec`] object |
 //! | extract worker | `"extract": "worker"`, `"workerno": i` (< N), `"workers": N`, `"job"`, `"continuation": c` |
 //! | extract merge | `"extract": "merge"`, `"job"` |
+//! | ingest start | `"ingest": "start"`, `"job"`, `"spec"`: an [`ingest::IngestSpec`] object (`bucket`, `prefix`, `dest`) |
+//! | ingest copy | `"ingest": "copy"`, `"job"`, `"continuation": c` |
 //!
 //! `job` defaults to `"default"` and must be 1–64 characters of
 //! `[A-Za-z0-9._-]` not starting with `.`, so it can never leave the storage
@@ -40,7 +42,10 @@
 //! must agree. `N` must equal the job's worker count. The `extract` events
 //! drive a feature-extraction job ([`extract`]: the frozen VGG19 over a split
 //! of images on the workers, into the cache `lml extract-features` writes);
-//! `resume` serves both kinds of job.
+//! `resume` serves both kinds of job. The `ingest` events copy objects
+//! from S3 onto the storage root ([`ingest`]: streamed, verified against
+//! S3's checksums, published atomically, continued across invocations);
+//! `resume` and `stop` serve them too.
 //!
 //! A start whose `spec.data` (or `spec.eval`) names images and weights runs
 //! one job from images to a trained head ([`pipeline`]): by default the
@@ -100,10 +105,12 @@ pub mod cost;
 pub mod error;
 pub mod event;
 pub mod extract;
+pub mod ingest;
 pub mod json;
 pub mod layout;
 pub mod local;
 pub mod meta;
+pub mod objects;
 pub mod pipeline;
 pub mod progress;
 pub mod roles;

@@ -154,6 +154,30 @@ pub struct ShardRecord {
     pub finished_ms: u64,
 }
 
+/// An ingest job's record (key `ingest`): see [`crate::ingest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestRecord {
+    pub job: String,
+    pub status: JobStatus,
+    pub bucket: String,
+    pub prefix: String,
+    /// The folder under the storage root the files land in (`""`: the root).
+    pub dest: String,
+    /// Objects and bytes to copy.
+    pub objects: usize,
+    pub bytes: u64,
+    /// Objects published, and bytes copied (those of the object in progress included).
+    pub objects_done: usize,
+    pub bytes_done: u64,
+    /// Copy invocations so far.
+    pub invocations: u64,
+    pub updated_ms: u64,
+    /// Why it failed (status `failed`): the object and what S3 or the copy said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Everything a store holds about one job.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Progress {
@@ -166,6 +190,8 @@ pub struct Progress {
     pub extract: Option<ExtractRecord>,
     /// An extraction job's published shards.
     pub shards: BTreeMap<usize, ShardRecord>,
+    /// An ingest job's record.
+    pub ingest: Option<IngestRecord>,
 }
 
 /// The progress store: DynamoDB on AWS, files in the job folder locally.
@@ -186,6 +212,8 @@ pub trait ProgressStore: Send + Sync + 'static {
     fn put_extract(&self, job: &JobId, record: &ExtractRecord) -> impl Future<Output = Result<()>> + Send;
     /// Writes a shard record unless one exists; `true` if this call wrote it.
     fn put_shard(&self, job: &JobId, record: &ShardRecord) -> impl Future<Output = Result<bool>> + Send;
+    /// Writes (or replaces) an ingest job's record.
+    fn put_ingest(&self, job: &JobId, record: &IngestRecord) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// Progress as files in `<root>/jobs/<job>/progress/`.
@@ -273,6 +301,8 @@ impl ProgressStore for LocalProgress {
                 p.workers.insert((w.round, w.workerno), w);
             } else if name == "extract.json" {
                 p.extract = Some(read(&path)?);
+            } else if name == "ingest.json" {
+                p.ingest = Some(read(&path)?);
             } else if name.starts_with("shard-") && name.ends_with(".json") {
                 let r: ShardRecord = read(&path)?;
                 p.shards.insert(r.shard, r);
@@ -292,5 +322,10 @@ impl ProgressStore for LocalProgress {
     async fn put_shard(&self, job: &JobId, record: &ShardRecord) -> Result<bool> {
         let dir = self.dir(job)?;
         Self::put_if_absent(&dir.join(format!("shard-{:06}.json", record.shard)), record)
+    }
+
+    async fn put_ingest(&self, job: &JobId, record: &IngestRecord) -> Result<()> {
+        let dir = self.dir(job)?;
+        layout::write_json(&dir.join("ingest.json"), record)
     }
 }

@@ -33,6 +33,10 @@ pub enum Outcome {
     Extracted { workerno: usize, shards: Vec<usize>, merge: bool },
     /// An extraction job's cache is merged at `cache` (relative to the root).
     Merged { cache: String },
+    /// An ingest job ended (`stopped`: by a stop request) with `objects` of `bytes` published.
+    Ingested { objects: usize, bytes: u64, stopped: bool },
+    /// An ingest copy ran out of time at object `object` and invoked its continuation.
+    IngestContinued { object: usize, continuation: u64 },
 }
 
 /// Runs whatever `payload` asks for.
@@ -55,6 +59,11 @@ pub async fn handle<I: Invoker, P: ProgressStore, C: Clock>(
         Event::Worker(e) => worker(svc, e, inv).await,
         Event::Combine(e) => combine(svc, e).await,
         Event::Extract(e) => crate::extract::handle(svc, e, inv).await,
+        Event::Ingest(e) => crate::ingest::handle(svc, e, inv).await,
+        Event::Resume { job } if crate::ingest::is_ingest_job(&svc.root, &job) => {
+            crate::ingest::resume(svc, &job).await
+        }
+        Event::Stop { job } if crate::ingest::is_ingest_job(&svc.root, &job) => crate::ingest::stop(&svc.root, &job),
         Event::Resume { job } if crate::extract::is_extract_job(&svc.root, &job) => {
             crate::extract::resume(svc, &job).await
         }

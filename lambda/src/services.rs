@@ -157,6 +157,8 @@ pub struct Services<I, P, C> {
     pub probe: Arc<dyn Probe>,
     /// Compute threads per invocation.
     pub threads: usize,
+    /// Where ingest jobs read from (S3 on Lambda); none: ingest events are refused.
+    pub objects: Option<Arc<dyn crate::objects::ObjectStore>>,
     sources: Mutex<HashMap<String, CachedSource>>,
 }
 
@@ -169,8 +171,15 @@ impl<I: Invoker, P: crate::progress::ProgressStore, C: Clock> Services<I, P, C> 
             clock,
             probe: Arc::new(NoFaults),
             threads: threads.max(1),
+            objects: None,
             sources: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sets the object store ingest jobs read from.
+    pub fn with_objects(mut self, objects: Arc<dyn crate::objects::ObjectStore>) -> Self {
+        self.objects = Some(objects);
+        self
     }
 
     /// Replaces the fault probe.

@@ -7,157 +7,23 @@
 //! `cargo lambda watch` runs `Event` invokes synchronously (it answers 200
 //! when the handler ends) and answers a handler error with 500. To test the
 //! asynchronous semantics anyway, the function's Lambda endpoint is a small
-//! forwarding layer here that answers `Event` invokes with 202 at once and
-//! delivers them in the background, retrying a failed delivery twice, as
-//! Lambda does.
+//! forwarding layer ([`AsyncInvokes`]) that answers `Event` invokes with 202
+//! at once and delivers them in the background, retrying a failed delivery
+//! twice, as Lambda does.
 #![cfg(feature = "aws")]
 
 mod common;
 
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lml_lambda::aws::emulator::Moto;
+use lml_lambda::aws::emulator::{free_port, AsyncInvokes, Moto, Watch};
 use lml_lambda::event::JobId;
 use lml_lambda::progress::{JobStatus, ProgressStore};
 use lml_lambda::services::SystemClock;
 use lml_lambda::LocalRuntime;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-
-/// One HTTP/1.1 request: method, path, lower-cased headers, body.
-struct Request {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-async fn read_request(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<Request> {
-    let mut line = String::new();
-    if r.read_line(&mut line).await.ok()? == 0 {
-        return None;
-    }
-    let path = line.split_whitespace().nth(1)?.to_string();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).await.ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (n, v) = h.split_once(':')?;
-        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-    }
-    let len: usize = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).await.ok()?;
-    Some(Request { path, headers, body })
-}
-
-/// POSTs `body` to `addr` + `path` as a synchronous invoke; returns the status and body.
-async fn post(addr: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(addr).await?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         X-Amz-Invocation-Type: RequestResponse\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body).await?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await?;
-    let text = String::from_utf8_lossy(&out);
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.as_bytes().to_vec()).unwrap_or_default();
-    Ok((status, body))
-}
-
-#[derive(Default)]
-struct Stats {
-    accepted: AtomicUsize,
-    delivered: AtomicUsize,
-    retried: AtomicUsize,
-    failed: AtomicUsize,
-}
-
-/// The asynchronous-invoke layer in front of `cargo lambda watch` at `target`.
-async fn forwarder(target: String) -> (String, Arc<Stats>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let stats = Arc::new(Stats::default());
-    let st = stats.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else { return };
-            let (target, stats) = (target.clone(), st.clone());
-            tokio::spawn(async move {
-                let (rd, mut wr) = conn.into_split();
-                let mut rd = BufReader::new(rd);
-                while let Some(req) = read_request(&mut rd).await {
-                    if req.header("x-amz-invocation-type") == Some("Event") {
-                        stats.accepted.fetch_add(1, Ordering::SeqCst);
-                        let resp = "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nx-amzn-RequestId: fwd\r\n\r\n";
-                        if wr.write_all(resp.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        let (target, stats) = (target.clone(), stats.clone());
-                        tokio::spawn(async move {
-                            // Lambda: the first attempt plus two retries of a failed event.
-                            for attempt in 0..3 {
-                                match post(&target, &req.path, &req.body).await {
-                                    Ok((200, _)) => {
-                                        stats.delivered.fetch_add(1, Ordering::SeqCst);
-                                        return;
-                                    }
-                                    _ if attempt < 2 => {
-                                        stats.retried.fetch_add(1, Ordering::SeqCst);
-                                        tokio::time::sleep(Duration::from_millis(200)).await;
-                                    }
-                                    _ => {
-                                        stats.failed.fetch_add(1, Ordering::SeqCst);
-                                    }
-                                }
-                            }
-                        });
-                    } else {
-                        let (status, body) = post(&target, &req.path, &req.body).await.unwrap_or((502, Vec::new()));
-                        let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n", body.len());
-                        if wr.write_all(head.as_bytes()).await.is_err() || wr.write_all(&body).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, stats)
-}
-
-/// `cargo lambda watch` serving the `lml-lambda` binary, killed on drop.
-struct Watch(Child);
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_runs_end_to_end_through_the_lambda_and_dynamodb_apis() {
@@ -168,55 +34,26 @@ async fn a_job_runs_end_to_end_through_the_lambda_and_dynamodb_apis() {
     write_images(root.path(), 24, 9);
 
     let port = free_port();
-    let (fwd, stats) = forwarder(format!("127.0.0.1:{port}")).await;
+    let invokes = AsyncInvokes::start(port);
+    let stats = invokes.stats.clone();
     let env = [
         format!("LML_ROOT={}", root.path().display()),
         "LML_TABLE=lml-e2e".to_string(),
         "LML_FUNCTION=lml-lambda".to_string(),
-        format!("AWS_ENDPOINT_URL_LAMBDA=http://{fwd}"),
+        format!("AWS_ENDPOINT_URL_LAMBDA={}", invokes.url),
         format!("AWS_ENDPOINT_URL_DYNAMODB={}", moto.url),
         "AWS_ACCESS_KEY_ID=test".to_string(),
         "AWS_SECRET_ACCESS_KEY=test".to_string(),
         "AWS_REGION=us-east-1".to_string(),
     ];
-    // The function is built as `-p lml-lambda` alone, whose feature set
-    // differs from the workspace's: a target dir of its own keeps the two
-    // builds from invalidating each other. Built here first, so that watch
-    // (which would build on the first invoke) starts at once.
-    let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let target_dir = format!("{workspace}/target/lambda-watch");
-    let built = Command::new("cargo")
-        .current_dir(workspace)
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .args(["build", "-p", "lml-lambda", "--bin", "lml-lambda"])
-        .status()
-        .unwrap();
-    assert!(built.success(), "building the function failed");
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace)
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .args(["lambda", "watch", "--quiet", "--ignore-changes", "-p", "lml-lambda", "--bin", "lml-lambda"])
-        .args(["--invoke-address", "127.0.0.1", "--invoke-port", &port.to_string(), "--concurrency", "16"]);
-    for e in &env {
-        cmd.args(["--env-var", e]);
-    }
-    let child =
-        cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| {
-            panic!("cannot run `cargo lambda watch` ({e}): pip install cargo-lambda (.ci/run does)")
-        });
-    let _watch = Watch(child);
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(120), "cargo lambda watch did not listen on {port}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let _watch = Watch::start(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")), port, &env);
 
     // A client starts the job as a user would: an Event invoke through the Invoke API.
     let conf = aws_sdk_lambda::Config::builder()
         .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
         .region(aws_sdk_lambda::config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_lambda::config::Credentials::new("test", "test", None, None, "test"))
-        .endpoint_url(format!("http://{fwd}"))
+        .endpoint_url(&invokes.url)
         .build();
     let invoker = lml_lambda::aws::LambdaInvoker::new(aws_sdk_lambda::Client::from_conf(conf), "lml-lambda");
     // First the seed's way: workers run the frozen VGG19 (pool5, random

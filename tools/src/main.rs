@@ -29,7 +29,7 @@ enum Command {
     StartEvent(Box<cmd::start_event::Args>),
     /// Estimate what a job would cost and take on AWS Lambda.
     Plan(plan::PlanArgs),
-    /// Print a job's progress and final accuracy.
+    /// Print a job's progress and final accuracy (a job under --root; on AWS: `lml aws status`).
     Status(cmd::status::Args),
     /// Draw a job's training curves (training and held-out loss and
     /// accuracy per round, with epoch marks) as PNG or SVG.
@@ -39,6 +39,9 @@ enum Command {
     /// and 14), beside the seed's numbers and our projection for AWS.
     #[command(subcommand)]
     Experiment(cmd::experiment::Command),
+    /// Drive jobs on the deployed function (start, status, stop, resume,
+    /// ingest from S3) through the AWS SDK.
+    Aws(Box<cmd::aws::Args>),
     /// Ask a running job to stop after the round in progress.
     Stop(cmd::stop::Args),
     /// Kernel demo: generate images (and random VGG19 weights unless given),
@@ -95,6 +98,7 @@ fn main() -> Result<()> {
         Command::Status(args) => cmd::status::run(&args),
         Command::Plot(args) => cmd::plot::run(&args),
         Command::Experiment(command) => cmd::experiment::run(command),
+        Command::Aws(args) => cmd::aws::run(&args),
         Command::Stop(args) => cmd::stop::run(&args),
         Command::Demo(args) => cmd::demo::run(&args),
         Command::Profile(args) => cmd::profile::run(&args),

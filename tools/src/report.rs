@@ -1,5 +1,6 @@
-//! What `lml train` and `lml status` print about a job: one line per
-//! round, the class list, the summary.
+//! What `lml train`, `lml status` and `lml aws status` print about a job:
+//! one line per round, the class list, the summary; an extraction's shards;
+//! an ingest's objects.
 
 use std::collections::BTreeMap;
 
@@ -113,6 +114,32 @@ pub fn extract_lines(p: &Progress, now_ms: u64) -> Option<Vec<String>> {
     match &x.cache {
         Some(c) => lines.push(format!("cache: {c}")),
         None => lines.push("cache: not merged yet".into()),
+    }
+    Some(lines)
+}
+
+/// An ingest job's state from its record: objects and bytes copied of the
+/// total, where from and to, invocations, and why it failed. `None` when
+/// `p` holds no ingest record.
+pub fn ingest_lines(p: &Progress) -> Option<Vec<String>> {
+    let r = p.ingest.as_ref()?;
+    let mb = |b: u64| b as f64 / 1e6;
+    let percent = if r.bytes == 0 { 100.0 } else { r.bytes_done as f64 * 100.0 / r.bytes as f64 };
+    let dest = if r.dest.is_empty() { "the storage root".to_string() } else { format!("{}/", r.dest) };
+    let mut lines = vec![
+        format!(
+            "ingest {}: {}, {} of {} objects, {:.1} of {:.1} MB ({percent:.0}%)",
+            r.job,
+            status_word(r.status),
+            r.objects_done,
+            r.objects,
+            mb(r.bytes_done),
+            mb(r.bytes)
+        ),
+        format!("s3://{}/{} → {dest}, {} copy invocation(s)", r.bucket, r.prefix, r.invocations),
+    ];
+    if let Some(why) = &r.reason {
+        lines.push(format!("failed: {why}"));
     }
     Some(lines)
 }

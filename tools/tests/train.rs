@@ -1,4 +1,4 @@
-//! `lml train`, `lml status` and `lml stop` as a user runs them.
+//! `lml train`, `lml status` and `lml stop` as a user runs them (`lml aws`: tools/tests/aws.rs).
 
 use std::path::Path;
 use std::process::Command;
@@ -104,70 +104,6 @@ fn bad_arguments_fail_with_a_message_naming_them() {
     }
     let (ok, _, stderr) = run(&["train", "--root", root, "--features", root, "--job", "x", "--workers", "0"]);
     assert!(!ok && stderr.contains("workers"), "{stderr}");
-}
-
-/// `lml status --table` reads a job's progress from DynamoDB (here the
-/// moto emulator), as for a job running on AWS.
-#[test]
-fn status_reads_a_job_from_a_dynamodb_table() {
-    use lml_lambda::event::JobId;
-    use lml_lambda::progress::{JobRecord, JobStatus, ProgressStore, RoundRecord, Score};
-    let moto = lml_lambda::aws::emulator::Moto::start();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let store = moto.store("lml");
-        store.ensure_table().await.unwrap();
-        let job = JobId::new("aws-job").unwrap();
-        let record = JobRecord {
-            job: "aws-job".into(),
-            status: JobStatus::Finished,
-            workers: 16,
-            examples: 50_000,
-            rounds_per_epoch: 49,
-            total_rounds: 98,
-            started_ms: 0,
-            rounds_done: Some(98),
-            finished_ms: Some(1),
-            reason: Some("rounds".into()),
-            eval: Some(Score { loss: 0.61, accuracy: 0.842, examples: 10_000 }),
-            classes: 10,
-            class_names: "airplane automobile bird cat deer dog frog horse ship truck"
-                .split(' ')
-                .map(String::from)
-                .collect(),
-        };
-        store.put_job(&job, &record).await.unwrap();
-        let train = Score { loss: 0.5, accuracy: 0.9, examples: 1024 };
-        let r = RoundRecord {
-            round: 97,
-            epoch: 1,
-            train,
-            eval: None,
-            worker_ms: 1,
-            combine_ms: 2,
-            round_ms: 3,
-            finished_ms: 4,
-        };
-        store.put_round(&job, &r).await.unwrap();
-    });
-    // `lml status JOB` against the emulator's table, with dummy credentials.
-    let status = |job: &str| {
-        lml()
-            .args(["status", job, "--table", "lml", "--endpoint-url", &moto.url])
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .output()
-            .unwrap()
-    };
-    let out = status("aws-job");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("job aws-job: finished (rounds), 1 of 98 rounds (16 workers, 50000 examples)"), "{stdout}");
-    assert!(stdout.contains("final accuracy 0.842"), "{stdout}");
-    assert!(stdout.contains("10 classes: airplane, automobile, bird, cat,"), "{stdout}");
-    let out = status("nope");
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("table lml has no job nope"));
 }
 
 /// `n` random 32×32 images in 3 classes (`{x}`, `{y}`) under `dir`, and

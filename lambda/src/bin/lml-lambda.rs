@@ -1,5 +1,5 @@
 //! The AWS Lambda function: one binary serving every event kind (start,
-//! worker, combine, resume, stop), as in the seed's paper.
+//! worker, combine, resume, stop, as in the seed's paper; extract; ingest).
 //!
 //! Configuration comes from the environment ([`lml_lambda::aws::FunctionEnv`]);
 //! SDK clients are built once per sandbox and shared by its invocations.
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use aws_config::retry::RetryConfig;
 use aws_config::BehaviorVersion;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use lml_lambda::aws::{serve, AnyProgress, DynamoProgress, FunctionEnv, LambdaInvoker};
+use lml_lambda::aws::{serve, AnyProgress, DynamoProgress, FunctionEnv, LambdaInvoker, S3Objects};
 use lml_lambda::progress::LocalProgress;
 use lml_lambda::services::{lambda_threads, Invocation, Services, SystemClock};
 use serde_json::Value;
@@ -32,7 +32,10 @@ async fn main() -> Result<(), Error> {
         Some(table) => AnyProgress::Dynamo(DynamoProgress::new(aws_sdk_dynamodb::Client::new(&sdk), table)),
         None => AnyProgress::Local(LocalProgress::new(&env.root)),
     };
-    let svc = Arc::new(Services::new(&env.root, invoker, progress, SystemClock, lambda_threads(env.memory_mb)));
+    let objects = Arc::new(S3Objects::new(aws_sdk_s3::Client::new(&sdk)));
+    let svc = Arc::new(
+        Services::new(&env.root, invoker, progress, SystemClock, lambda_threads(env.memory_mb)).with_objects(objects),
+    );
     tracing::info!(root = %env.root.display(), table = ?env.table, function = %env.function, memory_mb = env.memory_mb, "ready");
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let svc = svc.clone();

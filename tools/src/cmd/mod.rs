@@ -1,5 +1,6 @@
 //! One module per command: its arguments and its handler (`run`).
 
+pub mod aws;
 pub mod convert_weights;
 pub mod demo;
 pub mod evaluate;

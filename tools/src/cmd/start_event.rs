@@ -1,5 +1,6 @@
 //! `lml start-event`: the start event of a job on AWS Lambda, printed for
-//! `aws lambda invoke --payload`, built from the same flags as `lml train`.
+//! `aws lambda invoke --payload`, built from the same flags as `lml train`
+//! (and sent by `lml aws start`).
 
 use std::path::Path;
 
@@ -33,6 +34,13 @@ fn written(p: &Path, flag: &str) -> Result<String> {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    println!("{}", event(args)?.to_json());
+    Ok(())
+}
+
+/// The start event the flags ask for, parsed as the function parses it: a
+/// bad flag is reported here, naming the spec's field.
+pub fn event(args: &Args) -> Result<Event> {
     let (dir, weights) = match (&args.data.features, &args.data.images, &args.data.weights) {
         (Some(f), _, _) => (written(f, "--features")?, None),
         (None, Some(i), Some(w)) => (written(i, "--images")?, Some(written(w, "--weights")?)),
@@ -41,8 +49,5 @@ pub fn run(args: &Args) -> Result<()> {
     let split = |s| args.data.split(&dir, weights.as_deref(), s);
     let spec = args.spec.spec(split("train"), (!args.no_eval).then(|| split("test")));
     let json = Event::Start(StartEvent { job: JobId::new(&args.job)?, workers: args.workers, spec }).to_json();
-    // Parsed as the function parses it: a bad flag is reported here, naming the spec's field.
-    Event::parse(&json)?;
-    println!("{json}");
-    Ok(())
+    Ok(Event::parse(&json)?)
 }

@@ -1,5 +1,6 @@
 //! `lml status`: a job's progress and final accuracy (a training job) or its
-//! shards, speed and cache (an extraction job), from the job folder or DynamoDB.
+//! shards, speed and cache (an extraction job), from the job folder under
+//! `--root`. A job on AWS: `lml aws status` (progress in DynamoDB).
 
 use std::path::PathBuf;
 
@@ -7,9 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lml_lambda::event::JobId;
 use lml_lambda::layout::JobDir;
-use lml_lambda::progress::{LocalProgress, ProgressStore};
+use lml_lambda::progress::{LocalProgress, Progress, ProgressStore};
 use lml_lambda::services::{Clock, SystemClock};
-use lml_tools::report::{extract_lines, print_summary, round_line};
+use lml_tools::report::{extract_lines, ingest_lines, print_summary, round_line};
 
 #[derive(Parser)]
 pub struct Args {
@@ -21,75 +22,74 @@ pub struct Args {
     /// Also list every round.
     #[arg(long)]
     rounds: bool,
-    /// Read the progress from this DynamoDB table (a job on AWS) instead of the job folder.
-    #[arg(long)]
+    /// Moved to `lml aws status JOB --table T`; kept only to say so.
+    #[arg(long, hide = true)]
     table: Option<String>,
-    /// DynamoDB endpoint URL (an emulator); default: AWS's, from the environment's region.
-    #[arg(long, requires = "table")]
+    /// Moved with --table.
+    #[arg(long, hide = true)]
     endpoint_url: Option<String>,
 }
 
+/// The sub-jobs a training job on images extracts its splits in.
+pub fn phases_of(job: &JobId) -> Vec<JobId> {
+    ["train", "test"].iter().filter_map(|s| lml_lambda::pipeline::sub_job(job, s).ok()).collect()
+}
+
 pub fn run(args: &Args) -> Result<()> {
+    if let Some(table) = &args.table {
+        bail!(
+            "`lml status --table` has moved: run `lml aws status {} --table {table}` (region, credentials and \
+             endpoints come from the environment, as for the AWS CLI)",
+            args.job
+        );
+    }
     let job = JobId::new(&args.job)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    // A training job on images extracts its features first, in sub-jobs.
-    let subs: Vec<JobId> =
-        ["train", "test"].iter().filter_map(|s| lml_lambda::pipeline::sub_job(&job, s).ok()).collect();
-    let (p, phases) = match &args.table {
-        Some(table) => runtime.block_on(async {
-            let store = lml_lambda::aws::DynamoProgress::from_env(table, args.endpoint_url.as_deref()).await;
-            let load = |j: JobId| {
-                let store = &store;
-                async move { store.load(&j).await.with_context(|| format!("reading job {j} from table {table}")) }
-            };
-            let p = load(job.clone()).await?;
-            let mut phases = Vec::new();
-            for sub in &subs {
-                let q = load(sub.clone()).await?;
-                if q.extract.is_some() {
-                    phases.push(q);
-                }
-            }
-            if p.job.is_none() && p.extract.is_none() && phases.is_empty() {
-                bail!("table {table} has no job {job}");
-            }
-            Ok((p, phases))
-        })?,
-        None => {
-            let store = LocalProgress::new(&args.root);
-            let mut phases = Vec::new();
-            for sub in subs.iter().filter(|s| lml_lambda::extract::is_extract_job(&args.root, s)) {
-                phases.push(runtime.block_on(store.load(sub))?);
-            }
-            let jd = JobDir::new(&args.root, &job);
-            if !jd.exists() && !phases.is_empty() {
-                (Default::default(), phases)
-            } else {
-                if !lml_lambda::extract::is_extract_job(&args.root, &job) {
-                    jd.read_config().with_context(|| format!("job {job} under {}", args.root.display()))?;
-                }
-                (runtime.block_on(store.load(&job))?, phases)
-            }
+    let store = LocalProgress::new(&args.root);
+    let mut phases = Vec::new();
+    for sub in phases_of(&job).iter().filter(|s| lml_lambda::extract::is_extract_job(&args.root, s)) {
+        phases.push(runtime.block_on(store.load(sub))?);
+    }
+    let jd = JobDir::new(&args.root, &job);
+    let p = if !jd.exists() && !phases.is_empty() {
+        Default::default()
+    } else {
+        let other_kind = lml_lambda::extract::is_extract_job(&args.root, &job)
+            || lml_lambda::ingest::is_ingest_job(&args.root, &job);
+        if !other_kind {
+            jd.read_config().with_context(|| format!("job {job} under {}", args.root.display()))?;
         }
+        runtime.block_on(store.load(&job))?
     };
+    print_status(&job, &p, &phases, args.rounds);
+    Ok(())
+}
+
+/// Prints what the records say of `job` (`p`) and of its extraction phases.
+pub fn print_status(job: &JobId, p: &Progress, phases: &[Progress], rounds: bool) {
     let now = SystemClock.now_ms();
-    for lines in phases.iter().chain([&p]).filter_map(|q| extract_lines(q, now)) {
+    for lines in phases.iter().chain([p]).filter_map(|q| extract_lines(q, now)) {
         for line in lines {
             println!("{line}");
         }
     }
+    if let Some(lines) = ingest_lines(p) {
+        for line in lines {
+            println!("{line}");
+        }
+        return;
+    }
     if p.job.is_none() && p.extract.is_none() {
         println!("job {job}: extracting its features first; training has not started");
-        return Ok(());
+        return;
     }
     if p.extract.is_some() {
-        return Ok(());
+        return;
     }
-    if args.rounds {
+    if rounds {
         for r in p.rounds.values() {
             println!("{}", round_line(r));
         }
     }
-    print_summary(&p);
-    Ok(())
+    print_summary(p);
 }
