@@ -311,7 +311,11 @@ fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Option<std::process::
 fn report_renders_in_a_real_browser() {
     if !Path::new(CHROMIUM).exists() {
         if std::env::var("LML_SKIP_BROWSER").as_deref() == Ok("1") {
-            println!("SKIPPED: {CHROMIUM} is missing and LML_SKIP_BROWSER=1: the report was NOT rendered in a browser");
+            let line = format!(
+                "SKIPPED: {CHROMIUM} is missing and LML_SKIP_BROWSER=1: the report was NOT rendered in a browser"
+            );
+            println!("{line}");
+            eprintln!("{line}");
             return;
         }
         panic!(
