@@ -16,6 +16,7 @@ pub mod fuzz;
 pub mod job;
 pub mod keras;
 pub mod model;
+pub mod page;
 pub mod pickle;
 pub mod pictures;
 pub mod report;

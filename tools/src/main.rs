@@ -88,6 +88,11 @@ enum Command {
     /// .safetensors (the head in classifier.6, standardisation folded in),
     /// or the kernel's own .npy folder (--format npy).
     Export(Box<cmd::export::Args>),
+    /// Write one self-contained HTML page about a trained job: its spec,
+    /// timings, cost estimate on AWS Lambda, training curves and, on a split
+    /// of images (--data, or the held-out images its spec names), its
+    /// accuracy, confusion heat map and prediction grid.
+    Report(Box<cmd::report::Args>),
 }
 
 fn main() -> Result<()> {
@@ -111,5 +116,6 @@ fn main() -> Result<()> {
         Command::Predict(args) => cmd::predict::run(&args),
         Command::Evaluate(args) => cmd::evaluate::run(&args),
         Command::Export(args) => cmd::export::run(&args),
+        Command::Report(args) => cmd::report::run(&args),
     }
 }

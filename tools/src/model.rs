@@ -450,6 +450,47 @@ pub fn open_split(dir: &Path, split: &str, classes: usize) -> Result<ImageDatase
     Ok(data)
 }
 
+/// Images in a prediction grid (the seed's Fig. 13 shows 30).
+pub const GRID_IMAGES: usize = 30;
+
+/// The first images of `data` (at most [`GRID_IMAGES`], and at most one per
+/// prediction) with their predicted and true classes, wrong ones marked, as
+/// the seed's Fig. 13 (`lml predict --grid`, `lml report`).
+///
+/// # Errors
+/// The picture's: no image to draw, drawing and encoding.
+///
+/// # Panics
+/// If a label or prediction is not a class of `names` (labels are checked
+/// by [`open_split`]; predictions are arg-maxes over the classes).
+pub fn split_grid(
+    data: &ImageDataset,
+    preds: &[Prediction],
+    names: &[String],
+    title: &str,
+    format: crate::pictures::Format,
+) -> Result<crate::pictures::Picture, crate::pictures::PictureError> {
+    use crate::pictures::grid::{prediction_grid, GridImage};
+    let images = data.images();
+    let [_, height, width, channels] = <[usize; 4]>::try_from(images.shape()).expect("a 4-d view");
+    let shown = preds.len().min(data.len()).min(GRID_IMAGES);
+    let pixels: Vec<Vec<u8>> =
+        (0..shown).map(|i| images.index_axis(ndarray::Axis(0), i).iter().copied().collect()).collect();
+    let cells: Vec<GridImage<'_>> = pixels
+        .iter()
+        .zip(preds.iter().zip(data.labels()))
+        .map(|(px, (p, &t))| GridImage {
+            pixels: px,
+            height,
+            width,
+            channels,
+            predicted: names[p.predicted].clone(),
+            truth: names[t as usize].clone(),
+        })
+        .collect();
+    prediction_grid(&cells, title, format)
+}
+
 /// A confusion matrix: `matrix[truth][predicted]` counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Confusion {

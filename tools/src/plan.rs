@@ -84,14 +84,14 @@ pub struct PlanArgs {
 
 /// What one unit of work is, for the speeds table.
 #[derive(Clone, Copy)]
-enum Work {
+pub(crate) enum Work {
     Image224,
     Image32,
     Feature,
 }
 
 impl Work {
-    fn seconds(self, s: &Speeds) -> f64 {
+    pub(crate) fn seconds(self, s: &Speeds) -> f64 {
         match self {
             Work::Image224 => s.image_224_fc7_s,
             Work::Image32 => s.image_32_pool5_s,
@@ -143,13 +143,9 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
     let prices = Prices::default();
     let mut estimates: Vec<(Arch, f64, Estimate)> = Vec::new();
     for arch in Arch::ALL {
-        let (per_vcpu, source) = match (args.sec_per_example, file.get(arch)) {
-            (Some(s), _) => (s, "given by --sec-per-example".to_string()),
-            (None, Some(c)) => (
-                work.seconds(&c.speeds),
-                format!("calibrated on {} ({} kernel, {} thread)", c.cpu, c.microkernel, c.threads),
-            ),
-            (None, None) => (work.seconds(&default_speeds(arch)), default_note(arch)),
+        let (per_vcpu, source) = match args.sec_per_example {
+            Some(s) => (s, "given by --sec-per-example".to_string()),
+            None => speed(work, arch, &file),
         };
         println!("  {:<7} {per_vcpu:.3e}  {source}", arch.lambda_name());
         let sec = seconds_per_example(per_vcpu, memory);
@@ -344,6 +340,18 @@ fn pipeline(args: &PlanArgs, workers: usize, memory: u32, input: usize, epochs: 
         "the seed's own run (its Table 6): 16 workers, 118 minutes for one epoch, the VGG19 forward at every step"
     );
     Ok(())
+}
+
+/// Seconds per unit of `work` on one thread with one vCPU of `arch`, from
+/// the calibration file or the documented default, and where it came from.
+pub(crate) fn speed(work: Work, arch: Arch, file: &CalibrationFile) -> (f64, String) {
+    match file.get(arch) {
+        Some(c) => (
+            work.seconds(&c.speeds),
+            format!("calibrated on {} ({} kernel, {} thread)", c.cpu, c.microkernel, c.threads),
+        ),
+        None => (work.seconds(&default_speeds(arch)), default_note(arch)),
+    }
 }
 
 /// Says which default `plan` used for `arch` and where it comes from.

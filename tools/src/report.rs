@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use lml_lambda::progress::{JobStatus, Progress, RoundRecord};
+use lml_lambda::progress::{JobStatus, Progress, RoundRecord, Score};
 
 /// `10 classes: airplane, automobile, …` (at most 20 names shown).
 pub fn classes_line(count: usize, names: &[String]) -> String {
@@ -30,15 +30,22 @@ pub fn round_line(r: &RoundRecord) -> String {
     )
 }
 
-/// The job's status, last round and held-out accuracy.
+/// The job's status, last round and held-out accuracy ([`summary_lines`]), printed.
 pub fn print_summary(p: &Progress) {
+    for line in summary_lines(p) {
+        println!("{line}");
+    }
+}
+
+/// The job's status, last round and held-out accuracy, one line each, as
+/// `lml status` prints them and `lml report` shows them.
+pub fn summary_lines(p: &Progress) -> Vec<String> {
     let Some(job) = &p.job else {
-        println!("no job record yet");
-        return;
+        return vec!["no job record yet".into()];
     };
     let status = status_word(job.status);
     let last = p.rounds.values().last();
-    println!(
+    let mut lines = vec![format!(
         "job {}: {status}{}, {} of {} rounds ({} workers, {} examples)",
         job.job,
         job.reason.as_deref().map_or(String::new(), |r| format!(" ({r})")),
@@ -46,26 +53,33 @@ pub fn print_summary(p: &Progress) {
         job.total_rounds,
         job.workers,
         job.examples
-    );
+    )];
     if job.classes > 0 {
-        println!("{}", classes_line(job.classes, &job.class_names));
+        lines.push(classes_line(job.classes, &job.class_names));
     }
     if let Some(r) = last {
-        println!("last round: training loss {:.4}, accuracy {:.3}", r.train.loss, r.train.accuracy);
+        lines.push(format!("last round: training loss {:.4}, accuracy {:.3}", r.train.loss, r.train.accuracy));
     }
-    match job.eval.or_else(|| p.rounds.values().rev().find_map(|r| r.eval)) {
-        Some(e) => println!(
+    lines.push(match held_out(p) {
+        Some(e) => format!(
             "{} accuracy {:.3} (loss {:.4}) on {} held-out examples",
             if job.status == JobStatus::Running { "latest" } else { "final" },
             e.accuracy,
             e.loss,
             e.examples
         ),
-        None => println!("no held-out evaluation (no test split)"),
-    }
+        None => "no held-out evaluation (no test split)".into(),
+    });
+    lines
 }
 
-fn status_word(s: JobStatus) -> &'static str {
+/// The job's final held-out score, else the latest round's.
+pub fn held_out(p: &Progress) -> Option<Score> {
+    p.job.as_ref().and_then(|j| j.eval).or_else(|| p.rounds.values().rev().find_map(|r| r.eval))
+}
+
+/// The job's status in one word (`running`, `finished`, …).
+pub fn status_word(s: JobStatus) -> &'static str {
     match s {
         JobStatus::Running => "running",
         JobStatus::Finished => "finished",

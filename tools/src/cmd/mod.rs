@@ -12,6 +12,7 @@ pub mod plot;
 pub mod predict;
 pub mod prepare_cifar10;
 pub mod profile;
+pub mod report;
 pub mod start_event;
 pub mod status;
 pub mod stop;

@@ -4,10 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use lml_tools::model::{classify_dataset, classify_files, open_split, JobModel, ModelArgs, Prediction};
-use lml_tools::pictures::grid::{prediction_grid, GridImage};
+use lml_tools::model::{classify_dataset, classify_files, open_split, split_grid, JobModel, ModelArgs, Prediction};
 use lml_tools::pictures::Format;
-use ndarray::Axis;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -39,9 +37,6 @@ pub struct Args {
     #[arg(long, value_name = "FILE", requires = "data")]
     grid: Option<PathBuf>,
 }
-
-/// Images in the `--grid` picture (the seed's Fig. 13 shows 30).
-const GRID_IMAGES: usize = 30;
 
 /// `{"class": c, "name": …, "probability": p}` for each of the top `k`.
 fn top_json(m: &JobModel, p: &Prediction, k: usize) -> Value {
@@ -126,25 +121,8 @@ fn predict(args: &Args) -> Result<()> {
     let labels = &data.labels()[..n];
     let correct = preds.iter().zip(labels).filter(|(p, &t)| p.predicted == t as usize).count();
     if let (Some(path), Some(format)) = (&args.grid, grid_format) {
-        let images = data.images();
-        let [_, height, width, channels] = <[usize; 4]>::try_from(images.shape()).expect("a 4-d view");
-        let shown = n.min(GRID_IMAGES);
-        let pixels: Vec<Vec<u8>> =
-            (0..shown).map(|i| images.index_axis(Axis(0), i).iter().copied().collect()).collect();
-        let cells: Vec<GridImage<'_>> = pixels
-            .iter()
-            .zip(preds.iter().zip(labels))
-            .map(|(px, (p, &t))| GridImage {
-                pixels: px,
-                height,
-                width,
-                channels,
-                predicted: names[p.predicted].clone(),
-                truth: names[t as usize].clone(),
-            })
-            .collect();
         let title = format!("job {}: {} of {}", m.job, args.split, dir.display());
-        prediction_grid(&cells, &title, format)?.write(path)?;
+        split_grid(&data, &preds, names, &title, format)?.write(path)?;
     }
     if args.json {
         let items: Vec<Value> = preds

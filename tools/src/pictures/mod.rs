@@ -263,7 +263,7 @@ fn clip(s: &str, max: usize) -> String {
 }
 
 /// Base64 (RFC 4648, with padding) of `bytes`, for images embedded in an SVG.
-fn base64(bytes: &[u8]) -> String {
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
