@@ -121,6 +121,26 @@ fn block_masks(n: usize) -> (__mmask16, __mmask16, __mmask16) {
     (inputs as u16, (inputs >> 16) as u16, ((1u32 << n) - 1) as u16)
 }
 
+/// Shortest output row for which the AVX-512 loops prefetch their inputs
+/// ahead. Measured under load (batch 8, 1 thread, CPU time, Zen 4): pool1
+/// (112 outputs a row) 14.6 → 13.3 ms values-only, 17.7 → 16.5 ms with
+/// argmax; pool3 (28 a row) went from 2.5 to 2.75 ms with an unconditional
+/// prefetch, whose lines there lie rows ahead.
+const PREFETCH_MIN_OUTPUTS: usize = 64;
+
+/// Asks for the inputs 256 floats (1 KiB, 16 lines) ahead of column `at`
+/// of both rows: four lines a 16-output step, the step's consumption.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn prefetch_ahead(p0: *const f32, p1: *const f32, at: usize) {
+    // A prefetch never faults (a safe intrinsic), so the address (wrapping
+    // arithmetic, possibly past the row) need not be valid.
+    for p in [p0, p1] {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(at + 256).cast());
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(at + 272).cast());
+    }
+}
+
 /// Values-only pooling of one output row, AVX-512F, every output (whole
 /// blocks of 16, the tail through masked loads and stores). Returns `dst.len()`.
 ///
@@ -132,12 +152,16 @@ pub(super) fn row_avx512(r0: &[f32], r1: &[f32], dst: &mut [f32]) -> usize {
     let (r0, r1) = (&r0[..2 * ow], &r1[..2 * ow]);
     let (p0, p1, d) = (r0.as_ptr(), r1.as_ptr(), dst.as_mut_ptr());
     let (even, odd) = even_odd_512();
+    let long = ow >= PREFETCH_MIN_OUTPUTS;
     for x in (0..ow).step_by(16) {
         let (k_lo, k_hi, k_out) = block_masks((ow - x).min(16));
         // SAFETY: the masks enable only inputs 2x .. 2·min(x + 16, ow) of
         // each row and outputs x .. min(x + 16, ow); masked-off lanes are
         // neither read nor written (and do not fault).
         unsafe {
+            if long {
+                prefetch_ahead(p0, p1, 2 * x);
+            }
             let (a_lo, a_hi) =
                 (_mm512_maskz_loadu_ps(k_lo, p0.add(2 * x)), _mm512_maskz_loadu_ps(k_hi, p0.add(2 * x + 16)));
             let (b_lo, b_hi) =
@@ -165,10 +189,14 @@ pub(super) fn row_argmax_avx512(r0: &[f32], r1: &[f32], base: u32, w: u32, dst: 
     let one = _mm512_set1_epi32(1);
     let wv = _mm512_set1_epi32(w as i32);
     let w1 = _mm512_add_epi32(wv, one);
+    let long = ow >= PREFETCH_MIN_OUTPUTS;
     for x in (0..ow).step_by(16) {
         let (k_lo, k_hi, k_out) = block_masks((ow - x).min(16));
         // SAFETY: as in `row_avx512`; `idx` has `ow` entries.
         unsafe {
+            if long {
+                prefetch_ahead(p0, p1, 2 * x);
+            }
             let (a_lo, a_hi) =
                 (_mm512_maskz_loadu_ps(k_lo, p0.add(2 * x)), _mm512_maskz_loadu_ps(k_hi, p0.add(2 * x + 16)));
             let (b_lo, b_hi) =
