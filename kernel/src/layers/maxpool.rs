@@ -158,40 +158,131 @@ fn pool_plane(
     }
 }
 
-/// One output row of the 2×2/2 pool from input rows `r0`, `r1`. Blocks of
-/// 16 outputs in fixed-size arrays (vertical maxima, then pairs) so that the
-/// compiler vectorises both steps; the tail is done one by one.
-fn pool_2x2_row(r0: &[f32], r1: &[f32], dst: &mut [f32]) {
-    const B: usize = 16;
-    let ow = dst.len();
-    let (r0, r1) = (&r0[..2 * ow], &r1[..2 * ow]);
-    let mut blocks = dst.chunks_exact_mut(B);
-    for ((d, a), b) in (&mut blocks).zip(r0.chunks_exact(2 * B)).zip(r1.chunks_exact(2 * B)) {
-        let mut v = [0.0f32; 2 * B];
-        for i in 0..2 * B {
-            v[i] = nan_max(a[i], b[i]);
-        }
-        for i in 0..B {
-            d[i] = nan_max(v[2 * i], v[2 * i + 1]);
+/// Which loop runs the 2×2 stride-2 pool: the widest vector unit this CPU
+/// has (checked at run time; the crate itself is built for baseline x86-64),
+/// or the scalar loop, which is also the reference the vector loops are
+/// tested against bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PoolIsa {
+    /// x86-64 AVX-512F: 16 outputs a step, masked tails.
+    Avx512,
+    /// x86-64 AVX2: 8 outputs a step, scalar tail.
+    Avx2,
+    /// Plain Rust, any CPU.
+    Scalar,
+}
+
+impl PoolIsa {
+    /// Every loop, fastest first.
+    pub(crate) const ALL: [PoolIsa; 3] = [PoolIsa::Avx512, PoolIsa::Avx2, PoolIsa::Scalar];
+
+    /// Whether this CPU runs the loop.
+    pub(crate) fn available(self) -> bool {
+        match self {
+            PoolIsa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            PoolIsa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            PoolIsa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[allow(unreachable_patterns)] // which arms remain depends on the target
+            _ => false,
         }
     }
-    let done = ow - ow % B;
-    for (ox, d) in blocks.into_remainder().iter_mut().enumerate().map(|(i, d)| (done + i, d)) {
+
+    /// The fastest loop this CPU runs.
+    pub(crate) fn detect() -> Self {
+        Self::ALL.into_iter().find(|i| i.available()).unwrap_or(PoolIsa::Scalar)
+    }
+
+    /// One output row: `dst[x] = max(r0[2x], r0[2x+1], r1[2x], r1[2x+1])`,
+    /// the leftmost maximum in that order (see [`nan_max`]).
+    ///
+    /// # Panics
+    /// If a row holds fewer than `2·dst.len()` floats, or `self` is not available.
+    pub(crate) fn row(self, r0: &[f32], r1: &[f32], dst: &mut [f32]) {
+        assert!(self.available(), "{self:?} pooling is not available on this CPU");
+        let done = match self {
+            PoolIsa::Scalar => 0,
+            // SAFETY (both arms): `available` checked the CPU features.
+            #[cfg(target_arch = "x86_64")]
+            PoolIsa::Avx512 => unsafe { super::maxpool_x86::row_avx512(r0, r1, dst) },
+            #[cfg(target_arch = "x86_64")]
+            PoolIsa::Avx2 => unsafe { super::maxpool_x86::row_avx2(r0, r1, dst) },
+            #[allow(unreachable_patterns)]
+            other => unreachable!("{other:?} is not available on this architecture"),
+        };
+        pool_2x2_row_scalar(&r0[2 * done..], &r1[2 * done..], &mut dst[done..]);
+    }
+
+    /// [`row`](Self::row) with argmax: `idx[x]` is `base + 2x` plus the
+    /// chosen input's offset `0, 1, w` or `w + 1` (`base` = the flat index of
+    /// `r0[0]` in a plane of width `w`).
+    ///
+    /// # Panics
+    /// As [`row`](Self::row), or if `idx` is shorter than `dst`.
+    pub(crate) fn row_argmax(self, r0: &[f32], r1: &[f32], base: u32, w: u32, dst: &mut [f32], idx: &mut [u32]) {
+        assert!(self.available(), "{self:?} pooling is not available on this CPU");
+        let done = match self {
+            PoolIsa::Scalar => 0,
+            // SAFETY (both arms): `available` checked the CPU features.
+            #[cfg(target_arch = "x86_64")]
+            PoolIsa::Avx512 => unsafe { super::maxpool_x86::row_argmax_avx512(r0, r1, base, w, dst, idx) },
+            #[cfg(target_arch = "x86_64")]
+            PoolIsa::Avx2 => unsafe { super::maxpool_x86::row_argmax_avx2(r0, r1, base, w, dst, idx) },
+            #[allow(unreachable_patterns)]
+            other => unreachable!("{other:?} is not available on this architecture"),
+        };
+        let base = base.wrapping_add(2 * done as u32);
+        pool_2x2_row_argmax_scalar(&r0[2 * done..], &r1[2 * done..], base, w, &mut dst[done..], &mut idx[done..]);
+    }
+}
+
+/// The loop [`PoolIsa::detect`] picks, detected once.
+fn pool_isa() -> PoolIsa {
+    static ISA: std::sync::OnceLock<PoolIsa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(PoolIsa::detect)
+}
+
+/// One output row of the 2×2/2 pool from input rows `r0`, `r1`, with the loop this CPU runs fastest.
+fn pool_2x2_row(r0: &[f32], r1: &[f32], dst: &mut [f32]) {
+    pool_isa().row(r0, r1, dst);
+}
+
+/// The scalar reference of [`PoolIsa::row`].
+fn pool_2x2_row_scalar(r0: &[f32], r1: &[f32], dst: &mut [f32]) {
+    for (ox, d) in dst.iter_mut().enumerate() {
         *d = nan_max(nan_max(r0[2 * ox], r0[2 * ox + 1]), nan_max(r1[2 * ox], r1[2 * ox + 1]));
     }
 }
 
-/// `max(a, b)` that propagates NaN (like the argmax variant: a NaN wins).
+/// The scalar reference of [`PoolIsa::row_argmax`]: the same comparisons in
+/// the same row-major order as the general loop of [`maxpool2d_forward`].
+fn pool_2x2_row_argmax_scalar(r0: &[f32], r1: &[f32], base: u32, w: u32, dst: &mut [f32], idx: &mut [u32]) {
+    for (ox, (d, i)) in dst.iter_mut().zip(idx.iter_mut()).enumerate() {
+        let at = base.wrapping_add(2 * ox as u32);
+        let cands = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]];
+        let offs = [0, 1, w, w + 1];
+        let (mut best, mut best_i) = (cands[0], at);
+        for t in 1..4 {
+            if takes(cands[t], best, best_i) {
+                best = cands[t];
+                best_i = at + offs[t];
+            }
+        }
+        *d = best;
+        *i = best_i;
+    }
+}
+
+/// `max(a, b)` that propagates NaN, the leftmost maximum: `b` only if it is
+/// larger than `a` or the first NaN (as [`takes`] for the argmax variant, so
+/// both variants give the same bits, NaN payloads and the sign of zero included).
 #[inline(always)]
 fn nan_max(a: f32, b: f32) -> f32 {
-    if a.is_nan() || a >= b {
-        if b.is_nan() {
-            b
-        } else {
-            a
-        }
-    } else {
+    if !a.is_nan() && (b > a || b.is_nan()) {
         b
+    } else {
+        a
     }
 }
 
@@ -202,25 +293,13 @@ fn takes(v: f32, best: f32, best_i: u32) -> bool {
     v > best || best_i == u32::MAX || v.is_nan() && !best.is_nan()
 }
 
-/// The 2×2 stride-2 unpadded case over one contiguous `[H, W]` plane: the
-/// same comparisons in the same row-major order as the general loop, on slices.
+/// The 2×2 stride-2 unpadded case over one contiguous `[H, W]` plane (`W`
+/// at most `u32::MAX`, checked by the caller), row by row.
 fn pool_2x2_plane(src: &[f32], w: usize, ow: usize, dst: &mut [f32], idx: &mut [u32]) {
+    let isa = pool_isa();
     for (oy, (drow, irow)) in dst.chunks_exact_mut(ow).zip(idx.chunks_exact_mut(ow)).enumerate() {
         let (r0, r1) = (&src[2 * oy * w..][..2 * ow], &src[(2 * oy + 1) * w..][..2 * ow]);
-        let base = (2 * oy * w) as u32;
-        for ox in 0..ow {
-            let cands = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]];
-            let offs = [0, 1, w as u32, w as u32 + 1];
-            let (mut best, mut best_i) = (cands[0], base + 2 * ox as u32);
-            for t in 1..4 {
-                if takes(cands[t], best, best_i) {
-                    best = cands[t];
-                    best_i = base + 2 * ox as u32 + offs[t];
-                }
-            }
-            drow[ox] = best;
-            irow[ox] = best_i;
-        }
+        isa.row_argmax(r0, r1, (2 * oy * w) as u32, w as u32, drow, irow);
     }
 }
 
@@ -267,4 +346,112 @@ pub fn maxpool2d_backward(
         }
     });
     Ok(grad_in)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Rows drawn from values that stress the selects: ties, both zeros,
+    /// infinities, and NaNs with distinct payloads and signs.
+    fn nasty_row(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+        let pool = [
+            -1.0,
+            0.0,
+            -0.0,
+            1.0,
+            2.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::from_bits(0x7fc0_0001),
+            f32::from_bits(0xffc0_0002),
+            f32::from_bits(0x7f80_0003), // signalling
+        ];
+        (0..len)
+            .map(
+                |_| {
+                    if rng.random_bool(0.5) {
+                        pool[rng.random_range(0..pool.len())]
+                    } else {
+                        rng.random_range(-4.0..4.0)
+                    }
+                },
+            )
+            .collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Every vector loop this CPU runs gives the scalar reference's bits,
+    /// values and argmax, for widths 0..70 (whole blocks and every tail),
+    /// rows one float longer than needed (odd input widths) and unaligned starts.
+    #[test]
+    fn vector_loops_match_the_scalar_reference_bit_for_bit() {
+        let runs: Vec<PoolIsa> = PoolIsa::ALL.into_iter().filter(|i| i.available()).collect();
+        let skipped: Vec<PoolIsa> = PoolIsa::ALL.into_iter().filter(|i| !i.available()).collect();
+        println!("pooling loops checked: {runs:?}; not on this CPU: {skipped:?}");
+        assert!(runs.contains(&PoolIsa::Scalar));
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        for ow in 0..70 {
+            for (extra, start) in [(0, 0), (1, 0), (1, 1), (3, 3)] {
+                let w = 2 * ow + extra;
+                let (r0, r1) = (nasty_row(&mut rng, w), nasty_row(&mut rng, w));
+                let (r0, r1) = (&r0[start.min(extra)..], &r1[start.min(extra)..]);
+                let base = 1000 * ow as u32;
+                let mut want = vec![f32::NAN; ow];
+                let (mut want_v, mut want_i) = (vec![f32::NAN; ow], vec![u32::MAX; ow]);
+                pool_2x2_row_scalar(r0, r1, &mut want);
+                pool_2x2_row_argmax_scalar(r0, r1, base, w as u32, &mut want_v, &mut want_i);
+                // The values-only and argmax references agree, bit for bit.
+                assert_eq!(bits(&want), bits(&want_v), "ow {ow}");
+                for &isa in &runs {
+                    let mut got = vec![f32::from_bits(0x7fc0_dead); ow + 1];
+                    isa.row(r0, r1, &mut got[..ow]);
+                    assert_eq!(bits(&got[..ow]), bits(&want), "{isa:?} values, ow {ow}, start {start}");
+                    assert_eq!(got[ow].to_bits(), 0x7fc0_dead, "{isa:?} wrote past the row");
+                    let (mut v, mut i) = (vec![f32::from_bits(0x7fc0_dead); ow + 1], vec![7u32; ow + 1]);
+                    isa.row_argmax(r0, r1, base, w as u32, &mut v[..ow], &mut i[..ow]);
+                    assert_eq!(bits(&v[..ow]), bits(&want), "{isa:?} argmax values, ow {ow}");
+                    assert_eq!(&i[..ow], &want_i[..], "{isa:?} argmax, ow {ow}");
+                    assert_eq!((v[ow].to_bits(), i[ow]), (0x7fc0_dead, 7), "{isa:?} wrote past the row");
+                }
+            }
+        }
+    }
+
+    /// Hand-picked windows: the first NaN wins, NaN beats infinity, and of
+    /// `-0.0` and `+0.0` the first in row-major order wins.
+    #[test]
+    fn ties_and_nans_pick_the_first_in_row_major_order() {
+        let (n1, n2) = (f32::from_bits(0x7fc0_0001), f32::from_bits(0xffc0_0002));
+        // (r0 pair, r1 pair, value, offset)
+        let cases: [([f32; 2], [f32; 2], f32, u32); 6] = [
+            ([-0.0, 0.0], [0.0, -0.0], -0.0, 0),
+            ([-1.0, 0.0], [-0.0, 0.0], 0.0, 1),
+            ([-1.0, -2.0], [-0.0, 0.0], -0.0, 10),
+            ([1.0, f32::INFINITY], [n1, n2], n1, 10),
+            ([1.0, n2], [n1, 3.0], n2, 1),
+            ([1.0, 2.0], [0.5, 3.0], 3.0, 11),
+        ];
+        for isa in PoolIsa::ALL.into_iter().filter(|i| i.available()) {
+            // 17 copies of each window: whole vector blocks and a tail.
+            for (a, b, want, off) in cases {
+                let r0: Vec<f32> = a.iter().copied().cycle().take(34).collect();
+                let r1: Vec<f32> = b.iter().copied().cycle().take(34).collect();
+                let (mut v, mut i) = ([0.0f32; 17], [0u32; 17]);
+                isa.row_argmax(&r0, &r1, 0, 10, &mut v, &mut i);
+                let mut only = [0.0f32; 17];
+                isa.row(&r0, &r1, &mut only);
+                for x in 0..17 {
+                    assert_eq!(v[x].to_bits(), want.to_bits(), "{isa:?} {a:?} {b:?}");
+                    assert_eq!(only[x].to_bits(), want.to_bits(), "{isa:?} {a:?} {b:?}");
+                    assert_eq!(i[x], 2 * x as u32 + off, "{isa:?} {a:?} {b:?}");
+                }
+            }
+        }
+    }
 }

@@ -8,6 +8,8 @@ pub mod avgpool;
 pub mod conv2d;
 pub mod dense;
 pub mod maxpool;
+#[cfg(target_arch = "x86_64")]
+mod maxpool_x86;
 pub mod padded;
 pub mod relu;
 pub mod softmax;
