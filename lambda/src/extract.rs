@@ -80,7 +80,7 @@ pub use lml_kernel::features::BATCH;
 
 use crate::error::{ProtocolError, Result};
 use crate::event::{Event, JobId, MAX_WORKERS};
-use crate::layout::{claim, present, remove_stale_temps, temp_beside, write_json, JobDir, TempGuard};
+use crate::layout::{claim, present, temp_beside, write_json, JobDir, TempGuard};
 use crate::pipeline::Pipeline;
 use crate::progress::{ExtractRecord, JobStatus, ProgressStore, ShardRecord};
 use crate::roles::{blocking, Outcome};
@@ -643,27 +643,15 @@ fn refuse_existing_cache(out: &Path, split: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates the job folder whole: staged under a temp name, renamed into place.
+/// Creates the job folder whole ([`JobDir::create_whole`]): config, progress and shard folders.
 fn create_job<I, P, C: Clock>(svc: &Services<I, P, C>, jd: &JobDir, cfg: &ExtractConfig) -> Result<()> {
-    let jobs = jd.dir.parent().expect("jobs/<id>");
-    std::fs::create_dir_all(jobs).map_err(|e| ProtocolError::io(jobs, e))?;
-    let staging = TempGuard::new(temp_beside(&jd.dir));
-    let result = (|| -> Result<()> {
-        for d in [staging.path().join("progress"), staging.path().join("shards")] {
+    jd.create_whole(|staged| {
+        for d in [staged.dir.join("progress"), staged.dir.join("shards")] {
             std::fs::create_dir_all(&d).map_err(|e| ProtocolError::io(&d, e))?;
         }
-        write_json(&staging.path().join("config.json"), cfg)?;
-        svc.probe.at("extract.staged", 0)?;
-        std::fs::rename(staging.path(), &jd.dir).map_err(|e| ProtocolError::io(&jd.dir, e))
-    })();
-    match result {
-        // A concurrent start created the job (its config is compared next).
-        Err(_) if jd.exists() => {}
-        r => r?,
-    }
-    drop(staging);
-    remove_stale_temps(jobs, jd.job.as_str());
-    Ok(())
+        write_json(&staged.dir.join("config.json"), cfg)?;
+        svc.probe.at("extract.staged", 0)
+    })
 }
 
 /// A claim of a shard: who, and when (by the services' clock).

@@ -80,7 +80,7 @@ use serde_json::{json, Value};
 
 use crate::error::{ProtocolError, Result};
 use crate::event::{Event, JobId};
-use crate::layout::{claim, present, read_json, remove_stale_temps, temp_beside, write_json, JobDir, TempGuard};
+use crate::layout::{claim, present, read_json, write_json, JobDir};
 use crate::objects::{bare_etag, base64, etag_of_parts, etag_parts, hex, ObjectStore};
 use crate::progress::{IngestRecord, JobStatus, ProgressStore};
 use crate::roles::Outcome;
@@ -761,26 +761,14 @@ fn record(cfg: &IngestConfig, cursor: &Cursor, current: u64, status: JobStatus, 
     }
 }
 
-/// Creates the job folder whole: staged under a temp name, renamed into place.
+/// Creates the job folder whole ([`JobDir::create_whole`]): config, object list, progress folder.
 fn create_job(jd: &JobDir, cfg: &IngestConfig, objects: &[IngestObject]) -> Result<()> {
-    let jobs = jd.dir.parent().expect("jobs/<id>");
-    fs::create_dir_all(jobs).map_err(|e| ProtocolError::io(jobs, e))?;
-    let staging = TempGuard::new(temp_beside(&jd.dir));
-    let result = (|| -> Result<()> {
-        let progress = staging.path().join("progress");
+    jd.create_whole(|staged| {
+        let progress = staged.dir.join("progress");
         fs::create_dir_all(&progress).map_err(|e| ProtocolError::io(&progress, e))?;
-        write_json(&staging.path().join("objects.json"), &objects)?;
-        write_json(&staging.path().join("config.json"), cfg)?;
-        fs::rename(staging.path(), &jd.dir).map_err(|e| ProtocolError::io(&jd.dir, e))
-    })();
-    match result {
-        // A concurrent start created the job (its config is compared next).
-        Err(_) if jd.exists() => {}
-        r => r?,
-    }
-    drop(staging);
-    remove_stale_temps(jobs, jd.job.as_str());
-    Ok(())
+        write_json(&staged.dir.join("objects.json"), &objects)?;
+        write_json(&staged.dir.join("config.json"), cfg)
+    })
 }
 
 /// The invocation's time: at least one range runs; another starts only if

@@ -242,6 +242,32 @@ impl Drop for TempGuard {
     }
 }
 
+impl JobDir {
+    /// Creates the job folder whole: `fill` writes its contents into a
+    /// staging folder under a temp name, which is then renamed into place.
+    /// The staging folder goes whatever happens (an error, a full disk, a
+    /// panic); one left by a process that died is swept once the job exists.
+    /// A concurrent start that created the job first is not an error (the
+    /// caller compares the config it finds next).
+    pub(crate) fn create_whole(&self, fill: impl FnOnce(&JobDir) -> Result<()>) -> Result<()> {
+        let jobs = self.dir.parent().expect("jobs/<id>");
+        fs::create_dir_all(jobs).map_err(|e| ProtocolError::io(jobs, e))?;
+        let staging = TempGuard::new(temp_beside(&self.dir));
+        let staged = JobDir { job: self.job.clone(), dir: staging.path().to_path_buf() };
+        let result = fill(&staged)
+            .and_then(|()| fs::rename(&staged.dir, &self.dir).map_err(|e| ProtocolError::io(&self.dir, e)));
+        match result {
+            // A concurrent start created the job, or swept this staging
+            // folder as stale after creating it.
+            Err(_) if self.exists() => {}
+            r => r?,
+        }
+        drop(staging);
+        remove_stale_temps(jobs, self.job.as_str());
+        Ok(())
+    }
+}
+
 /// Removes every temp of `name` in `dir` (see [`temp_beside`]): stale
 /// staging left by a process that died. Only sound once `dir/name` exists,
 /// for then no temp of it can ever be renamed into place; a writer still

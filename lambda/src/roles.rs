@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::compute::{self, Params, SliceEnd};
 use crate::error::{ProtocolError, Result};
 use crate::event::{CombineEvent, Event, JobId, RoundRef, StartEvent, WorkerEvent};
-use crate::layout::{claim, present, read_json, remove_stale_temps, temp_beside, JobDir, TempGuard};
+use crate::layout::{claim, present, read_json, JobDir};
 use crate::meta::{FinalSummary, ParamsMeta};
 use crate::progress::{JobRecord, JobStatus, ProgressStore, RoundRecord, Score, WorkerRecord};
 use crate::services::{Clock, Invocation, Invoker, Services};
@@ -156,42 +156,27 @@ fn job_record(cfg: &JobConfig, started_ms: u64) -> JobRecord {
     }
 }
 
-/// Creates the job folder whole: staged under a temp name, renamed into
-/// place. The staging folder goes whatever happens (an error, a full disk,
-/// a panic); one left by a process that died is swept once the job exists.
+/// Creates the job folder whole ([`JobDir::create_whole`]): config, feature
+/// statistics, round 0's folders and parameters.
 fn create_job<I, P, C: Clock>(
     svc: &Services<I, P, C>,
     jd: &JobDir,
     cfg: &JobConfig,
     stats: Option<&lml_kernel::standardize::FeatureStats>,
 ) -> Result<()> {
-    let jobs = jd.dir.parent().expect("jobs/<id>");
-    std::fs::create_dir_all(jobs).map_err(|e| ProtocolError::io(jobs, e))?;
-    let staging = TempGuard::new(temp_beside(&jd.dir));
-    let staged = JobDir { job: jd.job.clone(), dir: staging.path().to_path_buf() };
-    let result = (|| -> Result<()> {
+    jd.create_whole(|staged| {
         for d in [staged.params_dir(), staged.round(0), staged.progress()] {
             std::fs::create_dir_all(&d).map_err(|e| ProtocolError::io(&d, e))?;
         }
         crate::layout::write_json(&staged.config(), cfg)?;
         if let Some(stats) = stats {
-            compute::publish_stats(&compute::stats_path(&staged), stats, cfg.examples)?;
+            compute::publish_stats(&compute::stats_path(staged), stats, cfg.examples)?;
         }
         let params = Params::init(cfg.classes, cfg.feature_dim);
         let meta = ParamsMeta { round: 0, published_ms: svc.clock.now_ms(), record: None, failure: None };
         params.publish(&staged.params(0), &meta)?;
-        svc.probe.at("start.staged", 0)?;
-        std::fs::rename(staging.path(), &jd.dir).map_err(|e| ProtocolError::io(&jd.dir, e))
-    })();
-    match result {
-        // A concurrent start created the job (its config is compared next),
-        // or swept this staging folder as stale after creating it.
-        Err(_) if jd.exists() => {}
-        r => r?,
-    }
-    drop(staging);
-    remove_stale_temps(jobs, jd.job.as_str());
-    Ok(())
+        svc.probe.at("start.staged", 0)
+    })
 }
 
 /// Invokes the `workers` of round `k` unless a `fanout` marker says it was
