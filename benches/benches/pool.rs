@@ -17,7 +17,9 @@ fn pools(c: &mut Criterion) {
     let mut g = c.benchmark_group("maxpool_224_batch8");
     g.sample_size(10);
     // (name, channels, input side) of the five pools at 224×224.
-    for (name, ch, side) in [("pool1", 64, 224), ("pool3", 256, 56), ("pool5", 512, 14)] {
+    for (name, ch, side) in
+        [("pool1", 64, 224), ("pool2", 128, 112), ("pool3", 256, 56), ("pool4", 512, 28), ("pool5", 512, 14)]
+    {
         let x = random_input(8, ch, side, 1);
         let mut out = Array4::<f32>::zeros((8, ch, side / 2, side / 2));
         g.throughput(Throughput::Elements(((x.len() + out.len()) * 4) as u64));

@@ -9,11 +9,23 @@
 //! columns), then the two rows, which keeps that order; the argmax loops
 //! carry the winner's offset (`0, 1, W, W + 1`) through the same selects.
 //!
+//! The values-only loops (the frozen forward's) read each input row in
+//! runs of [`CHUNK`] outputs (512 bytes a row): the top row's pair maxima of
+//! a run wait in registers while the bottom row's run streams in. Reading
+//! both rows a line at a time in turn (two streams one row apart) ran pool1
+//! at half the read bandwidth on Zen 4, as did 256-byte runs; runs of 512
+//! reach it whatever the output's alignment. Keeping the maxima in a stack
+//! buffer instead made the speed depend on where that buffer lay relative
+//! to the output (4K aliasing of its loads with the stores), so they live in
+//! registers: four zmm, eight ymm.
+//!
 //! Each function does the whole blocks it can (8 outputs for AVX2, 16 for
 //! AVX-512, whose masked loads and stores also do the tail) and returns how
 //! many outputs it wrote; the caller finishes the rest with the scalar loop.
 
 use core::arch::x86_64::*;
+
+use super::maxpool::CHUNK;
 
 /// Lanes where `b` replaces `a` as the leftmost maximum: `a` is not NaN and
 /// `b` is larger or NaN (`!(b <= a)` is true for `b > a` and for either NaN).
@@ -38,8 +50,21 @@ fn in_order(v: __m256i) -> __m256i {
     _mm256_permute4x64_epi64::<0xD8>(v)
 }
 
+/// The leftmost maximum of each pair of the 16 inputs at `p`, in
+/// [`deinterleave_avx2`]'s lane order.
+///
+/// # Safety
+/// `p .. p + 16` must be readable; the CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn pairs_avx2(p: *const f32) -> __m256 {
+    // SAFETY: the caller's contract.
+    let (e, o) = unsafe { deinterleave_avx2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) };
+    _mm256_blendv_ps(e, o, takes_avx2(e, o))
+}
+
 /// Values-only pooling of one output row, AVX2: `dst[x] = max(r0[2x], r0[2x+1], r1[2x], r1[2x+1])`
-/// for the first `8·⌊dst.len()/8⌋` outputs. Returns that count.
+/// for the first `8·⌊dst.len()/8⌋` outputs, in runs of [`CHUNK`]. Returns that count.
 ///
 /// # Panics
 /// If a row holds fewer than `2·dst.len()` floats.
@@ -48,22 +73,27 @@ pub(super) fn row_avx2(r0: &[f32], r1: &[f32], dst: &mut [f32]) -> usize {
     let done = dst.len() - dst.len() % 8;
     let (r0, r1) = (&r0[..2 * done], &r1[..2 * done]);
     let (p0, p1, d) = (r0.as_ptr(), r1.as_ptr(), dst.as_mut_ptr());
-    for x in (0..done).step_by(8) {
-        // SAFETY: inputs 2x .. 2x + 16 ≤ 2·done lie in both rows (sliced above),
-        // outputs x .. x + 8 ≤ done in `dst`.
-        unsafe {
-            let (a0, a1) = deinterleave_avx2(_mm256_loadu_ps(p0.add(2 * x)), _mm256_loadu_ps(p0.add(2 * x + 8)));
-            let (b0, b1) = deinterleave_avx2(_mm256_loadu_ps(p1.add(2 * x)), _mm256_loadu_ps(p1.add(2 * x + 8)));
-            let top = _mm256_blendv_ps(a0, a1, takes_avx2(a0, a1));
-            let bottom = _mm256_blendv_ps(b0, b1, takes_avx2(b0, b1));
-            let m = _mm256_blendv_ps(top, bottom, takes_avx2(top, bottom));
-            _mm256_storeu_ps(d.add(x), _mm256_castsi256_ps(in_order(_mm256_castps_si256(m))));
+    for start in (0..done).step_by(CHUNK) {
+        let blocks = ((done - start) / 8).min(CHUNK / 8);
+        let mut tops = [_mm256_setzero_ps(); CHUNK / 8];
+        for (b, top) in tops.iter_mut().enumerate().take(blocks) {
+            // SAFETY: inputs 2x .. 2x + 16 ≤ 2·done (x = start + 8b) lie in `r0` (sliced above).
+            *top = unsafe { pairs_avx2(p0.add(2 * (start + 8 * b))) };
+        }
+        for (b, &top) in tops.iter().enumerate().take(blocks) {
+            let x = start + 8 * b;
+            // SAFETY: as above for `r1`; outputs x .. x + 8 ≤ done lie in `dst`.
+            unsafe {
+                let bottom = pairs_avx2(p1.add(2 * x));
+                let m = _mm256_blendv_ps(top, bottom, takes_avx2(top, bottom));
+                _mm256_storeu_ps(d.add(x), _mm256_castsi256_ps(in_order(_mm256_castps_si256(m))));
+            }
         }
     }
     done
 }
 
-/// [`row_avx2`] with argmax: also `idx[x] = base + 2x + o`, `o ∈ {0, 1, w, w + 1}`
+/// [`row_avx2`] with argmax, one pass over both rows: also `idx[x] = base + 2x + o`, `o ∈ {0, 1, w, w + 1}`
 /// the offset of the chosen input (`base` = flat index of `r0[0]` in the plane,
 /// `w` = the plane's width). Returns the count of outputs written.
 ///
@@ -121,11 +151,10 @@ fn block_masks(n: usize) -> (__mmask16, __mmask16, __mmask16) {
     (inputs as u16, (inputs >> 16) as u16, ((1u32 << n) - 1) as u16)
 }
 
-/// Shortest output row for which the AVX-512 loops prefetch their inputs
-/// ahead. Measured under load (batch 8, 1 thread, CPU time, Zen 4): pool1
-/// (112 outputs a row) 14.6 → 13.3 ms values-only, 17.7 → 16.5 ms with
-/// argmax; pool3 (28 a row) went from 2.5 to 2.75 ms with an unconditional
-/// prefetch, whose lines there lie rows ahead.
+/// Shortest output row for which the AVX-512 argmax loop prefetches its
+/// inputs ahead. Measured under load (batch 8, 1 thread, CPU time, Zen 4):
+/// pool1 (112 outputs a row) 17.7 → 16.5 ms; pool3 (28 a row) was slower
+/// with an unconditional prefetch, whose lines there lie rows ahead.
 const PREFETCH_MIN_OUTPUTS: usize = 64;
 
 /// Asks for the inputs 256 floats (1 KiB, 16 lines) ahead of column `at`
@@ -141,8 +170,25 @@ fn prefetch_ahead(p0: *const f32, p1: *const f32, at: usize) {
     }
 }
 
+/// The leftmost maximum of each pair of the `2·n` inputs at `p` (`n ≤ 16`
+/// outputs, lanes past `n` zero).
+///
+/// # Safety
+/// `p .. p + 2n` must be readable; the CPU must have AVX-512F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn pairs_512(p: *const f32, n: usize, even: __m512i, odd: __m512i) -> __m512 {
+    let (k_lo, k_hi, _) = block_masks(n);
+    // SAFETY: the masks enable only the caller's `2n` readable inputs;
+    // masked-off lanes are neither read nor fault.
+    let (lo, hi) = unsafe { (_mm512_maskz_loadu_ps(k_lo, p), _mm512_maskz_loadu_ps(k_hi, p.add(16))) };
+    let (e, o) = (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
+    _mm512_mask_blend_ps(takes_512(e, o), e, o)
+}
+
 /// Values-only pooling of one output row, AVX-512F, every output (whole
-/// blocks of 16, the tail through masked loads and stores). Returns `dst.len()`.
+/// blocks of 16, the tail through masked loads and stores), in runs of
+/// [`CHUNK`]. Returns `dst.len()`.
 ///
 /// # Panics
 /// If a row holds fewer than `2·dst.len()` floats.
@@ -152,25 +198,24 @@ pub(super) fn row_avx512(r0: &[f32], r1: &[f32], dst: &mut [f32]) -> usize {
     let (r0, r1) = (&r0[..2 * ow], &r1[..2 * ow]);
     let (p0, p1, d) = (r0.as_ptr(), r1.as_ptr(), dst.as_mut_ptr());
     let (even, odd) = even_odd_512();
-    let long = ow >= PREFETCH_MIN_OUTPUTS;
-    for x in (0..ow).step_by(16) {
-        let (k_lo, k_hi, k_out) = block_masks((ow - x).min(16));
-        // SAFETY: the masks enable only inputs 2x .. 2·min(x + 16, ow) of
-        // each row and outputs x .. min(x + 16, ow); masked-off lanes are
-        // neither read nor written (and do not fault).
-        unsafe {
-            if long {
-                prefetch_ahead(p0, p1, 2 * x);
+    for start in (0..ow).step_by(CHUNK) {
+        let blocks = (ow - start).div_ceil(16).min(CHUNK / 16);
+        let mut tops = [_mm512_setzero_ps(); CHUNK / 16];
+        for (b, top) in tops.iter_mut().enumerate().take(blocks) {
+            let x = start + 16 * b;
+            // SAFETY: inputs 2x .. 2·min(x + 16, ow) lie in `r0` (sliced above).
+            *top = unsafe { pairs_512(p0.add(2 * x), (ow - x).min(16), even, odd) };
+        }
+        for (b, &top) in tops.iter().enumerate().take(blocks) {
+            let x = start + 16 * b;
+            let n = (ow - x).min(16);
+            // SAFETY: as above for `r1`; the store mask enables only outputs
+            // x .. x + n ≤ ow of `dst` (masked-off lanes are not written).
+            unsafe {
+                let bottom = pairs_512(p1.add(2 * x), n, even, odd);
+                let m = _mm512_mask_blend_ps(takes_512(top, bottom), top, bottom);
+                _mm512_mask_storeu_ps(d.add(x), block_masks(n).2, m);
             }
-            let (a_lo, a_hi) =
-                (_mm512_maskz_loadu_ps(k_lo, p0.add(2 * x)), _mm512_maskz_loadu_ps(k_hi, p0.add(2 * x + 16)));
-            let (b_lo, b_hi) =
-                (_mm512_maskz_loadu_ps(k_lo, p1.add(2 * x)), _mm512_maskz_loadu_ps(k_hi, p1.add(2 * x + 16)));
-            let (a0, a1) = (_mm512_permutex2var_ps(a_lo, even, a_hi), _mm512_permutex2var_ps(a_lo, odd, a_hi));
-            let (b0, b1) = (_mm512_permutex2var_ps(b_lo, even, b_hi), _mm512_permutex2var_ps(b_lo, odd, b_hi));
-            let top = _mm512_mask_blend_ps(takes_512(a0, a1), a0, a1);
-            let bottom = _mm512_mask_blend_ps(takes_512(b0, b1), b0, b1);
-            _mm512_mask_storeu_ps(d.add(x), k_out, _mm512_mask_blend_ps(takes_512(top, bottom), top, bottom));
         }
     }
     ow
