@@ -98,8 +98,23 @@ impl Epilogue<'_, '_> {
     }
 }
 
+/// Deepest k-block whose tiles go row panel by row panel (every column
+/// panel of A's first `mr` rows, then the next `mr` rows, …) instead of
+/// column panel by column panel. A tile this short spends as long storing
+/// its outputs as multiplying, so what matters is where the stores go: `mr`
+/// output rows (channel planes) written front to back at a time, not every
+/// row a panel at a time (64 interleaved write streams for conv1_1). B is
+/// then read once per row panel, which a short block can afford: it stays in
+/// L1/L2. conv1_1 (27 deep) at 224, batch 8, quiet criterion, Zen 4
+/// AVX-512: 18.8 → 16.0 ms at 1 thread, 9.9 → 8.1 ms at 2 (63 → 75% of the
+/// FMA peak). Every deeper block keeps the column-panel order, whose B panel
+/// stays in L1 across A's row panels.
+pub const SHORT_DEPTH: usize = 32;
+
 /// One k-block of the product, tile by tile, where `b_panel(jr)` is the base
-/// pointer of B panel `jr` and B row `kk` of it is at `offsets[kk]` from that base.
+/// pointer of B panel `jr` and B row `kk` of it is at `offsets[kk]` from that
+/// base; row panel by row panel when `kb ≤` [`SHORT_DEPTH`], column panel by
+/// column panel otherwise.
 ///
 /// Without `epilogue`, every `mr × nr` tile of the row-major `m × n` slice
 /// `c` is stored (or, when `accumulate`, added to). With one (the last
@@ -131,26 +146,41 @@ unsafe fn multiply_block(
     let (mr, nr) = (kernel.mr(), kernel.nr());
     let mut edge = [0.0f32; 8 * 32];
     let mut seg = 0;
-    for jr in 0..n.div_ceil(nr) {
+    let (panels_n, panels_m) = (n.div_ceil(nr), m.div_ceil(mr));
+    let rows_first = kb <= SHORT_DEPTH;
+    let order = (0..panels_n * panels_m).map(|t| {
+        if rows_first {
+            (t % panels_n, t / panels_n)
+        } else {
+            (t / panels_m, t % panels_m)
+        }
+    });
+    // The column panel whose `direct` is known (recomputed as `jr` changes).
+    let mut known: Option<(usize, Option<(*mut f32, usize, u32)>)> = None;
+    for (jr, ir) in order {
         let j0 = jr * nr;
         let cols = nr.min(n - j0);
         let bp = b_panel(jr);
         // A whole panel inside one segment with unit column stride is written
         // in place: (pointer to its column j0, row stride, keep bits).
-        let direct = match epilogue.as_deref_mut() {
-            Some(e) if cols == nr => {
-                seg = e.find(j0, seg);
-                let keep = e.keep_bits(j0, cols);
-                let s = &mut e.segments[seg];
-                let inside = j0 + nr <= s.col0 + s.view.ncols();
-                let (rs, cs) = (s.view.strides()[0], s.view.strides()[1]);
-                let base = s.view.as_mut_ptr();
-                // SAFETY: column j0 − col0 < ncols of row 0 lies inside the view (`inside`, unit column stride).
-                (inside && cs == 1 && rs >= 0).then(|| (unsafe { base.add(j0 - s.col0) }, rs as usize, keep))
-            }
-            _ => None,
+        let direct = match known {
+            Some((at, direct)) if at == jr => direct,
+            _ => match epilogue.as_deref_mut() {
+                Some(e) if cols == nr => {
+                    seg = e.find(j0, seg);
+                    let keep = e.keep_bits(j0, cols);
+                    let s = &mut e.segments[seg];
+                    let inside = j0 + nr <= s.col0 + s.view.ncols();
+                    let (rs, cs) = (s.view.strides()[0], s.view.strides()[1]);
+                    let base = s.view.as_mut_ptr();
+                    // SAFETY: column j0 − col0 < ncols of row 0 lies inside the view (`inside`, unit column stride).
+                    (inside && cs == 1 && rs >= 0).then(|| (unsafe { base.add(j0 - s.col0) }, rs as usize, keep))
+                }
+                _ => None,
+            },
         };
-        for ir in 0..m.div_ceil(mr) {
+        known = Some((jr, direct));
+        {
             let apanel = &ablock[ir * kb * mr..(ir + 1) * kb * mr];
             let rows = mr.min(m - ir * mr);
             let corner = ir * mr * n + j0;
