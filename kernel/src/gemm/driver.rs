@@ -98,6 +98,9 @@ impl Epilogue<'_, '_> {
     }
 }
 
+/// A tile written in place: pointer to its first output, row stride, keep bits.
+type DirectTile = (*mut f32, usize, u32);
+
 /// Deepest k-block whose tiles go row panel by row panel (every column
 /// panel of A's first `mr` rows, then the next `mr` rows, …) instead of
 /// column panel by column panel. A tile this short spends as long storing
@@ -156,7 +159,7 @@ unsafe fn multiply_block(
         }
     });
     // The column panel whose `direct` is known (recomputed as `jr` changes).
-    let mut known: Option<(usize, Option<(*mut f32, usize, u32)>)> = None;
+    let mut known: Option<(usize, Option<DirectTile>)> = None;
     for (jr, ir) in order {
         let j0 = jr * nr;
         let cols = nr.min(n - j0);
