@@ -212,7 +212,9 @@ impl PoolIsa {
             #[allow(unreachable_patterns)]
             other => unreachable!("{other:?} is not available on this architecture"),
         };
-        pool_2x2_row_scalar(&r0[2 * done..], &r1[2 * done..], &mut dst[done..]);
+        if done < dst.len() {
+            pool_2x2_row_scalar(&r0[2 * done..], &r1[2 * done..], &mut dst[done..]);
+        }
     }
 
     /// [`row`](Self::row) with argmax: `idx[x]` is `base + 2x` plus the
