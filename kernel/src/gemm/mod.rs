@@ -82,7 +82,9 @@ pub mod tile;
 mod x86;
 
 pub use dot::dense_rows;
-pub use driver::{gemm_gather, gemm_gather_fused, gemm_packed, gemm_packed_fused, Epilogue, Scratch, Segment};
+pub use driver::{
+    gemm_gather, gemm_gather_fused, gemm_packed, gemm_packed_fused, Epilogue, Scratch, Segment, SHORT_DEPTH,
+};
 pub use microkernel::{Microkernel, MICROKERNEL_ENV};
 pub use pack::{PackedA, PanelRow, RowSink, KC};
 
