@@ -148,30 +148,17 @@ unsafe fn multiply_block(
 ) {
     let (mr, nr) = (kernel.mr(), kernel.nr());
     let mut edge = [0.0f32; 8 * 32];
-    let mut seg = 0;
     let (panels_n, panels_m) = (n.div_ceil(nr), m.div_ceil(mr));
-    let rows_first = kb <= SHORT_DEPTH;
-    let order = (0..panels_n * panels_m).map(|t| {
-        if rows_first {
-            (t % panels_n, t / panels_n)
-        } else {
-            (t / panels_m, t % panels_m)
-        }
-    });
-    // The column panel whose `direct` is known (recomputed as `jr` changes).
-    let mut known: Option<(usize, Option<DirectTile>)> = None;
-    for (jr, ir) in order {
-        let j0 = jr * nr;
-        let cols = nr.min(n - j0);
-        let bp = b_panel(jr);
-        // A whole panel inside one segment with unit column stride is written
-        // in place: (pointer to its column j0, row stride, keep bits).
-        let direct = match known {
-            Some((at, direct)) if at == jr => direct,
-            _ => match epilogue.as_deref_mut() {
-                Some(e) if cols == nr => {
+    // Per column panel: a whole panel inside one segment with unit column
+    // stride is written in place (pointer to its column j0, row stride, keep bits).
+    let mut seg = 0;
+    let directs: Vec<Option<DirectTile>> = (0..panels_n)
+        .map(|jr| {
+            let j0 = jr * nr;
+            match epilogue.as_deref_mut() {
+                Some(e) if j0 + nr <= n => {
                     seg = e.find(j0, seg);
-                    let keep = e.keep_bits(j0, cols);
+                    let keep = e.keep_bits(j0, nr);
                     let s = &mut e.segments[seg];
                     let inside = j0 + nr <= s.col0 + s.view.ncols();
                     let (rs, cs) = (s.view.strides()[0], s.view.strides()[1]);
@@ -180,9 +167,14 @@ unsafe fn multiply_block(
                     (inside && cs == 1 && rs >= 0).then(|| (unsafe { base.add(j0 - s.col0) }, rs as usize, keep))
                 }
                 _ => None,
-            },
-        };
-        known = Some((jr, direct));
+            }
+        })
+        .collect();
+    let mut tile = |jr: usize, ir: usize| {
+        let j0 = jr * nr;
+        let cols = nr.min(n - j0);
+        let bp = b_panel(jr);
+        let direct = directs[jr];
         {
             let apanel = &ablock[ir * kb * mr..(ir + 1) * kb * mr];
             let rows = mr.min(m - ir * mr);
@@ -252,6 +244,15 @@ unsafe fn multiply_block(
                     }
                 }
             }
+        }
+    };
+    if kb <= SHORT_DEPTH {
+        for ir in 0..panels_m {
+            (0..panels_n).for_each(|jr| tile(jr, ir));
+        }
+    } else {
+        for jr in 0..panels_n {
+            (0..panels_m).for_each(|ir| tile(jr, ir));
         }
     }
 }
