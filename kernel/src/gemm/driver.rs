@@ -149,10 +149,12 @@ unsafe fn multiply_block(
     let (mr, nr) = (kernel.mr(), kernel.nr());
     let mut edge = [0.0f32; 8 * 32];
     let (panels_n, panels_m) = (n.div_ceil(nr), m.div_ceil(mr));
-    // Per column panel: a whole panel inside one segment with unit column
-    // stride is written in place (pointer to its column j0, row stride, keep bits).
+    // Per column panel, with an epilogue: a whole panel inside one segment
+    // with unit column stride is written in place (pointer to its column j0,
+    // row stride, keep bits). Without one, nothing is found or allocated.
     let mut seg = 0;
-    let directs: Vec<Option<DirectTile>> = (0..panels_n)
+    let with_epilogue = if epilogue.is_some() { panels_n } else { 0 };
+    let directs: Vec<Option<DirectTile>> = (0..with_epilogue)
         .map(|jr| {
             let j0 = jr * nr;
             match epilogue.as_deref_mut() {
@@ -174,7 +176,7 @@ unsafe fn multiply_block(
         let j0 = jr * nr;
         let cols = nr.min(n - j0);
         let bp = b_panel(jr);
-        let direct = directs[jr];
+        let direct = directs.get(jr).copied().flatten();
         {
             let apanel = &ablock[ir * kb * mr..(ir + 1) * kb * mr];
             let rows = mr.min(m - ir * mr);

@@ -13,11 +13,12 @@
 //! runs of [`CHUNK`] outputs (512 bytes a row): the top row's pair maxima of
 //! a run wait in registers while the bottom row's run streams in. Reading
 //! both rows a line at a time in turn (two streams one row apart) ran pool1
-//! at half the read bandwidth on Zen 4, as did 256-byte runs; runs of 512
-//! reach it whatever the output's alignment. Keeping the maxima in a stack
-//! buffer instead made the speed depend on where that buffer lay relative
-//! to the output (4K aliasing of its loads with the stores), so they live in
-//! registers: four zmm, eight ymm.
+//! at about half the read bandwidth on Zen 4 (criterion `--bench pool`:
+//! 12.1–12.5 ms before, 6.0–6.2 ms with runs, 1 thread). In a throwaway
+//! harness (not kept), 256-byte runs were as slow as lines, and keeping the
+//! maxima in a stack buffer made the speed depend on where the buffer lay
+//! relative to the output (4.9 to 7.0 ms; likely 4K aliasing of its loads
+//! with the pending stores), so they live in registers: four zmm, eight ymm.
 //!
 //! Each function does the whole blocks it can (8 outputs for AVX2, 16 for
 //! AVX-512, whose masked loads and stores also do the tail) and returns how
@@ -51,16 +52,17 @@ fn in_order(v: __m256i) -> __m256i {
 }
 
 /// The leftmost maximum of each pair of the 16 inputs at `p`, in
-/// [`deinterleave_avx2`]'s lane order.
+/// [`deinterleave_avx2`]'s lane order, and the lanes where the odd input won.
 ///
 /// # Safety
 /// `p .. p + 16` must be readable; the CPU must have AVX2.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn pairs_avx2(p: *const f32) -> __m256 {
+unsafe fn pairs_avx2(p: *const f32) -> (__m256, __m256) {
     // SAFETY: the caller's contract.
     let (e, o) = unsafe { deinterleave_avx2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) };
-    _mm256_blendv_ps(e, o, takes_avx2(e, o))
+    let t = takes_avx2(e, o);
+    (_mm256_blendv_ps(e, o, t), t)
 }
 
 /// Values-only pooling of one output row, AVX2: `dst[x] = max(r0[2x], r0[2x+1], r1[2x], r1[2x+1])`
@@ -78,13 +80,13 @@ pub(super) fn row_avx2(r0: &[f32], r1: &[f32], dst: &mut [f32]) -> usize {
         let mut tops = [_mm256_setzero_ps(); CHUNK / 8];
         for (b, top) in tops.iter_mut().enumerate().take(blocks) {
             // SAFETY: inputs 2x .. 2x + 16 ≤ 2·done (x = start + 8b) lie in `r0` (sliced above).
-            *top = unsafe { pairs_avx2(p0.add(2 * (start + 8 * b))) };
+            *top = unsafe { pairs_avx2(p0.add(2 * (start + 8 * b))) }.0;
         }
         for (b, &top) in tops.iter().enumerate().take(blocks) {
             let x = start + 8 * b;
             // SAFETY: as above for `r1`; outputs x .. x + 8 ≤ done lie in `dst`.
             unsafe {
-                let bottom = pairs_avx2(p1.add(2 * x));
+                let bottom = pairs_avx2(p1.add(2 * x)).0;
                 let m = _mm256_blendv_ps(top, bottom, takes_avx2(top, bottom));
                 _mm256_storeu_ps(d.add(x), _mm256_castsi256_ps(in_order(_mm256_castps_si256(m))));
             }
@@ -110,11 +112,7 @@ pub(super) fn row_argmax_avx2(r0: &[f32], r1: &[f32], base: u32, w: u32, dst: &m
     for x in (0..done).step_by(8) {
         // SAFETY: as in `row_avx2`; `idx` has `done` entries.
         unsafe {
-            let (a0, a1) = deinterleave_avx2(_mm256_loadu_ps(p0.add(2 * x)), _mm256_loadu_ps(p0.add(2 * x + 8)));
-            let (b0, b1) = deinterleave_avx2(_mm256_loadu_ps(p1.add(2 * x)), _mm256_loadu_ps(p1.add(2 * x + 8)));
-            let (ta, tb) = (takes_avx2(a0, a1), takes_avx2(b0, b1));
-            let top = _mm256_blendv_ps(a0, a1, ta);
-            let bottom = _mm256_blendv_ps(b0, b1, tb);
+            let ((top, ta), (bottom, tb)) = (pairs_avx2(p0.add(2 * x)), pairs_avx2(p1.add(2 * x)));
             let t = takes_avx2(top, bottom);
             let m = _mm256_blendv_ps(top, bottom, t);
             let off_top = _mm256_and_si256(_mm256_castps_si256(ta), one);
@@ -171,19 +169,20 @@ fn prefetch_ahead(p0: *const f32, p1: *const f32, at: usize) {
 }
 
 /// The leftmost maximum of each pair of the `2·n` inputs at `p` (`n ≤ 16`
-/// outputs, lanes past `n` zero).
+/// outputs, lanes past `n` zero), and the lanes where the odd input won.
 ///
 /// # Safety
 /// `p .. p + 2n` must be readable; the CPU must have AVX-512F.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn pairs_512(p: *const f32, n: usize, even: __m512i, odd: __m512i) -> __m512 {
+unsafe fn pairs_512(p: *const f32, n: usize, even: __m512i, odd: __m512i) -> (__m512, __mmask16) {
     let (k_lo, k_hi, _) = block_masks(n);
     // SAFETY: the masks enable only the caller's `2n` readable inputs;
     // masked-off lanes are neither read nor fault.
     let (lo, hi) = unsafe { (_mm512_maskz_loadu_ps(k_lo, p), _mm512_maskz_loadu_ps(k_hi, p.add(16))) };
     let (e, o) = (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
-    _mm512_mask_blend_ps(takes_512(e, o), e, o)
+    let t = takes_512(e, o);
+    (_mm512_mask_blend_ps(t, e, o), t)
 }
 
 /// Values-only pooling of one output row, AVX-512F, every output (whole
@@ -204,7 +203,7 @@ pub(super) fn row_avx512(r0: &[f32], r1: &[f32], dst: &mut [f32]) -> usize {
         for (b, top) in tops.iter_mut().enumerate().take(blocks) {
             let x = start + 16 * b;
             // SAFETY: inputs 2x .. 2·min(x + 16, ow) lie in `r0` (sliced above).
-            *top = unsafe { pairs_512(p0.add(2 * x), (ow - x).min(16), even, odd) };
+            *top = unsafe { pairs_512(p0.add(2 * x), (ow - x).min(16), even, odd) }.0;
         }
         for (b, &top) in tops.iter().enumerate().take(blocks) {
             let x = start + 16 * b;
@@ -212,7 +211,7 @@ pub(super) fn row_avx512(r0: &[f32], r1: &[f32], dst: &mut [f32]) -> usize {
             // SAFETY: as above for `r1`; the store mask enables only outputs
             // x .. x + n ≤ ow of `dst` (masked-off lanes are not written).
             unsafe {
-                let bottom = pairs_512(p1.add(2 * x), n, even, odd);
+                let bottom = pairs_512(p1.add(2 * x), n, even, odd).0;
                 let m = _mm512_mask_blend_ps(takes_512(top, bottom), top, bottom);
                 _mm512_mask_storeu_ps(d.add(x), block_masks(n).2, m);
             }
@@ -236,21 +235,15 @@ pub(super) fn row_argmax_avx512(r0: &[f32], r1: &[f32], base: u32, w: u32, dst: 
     let w1 = _mm512_add_epi32(wv, one);
     let long = ow >= PREFETCH_MIN_OUTPUTS;
     for x in (0..ow).step_by(16) {
-        let (k_lo, k_hi, k_out) = block_masks((ow - x).min(16));
+        let n = (ow - x).min(16);
+        let k_out = block_masks(n).2;
         // SAFETY: as in `row_avx512`; `idx` has `ow` entries.
         unsafe {
             if long {
                 prefetch_ahead(p0, p1, 2 * x);
             }
-            let (a_lo, a_hi) =
-                (_mm512_maskz_loadu_ps(k_lo, p0.add(2 * x)), _mm512_maskz_loadu_ps(k_hi, p0.add(2 * x + 16)));
-            let (b_lo, b_hi) =
-                (_mm512_maskz_loadu_ps(k_lo, p1.add(2 * x)), _mm512_maskz_loadu_ps(k_hi, p1.add(2 * x + 16)));
-            let (a0, a1) = (_mm512_permutex2var_ps(a_lo, even, a_hi), _mm512_permutex2var_ps(a_lo, odd, a_hi));
-            let (b0, b1) = (_mm512_permutex2var_ps(b_lo, even, b_hi), _mm512_permutex2var_ps(b_lo, odd, b_hi));
-            let (ta, tb) = (takes_512(a0, a1), takes_512(b0, b1));
-            let top = _mm512_mask_blend_ps(ta, a0, a1);
-            let bottom = _mm512_mask_blend_ps(tb, b0, b1);
+            let (top, ta) = pairs_512(p0.add(2 * x), n, even, odd);
+            let (bottom, tb) = pairs_512(p1.add(2 * x), n, even, odd);
             let t = takes_512(top, bottom);
             let off = _mm512_mask_blend_epi32(t, _mm512_maskz_mov_epi32(ta, one), _mm512_mask_blend_epi32(tb, wv, w1));
             let at = _mm512_add_epi32(_mm512_set1_epi32(base.wrapping_add(2 * x as u32) as i32), even);
