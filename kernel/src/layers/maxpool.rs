@@ -249,10 +249,10 @@ fn pool_isa() -> PoolIsa {
 /// Outputs in one run of the values-only row loops: each reads a run of
 /// the top row (512 bytes), keeps its pair maxima, then reads the bottom
 /// row's run. The x86 loops keep the maxima in registers (see
-/// `maxpool_x86`); quiet, Zen 4, batch 8, 1 thread, pool1: 12.1–12.5 ms
-/// with both rows read a line at a time in turn, 6.0–6.2 ms in runs of 64
-/// (criterion `--bench pool`; 4.5–5.0 ms as a bare loop, best of 20,
-/// whatever the output's alignment); runs of 32 were as slow as lines.
+/// `maxpool_x86`); quiet criterion (`--bench pool`), Zen 4, batch 8, 1
+/// thread, pool1: 12.1–12.5 ms with both rows read a line at a time in
+/// turn, 6.0–6.2 ms in runs of 64. (A throwaway harness, not kept: 4.5–5.0
+/// ms for the bare loop at every output alignment; runs of 32 as slow as lines.)
 pub(super) const CHUNK: usize = 64;
 
 /// [`PoolIsa::row`]'s portable loop (arm64's): the two-pass form of the
