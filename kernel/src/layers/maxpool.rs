@@ -167,7 +167,7 @@ fn pool_plane(
 pub(crate) enum PoolIsa {
     /// x86-64 AVX-512F: 16 outputs a step, masked tails.
     Avx512,
-    /// x86-64 AVX2: 8 outputs a step, scalar tail.
+    /// x86-64 AVX2: 8 outputs a step, the last block flush with the row end; short rows in 4s.
     Avx2,
     /// Plain Rust, any CPU.
     Scalar,

@@ -20,9 +20,14 @@
 //! relative to the output (4.9 to 7.0 ms; likely 4K aliasing of its loads
 //! with the pending stores), so they live in registers: four zmm, eight ymm.
 //!
-//! Each function does the whole blocks it can (8 outputs for AVX2, 16 for
-//! AVX-512, whose masked loads and stores also do the tail) and returns how
-//! many outputs it wrote; the caller finishes the rest with the scalar loop.
+//! Each function returns how many outputs it wrote; the caller finishes the
+//! rest with the scalar loop. AVX-512 does every row (masked loads and
+//! stores for the tail). AVX2 has no cheap masked store, so a row of at
+//! least 8 outputs ends with one more 8-output block placed flush with its
+//! end, recomputing a few outputs with the same operations (the same bits);
+//! values-only rows of 4 to 7 outputs take one or two such 4-output blocks
+//! (pool5 at 224, 7 outputs, and pool3 at 32×32, 4, would otherwise be all
+//! scalar). Only rows under 4 outputs (argmax: under 8) stay scalar.
 
 use core::arch::x86_64::*;
 
@@ -65,16 +70,79 @@ unsafe fn pairs_avx2(p: *const f32) -> (__m256, __m256) {
     (_mm256_blendv_ps(e, o, t), t)
 }
 
+/// [`pairs_avx2`] on 8 inputs, the leftmost maximum of each pair in output order.
+///
+/// # Safety
+/// `p .. p + 8` must be readable; the CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn pairs_128(p: *const f32) -> __m128 {
+    // SAFETY: the caller's contract.
+    let (lo, hi) = unsafe { (_mm_loadu_ps(p), _mm_loadu_ps(p.add(4))) };
+    // The even and odd floats of `lo ++ hi`, each in order.
+    let (e, o) = (_mm_shuffle_ps::<0x88>(lo, hi), _mm_shuffle_ps::<0xDD>(lo, hi));
+    _mm_blendv_ps(e, o, takes_128(e, o))
+}
+
+/// [`takes_avx2`] on 4 lanes.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn takes_128(a: __m128, b: __m128) -> __m128 {
+    _mm_and_ps(_mm_cmp_ps::<_CMP_NLE_UQ>(b, a), _mm_cmp_ps::<_CMP_ORD_Q>(a, a))
+}
+
+/// Outputs `x .. x + 4` of a row.
+///
+/// # Safety
+/// Inputs `2x .. 2x + 8` of both rows must be readable and outputs `x .. x + 4` writable; AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn block_128(p0: *const f32, p1: *const f32, d: *mut f32, x: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let (top, bottom) = (pairs_128(p0.add(2 * x)), pairs_128(p1.add(2 * x)));
+        _mm_storeu_ps(d.add(x), _mm_blendv_ps(top, bottom, takes_128(top, bottom)));
+    }
+}
+
+/// Outputs `x .. x + 8` of a row from the top row's pair maxima `top`.
+///
+/// # Safety
+/// Inputs `2x .. 2x + 16` of the bottom row must be readable and outputs `x .. x + 8` writable; AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn finish_avx2(top: __m256, p1: *const f32, d: *mut f32, x: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let bottom = pairs_avx2(p1.add(2 * x)).0;
+        let m = _mm256_blendv_ps(top, bottom, takes_avx2(top, bottom));
+        _mm256_storeu_ps(d.add(x), _mm256_castsi256_ps(in_order(_mm256_castps_si256(m))));
+    }
+}
+
 /// Values-only pooling of one output row, AVX2: `dst[x] = max(r0[2x], r0[2x+1], r1[2x], r1[2x+1])`
-/// for the first `8·⌊dst.len()/8⌋` outputs, in runs of [`CHUNK`]. Returns that count.
+/// in runs of [`CHUNK`], the last block flush with the row's end. Returns
+/// `dst.len()`, or 0 for rows under 4 outputs (left to the scalar loop).
 ///
 /// # Panics
 /// If a row holds fewer than `2·dst.len()` floats.
 #[target_feature(enable = "avx2")]
 pub(super) fn row_avx2(r0: &[f32], r1: &[f32], dst: &mut [f32]) -> usize {
-    let done = dst.len() - dst.len() % 8;
-    let (r0, r1) = (&r0[..2 * done], &r1[..2 * done]);
+    let n = dst.len();
+    let (r0, r1) = (&r0[..2 * n], &r1[..2 * n]);
     let (p0, p1, d) = (r0.as_ptr(), r1.as_ptr(), dst.as_mut_ptr());
+    if n < 8 {
+        if n >= 4 {
+            // SAFETY: blocks at 0 and n - 4 ≥ 0 read inputs below 2n and write outputs below n.
+            unsafe {
+                block_128(p0, p1, d, 0);
+                block_128(p0, p1, d, n - 4);
+            }
+            return n;
+        }
+        return 0;
+    }
+    let done = n - n % 8;
     for start in (0..done).step_by(CHUNK) {
         let blocks = ((done - start) / 8).min(CHUNK / 8);
         let mut tops = [_mm256_setzero_ps(); CHUNK / 8];
@@ -83,34 +151,39 @@ pub(super) fn row_avx2(r0: &[f32], r1: &[f32], dst: &mut [f32]) -> usize {
             *top = unsafe { pairs_avx2(p0.add(2 * (start + 8 * b))) }.0;
         }
         for (b, &top) in tops.iter().enumerate().take(blocks) {
-            let x = start + 8 * b;
             // SAFETY: as above for `r1`; outputs x .. x + 8 ≤ done lie in `dst`.
-            unsafe {
-                let bottom = pairs_avx2(p1.add(2 * x)).0;
-                let m = _mm256_blendv_ps(top, bottom, takes_avx2(top, bottom));
-                _mm256_storeu_ps(d.add(x), _mm256_castsi256_ps(in_order(_mm256_castps_si256(m))));
-            }
+            unsafe { finish_avx2(top, p1, d, start + 8 * b) };
         }
     }
-    done
+    if done < n {
+        // SAFETY: x = n - 8 ≥ 0: inputs 2x .. 2n lie in both rows, outputs x .. n in `dst`.
+        unsafe { finish_avx2(pairs_avx2(p0.add(2 * (n - 8))).0, p1, d, n - 8) };
+    }
+    n
 }
 
 /// [`row_avx2`] with argmax, one pass over both rows: also `idx[x] = base + 2x + o`, `o ∈ {0, 1, w, w + 1}`
 /// the offset of the chosen input (`base` = flat index of `r0[0]` in the plane,
-/// `w` = the plane's width). Returns the count of outputs written.
+/// `w` = the plane's width). Returns `dst.len()`, or 0 for rows under 8 outputs.
 ///
 /// # Panics
 /// If a row holds fewer than `2·dst.len()` floats or `idx` is shorter than `dst`.
 #[target_feature(enable = "avx2")]
 pub(super) fn row_argmax_avx2(r0: &[f32], r1: &[f32], base: u32, w: u32, dst: &mut [f32], idx: &mut [u32]) -> usize {
-    let done = dst.len() - dst.len() % 8;
-    let (r0, r1, idx) = (&r0[..2 * done], &r1[..2 * done], &mut idx[..done]);
+    let n = dst.len();
+    if n < 8 {
+        return 0;
+    }
+    let (r0, r1, idx) = (&r0[..2 * n], &r1[..2 * n], &mut idx[..n]);
     let (p0, p1, d, ip) = (r0.as_ptr(), r1.as_ptr(), dst.as_mut_ptr(), idx.as_mut_ptr());
     let one = _mm256_set1_epi32(1);
     let wv = _mm256_set1_epi32(w as i32);
     let lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-    for x in (0..done).step_by(8) {
-        // SAFETY: as in `row_avx2`; `idx` has `done` entries.
+    // Whole blocks, then one flush with the end when 8 does not divide n.
+    let last = n - 8;
+    for x in (0..last).step_by(8).chain(std::iter::once(last)) {
+        // SAFETY: x ≤ n - 8: inputs 2x .. 2x + 16 lie in both rows (sliced
+        // above), outputs x .. x + 8 in `dst` and `idx`.
         unsafe {
             let ((top, ta), (bottom, tb)) = (pairs_avx2(p0.add(2 * x)), pairs_avx2(p1.add(2 * x)));
             let t = takes_avx2(top, bottom);
@@ -124,7 +197,7 @@ pub(super) fn row_argmax_avx2(r0: &[f32], r1: &[f32], base: u32, w: u32, dst: &m
             _mm256_storeu_si256(ip.add(x).cast(), _mm256_add_epi32(at, in_order(off)));
         }
     }
-    done
+    n
 }
 
 /// Indices of the even and the odd floats of two concatenated zmm registers.
