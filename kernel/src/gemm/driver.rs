@@ -25,7 +25,7 @@ use ndarray::ArrayViewMut2;
 
 use super::microkernel::Microkernel;
 use super::pack::{PackedA, PanelRow, RowSink, KC};
-use super::tile::TileStore;
+use super::tile::{SweepTile, TileStore};
 
 /// A run of output columns: task columns `col0 .. col0 + view.ncols()` are
 /// the columns of `view` (`[m, len]`, rows any stride).
@@ -112,6 +112,13 @@ type DirectTile = (*mut f32, usize, u32);
 /// AVX-512: 18.8 → 16.0 ms at 1 thread, 9.9 → 8.1 ms at 2 (63 → 75% of the
 /// FMA peak). Every deeper block keeps the column-panel order, whose B panel
 /// stays in L1 across A's row panels.
+///
+/// A short tile is also cheap enough (27 k-steps: ~160 cycles of FMAs on
+/// AVX2) for the call and set-up around it to count, so a row panel's
+/// in-place tiles run in one kernel call each (`Microkernel::sweep`): the
+/// conv1_1-shaped product of `examples/short_gemm_min.rs`, AVX2, Zen 3,
+/// fastest call, two builds run side by side on a contended VM: 49.8–53.5 →
+/// 45.4–48.0 µs plain, 52.8–56.6 → 48.9–50.5 µs fused.
 pub const SHORT_DEPTH: usize = 32;
 
 /// One k-block of the product, tile by tile, where `b_panel(jr)` is the base
@@ -170,6 +177,24 @@ unsafe fn multiply_block(
                 }
                 _ => None,
             }
+        })
+        .collect();
+    // Short blocks: each column panel's tile as a sweep tile where it is
+    // stored in place (from the registers: a whole panel inside one segment,
+    // or inside `c` without an epilogue); the others go through `tile`.
+    let short = kb <= SHORT_DEPTH;
+    let c_base = c.as_mut_ptr();
+    let (bias, relu) = epilogue.as_ref().map_or((std::ptr::null(), false), |e| (e.bias.as_ptr(), e.relu));
+    let sweeps: Vec<Option<SweepTile>> = (0..if short { panels_n } else { 0 })
+        .map(|jr| {
+            let j0 = jr * nr;
+            let (out, ld_out, keep) = match epilogue {
+                Some(_) => directs[jr]?,
+                None if j0 + nr <= n => (c_base.wrapping_add(j0), n, u32::MAX),
+                None => return None,
+            };
+            let prev = if accumulate { c_base.wrapping_add(j0).cast_const() } else { std::ptr::null() };
+            Some(SweepTile { b: b_panel(jr), out, ld_out, prev, keep, prefetch_b: prefetch_next(jr) })
         })
         .collect();
     let mut tile = |jr: usize, ir: usize| {
@@ -248,9 +273,39 @@ unsafe fn multiply_block(
             }
         }
     };
-    if kb <= SHORT_DEPTH {
+    if short {
+        // Runs of in-place tiles in one kernel call each (see `SweepTile`).
+        let prefetch = sweeps.iter().flatten().any(|t| t.prefetch_b != 0);
+        let tiles: Vec<SweepTile> = sweeps.iter().flatten().copied().collect();
         for ir in 0..panels_m {
-            (0..panels_n).for_each(|jr| tile(jr, ir));
+            let shared = TileStore {
+                prev: std::ptr::null(),
+                ld_prev: n,
+                out: std::ptr::null_mut(),
+                ld_out: 0,
+                rows: mr.min(m - ir * mr),
+                bias: if bias.is_null() { bias } else { bias.wrapping_add(ir * mr) },
+                relu,
+                keep: u32::MAX,
+                // The first row panel prefetches the next panels' B rows, as `tile` does.
+                prefetch_b: usize::from(prefetch && ir == 0),
+            };
+            let apanel = ablock[ir * kb * mr..(ir + 1) * kb * mr].as_ptr();
+            let (mut jr, mut next) = (0, 0);
+            while jr < panels_n {
+                let run = sweeps[jr..].iter().take_while(|t| t.is_some()).count();
+                if run == 0 {
+                    tile(jr, ir);
+                    jr += 1;
+                    continue;
+                }
+                // SAFETY: each tile's store is the one `tile` would give it:
+                // the A panel of row panel ir (sliced), its B panel, its
+                // output and partial sums moved down to row ir·mr, `rows`
+                // rows of bias (null without an epilogue); see `tile`.
+                unsafe { kernel.sweep(kb, apanel, offsets.as_ptr(), &shared, ir * mr, &tiles[next..next + run]) };
+                (jr, next) = (jr + run, next + run);
+            }
         }
     } else {
         for jr in 0..panels_n {

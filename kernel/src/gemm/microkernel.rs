@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::tile::TileStore;
+use super::tile::{SweepTile, TileStore};
 use crate::error::{KernelError, Result};
 
 /// The environment variable that forces a microkernel (`generic`, `avx2`,
@@ -156,6 +156,43 @@ impl Microkernel {
                 Microkernel::Generic => super::generic::kernel_generic(kb, a, b, offsets, st),
                 #[allow(unreachable_patterns)]
                 other => unreachable!("{other} is not available on this architecture"),
+            }
+        }
+    }
+
+    /// Runs the kernel on each tile of `tiles` in turn, for the row panel
+    /// whose A panel is `a` and whose first output row is `row0`, each tile's
+    /// store completed from `st` (see [`SweepTile::store`]). The same results
+    /// as [`run`](Self::run) tile by tile, with the call and set-up paid once
+    /// for the run (a target-feature function is never inlined into its caller).
+    ///
+    /// # Safety
+    /// As [`run`](Self::run) for every tile's store.
+    pub(crate) unsafe fn sweep(
+        self,
+        kb: usize,
+        a: *const f32,
+        offsets: *const usize,
+        st: &TileStore,
+        row0: usize,
+        tiles: &[SweepTile],
+    ) {
+        debug_assert!(st.rows >= 1 && st.rows <= self.mr());
+        // SAFETY: forwarded from the caller's contract; each arm's CPU
+        // features are those `available` checked.
+        unsafe {
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                Microkernel::Avx512 => super::x86::sweep_avx512(kb, a, offsets, st, row0, tiles),
+                #[cfg(target_arch = "x86_64")]
+                Microkernel::Avx2 => super::x86::sweep_avx2(kb, a, offsets, st, row0, tiles),
+                #[cfg(target_arch = "aarch64")]
+                Microkernel::Neon => super::neon::sweep_neon(kb, a, offsets, st, row0, tiles),
+                _ => {
+                    for t in tiles {
+                        self.run(kb, a, t.b, offsets, &t.store(st, row0));
+                    }
+                }
             }
         }
     }

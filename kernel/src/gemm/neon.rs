@@ -28,7 +28,7 @@
 
 use core::arch::aarch64::*;
 
-use super::tile::TileStore;
+use super::tile::{SweepTile, TileStore};
 
 /// Rows of the NEON tile.
 pub const NEON_MR: usize = 8;
@@ -48,6 +48,33 @@ pub unsafe fn kernel_neon(kb: usize, a: *const f32, b: *const f32, offsets: *con
     } else {
         // SAFETY: as above.
         unsafe { tile_neon::<false>(kb, a, b, offsets, st) }
+    }
+}
+
+/// [`kernel_neon`] on each tile of `tiles` in turn, for the row panel at
+/// output row `row0` (see [`SweepTile::store`]): one call for a run of tiles.
+///
+/// # Safety
+/// As [`kernel_neon`] for every tile's store.
+#[target_feature(enable = "neon")]
+pub unsafe fn sweep_neon(
+    kb: usize,
+    a: *const f32,
+    offsets: *const usize,
+    st: &TileStore,
+    row0: usize,
+    tiles: &[SweepTile],
+) {
+    for t in tiles {
+        let s = t.store(st, row0);
+        // SAFETY: forwarded from the caller's contract, tile by tile.
+        unsafe {
+            if st.prefetch_b != 0 {
+                tile_neon::<true>(kb, a, t.b, offsets, &s)
+            } else {
+                tile_neon::<false>(kb, a, t.b, offsets, &s)
+            }
+        }
     }
 }
 

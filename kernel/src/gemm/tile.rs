@@ -77,3 +77,46 @@ impl TileStore {
         }
     }
 }
+
+/// One tile of a row sweep (a run of a row panel's column tiles done in one
+/// kernel call, so the per-tile call and set-up cost is paid once per run:
+/// what matters for short products, whose tiles take only a few hundred
+/// cycles). It holds what differs between the run's tiles, given for the
+/// row panel at output row 0; [`store`](Self::store) completes it with what
+/// they share.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SweepTile {
+    /// The tile's B panel (row `kk` at `b + offsets[kk]`).
+    pub b: *const f32,
+    /// Its output at row 0 (`NR` floats a row, `ld_out` apart).
+    pub out: *mut f32,
+    /// Row stride of `out`, in floats.
+    pub ld_out: usize,
+    /// Its partial sums at row 0 (`ld_prev` of the shared store apart), or null.
+    pub prev: *const f32,
+    /// Its column mask (see [`TileStore::keep`]).
+    pub keep: u32,
+    /// Its B prefetch distance, used when the shared store's is not 0.
+    pub prefetch_b: usize,
+}
+
+impl SweepTile {
+    /// The tile's store for the row panel whose first output row is `row0`:
+    /// `rows`, `bias`, `relu` and `ld_prev` from `shared` (whose `bias`
+    /// already points at row `row0`), its own pointers moved down `row0`
+    /// rows; its own prefetch distance if `shared.prefetch_b != 0`, else none.
+    #[inline(always)]
+    pub fn store(&self, shared: &TileStore, row0: usize) -> TileStore {
+        TileStore {
+            prev: if self.prev.is_null() { self.prev } else { self.prev.wrapping_add(row0 * shared.ld_prev) },
+            ld_prev: shared.ld_prev,
+            out: self.out.wrapping_add(row0 * self.ld_out),
+            ld_out: self.ld_out,
+            rows: shared.rows,
+            bias: shared.bias,
+            relu: shared.relu,
+            keep: self.keep,
+            prefetch_b: if shared.prefetch_b != 0 { self.prefetch_b } else { 0 },
+        }
+    }
+}

@@ -11,7 +11,7 @@
 
 use core::arch::x86_64::*;
 
-use super::tile::TileStore;
+use super::tile::{SweepTile, TileStore};
 
 /// Asks for the C tile's cache lines before the k loop: the rows of `prev`
 /// and of `out`, `row_bytes` each. Partial sums and outputs are usually far
@@ -73,6 +73,34 @@ pub unsafe fn kernel_avx512(kb: usize, a: *const f32, b: *const f32, offsets: *c
     } else {
         // SAFETY: as above.
         unsafe { tile_avx512::<false>(kb, a, b, offsets, st) }
+    }
+}
+
+/// [`kernel_avx512`] on each tile of `tiles` in turn, for the row panel at
+/// output row `row0`, their shared store fields from `st` (see
+/// [`SweepTile::store`]): one call for a run of tiles.
+///
+/// # Safety
+/// As [`kernel_avx512`] for every tile's store.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn sweep_avx512(
+    kb: usize,
+    a: *const f32,
+    offsets: *const usize,
+    st: &TileStore,
+    row0: usize,
+    tiles: &[SweepTile],
+) {
+    for t in tiles {
+        let s = t.store(st, row0);
+        // SAFETY: forwarded from the caller's contract, tile by tile.
+        unsafe {
+            if st.prefetch_b != 0 {
+                tile_avx512::<true>(kb, a, t.b, offsets, &s)
+            } else {
+                tile_avx512::<false>(kb, a, t.b, offsets, &s)
+            }
+        }
     }
 }
 
@@ -153,6 +181,27 @@ unsafe fn tile_avx512<const PREFETCH: bool>(
     }
 }
 
+/// Calls `f::<PREFETCH, R>(args)` for the store `st`: whether it prefetches
+/// B, and its live row count (a `R`-row variant runs rows `0..R`).
+macro_rules! avx2_variant {
+    ($st:expr, $f:ident($($arg:expr),*)) => {
+        match ($st.prefetch_b != 0, $st.rows) {
+            (true, 0..=1) => $f::<true, 1>($($arg),*),
+            (true, 2) => $f::<true, 2>($($arg),*),
+            (true, 3) => $f::<true, 3>($($arg),*),
+            (true, 4) => $f::<true, 4>($($arg),*),
+            (true, 5) => $f::<true, 5>($($arg),*),
+            (true, _) => $f::<true, AVX2_MR>($($arg),*),
+            (false, 0..=1) => $f::<false, 1>($($arg),*),
+            (false, 2) => $f::<false, 2>($($arg),*),
+            (false, 3) => $f::<false, 3>($($arg),*),
+            (false, 4) => $f::<false, 4>($($arg),*),
+            (false, 5) => $f::<false, 5>($($arg),*),
+            (false, _) => $f::<false, AVX2_MR>($($arg),*),
+        }
+    };
+}
+
 /// AVX2 + FMA 6×16 tile, reading B rows through `offsets` (see [`kernel_avx512`]).
 ///
 /// A panel with fewer than 6 live rows (the last panel of a layer whose
@@ -165,23 +214,46 @@ unsafe fn tile_avx512<const PREFETCH: bool>(
 /// [`super::tile`] with `MR = 6`, `NR = 16`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn kernel_avx2(kb: usize, a: *const f32, b: *const f32, offsets: *const usize, st: &TileStore) {
-    // SAFETY (every arm): forwarded from the caller's contract; a `R`-row
-    // kernel reads the first `R ≥ st.rows` floats of each 6-float A step.
-    unsafe {
-        match (st.prefetch_b != 0, st.rows) {
-            (true, 0..=1) => tile_avx2::<true, 1>(kb, a, b, offsets, st),
-            (true, 2) => tile_avx2::<true, 2>(kb, a, b, offsets, st),
-            (true, 3) => tile_avx2::<true, 3>(kb, a, b, offsets, st),
-            (true, 4) => tile_avx2::<true, 4>(kb, a, b, offsets, st),
-            (true, 5) => tile_avx2::<true, 5>(kb, a, b, offsets, st),
-            (true, _) => tile_avx2::<true, AVX2_MR>(kb, a, b, offsets, st),
-            (false, 0..=1) => tile_avx2::<false, 1>(kb, a, b, offsets, st),
-            (false, 2) => tile_avx2::<false, 2>(kb, a, b, offsets, st),
-            (false, 3) => tile_avx2::<false, 3>(kb, a, b, offsets, st),
-            (false, 4) => tile_avx2::<false, 4>(kb, a, b, offsets, st),
-            (false, 5) => tile_avx2::<false, 5>(kb, a, b, offsets, st),
-            (false, _) => tile_avx2::<false, AVX2_MR>(kb, a, b, offsets, st),
-        }
+    // SAFETY: forwarded from the caller's contract; a `R`-row kernel reads
+    // the first `R ≥ st.rows` floats of each 6-float A step.
+    unsafe { avx2_variant!(st, tile_avx2(kb, a, b, offsets, st)) }
+}
+
+/// [`kernel_avx2`] on each tile of `tiles` in turn (see [`sweep_avx512`]).
+///
+/// # Safety
+/// As [`kernel_avx2`] for every tile's store.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn sweep_avx2(
+    kb: usize,
+    a: *const f32,
+    offsets: *const usize,
+    st: &TileStore,
+    row0: usize,
+    tiles: &[SweepTile],
+) {
+    // SAFETY: as in `kernel_avx2`, tile by tile.
+    unsafe { avx2_variant!(st, sweep_avx2_with(kb, a, offsets, st, row0, tiles)) }
+}
+
+/// [`sweep_avx2`] with the prefetch and the live row count decided at compile time.
+///
+/// # Safety
+/// As [`sweep_avx2`], with `st.rows ≤ R ≤ AVX2_MR`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn sweep_avx2_with<const PREFETCH: bool, const R: usize>(
+    kb: usize,
+    a: *const f32,
+    offsets: *const usize,
+    st: &TileStore,
+    row0: usize,
+    tiles: &[SweepTile],
+) {
+    for t in tiles {
+        let s = t.store(st, row0);
+        // SAFETY: forwarded from the caller's contract, tile by tile.
+        unsafe { tile_avx2::<PREFETCH, R>(kb, a, t.b, offsets, &s) }
     }
 }
 
