@@ -146,8 +146,12 @@ fn calibrate_measures_this_machine_and_plan_reads_it() {
     let entry = file.get(arch).unwrap_or_else(|| panic!("no {arch} entry in {file:?}"));
     assert_eq!((entry.microkernel.as_str(), entry.threads), (kernel.name(), 1));
     let s = entry.speeds;
-    // A 224×224 image does 49× the convolution work of a 32×32 one.
-    assert!(s.image_224_fc7_s > 10.0 * s.image_32_pool5_s && s.image_32_pool5_s > s.feature_row_s, "{s:?}");
+    // A 224×224 image does 49× the convolution work of a 32×32 one; the
+    // measured ratio is lower (Winograd gains more at 224, fixed costs weigh
+    // more at 32) and moves with the machine's load: 9.5 once on a VM whose
+    // neighbours took its memory bandwidth. The bound only checks that the
+    // speeds are the right ones in the right fields, not how fast they are.
+    assert!(s.image_224_fc7_s > 3.0 * s.image_32_pool5_s && s.image_32_pool5_s > s.feature_row_s, "{s:?}");
     assert!(stdout.contains(&format!("calibrated {arch} on")), "{stdout}");
     assert!(stdout.contains(&format!("calibrated on {} ({kernel} kernel, 1 thread)", entry.cpu)), "{stdout}");
     eprintln!("calibrated with {kernel}: {s:?}");
