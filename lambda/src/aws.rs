@@ -760,8 +760,8 @@ pub mod emulator {
         /// directory (`CARGO_TARGET_DIR` if set): `-p lml-lambda` alone
         /// resolves ~40 crates' features differently from the workspace build
         /// (serde, rustls, the AWS SDK above them), and cargo keeps both sets
-        /// side by side without invalidating either; the other ~250 crates are
-        /// reused. `.ci/run` builds it in its build step, so this build is then
+        /// side by side without invalidating either; the other ~190 of its
+        /// ~230 crates are reused. `.ci/run` builds it in its build step, so this build is then
         /// a no-op. Built here first, so that watch (which would build on the
         /// first invoke) answers at once.
         ///
