@@ -14,6 +14,8 @@ pub mod padded;
 pub mod relu;
 pub mod softmax;
 pub mod winograd;
+#[cfg(target_arch = "x86_64")]
+mod winograd_x86;
 
 pub use avgpool::{adaptive_avgpool2d_backward, adaptive_avgpool2d_forward, adaptive_pool_window};
 pub use conv2d::{conv2d_backward, conv2d_forward, Conv2dGrads};

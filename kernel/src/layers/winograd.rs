@@ -399,6 +399,9 @@ struct Scratch {
     h: Vec<f32>,
     y: Vec<f32>,
     panels: Vec<usize>,
+    /// Where each tile's patch lies (the x86 input transform).
+    #[cfg(target_arch = "x86_64")]
+    patches: Vec<super::winograd_x86::Patch>,
     /// Partial sums of the products between k-blocks (`C` > [`KC`](crate::gemm::KC)).
     partial: Vec<f32>,
 }
@@ -420,6 +423,10 @@ struct Layer<'a> {
     offsets: Vec<usize>,
     /// `[O]` zeros: the products are stored without bias (it comes after the output transform).
     zero_bias: Vec<f32>,
+    /// Whether F(4×4)'s transforms run the x86 AVX2 + FMA code: for the x86
+    /// microkernels (the generic one keeps the portable transforms, which
+    /// its tests then cover on x86 too); never off x86.
+    x86_f4: bool,
 }
 
 /// Winograd convolution (3×3, stride 1) from one [`PaddedLayout`] to
@@ -599,6 +606,7 @@ fn run<T: Transform>(
         left: top.1,
         offsets: (0..filters.in_channels).map(|ch| ch * nr).collect(),
         zero_bias: vec![0.0; o],
+        x86_f4: x86_f4(filters.kernel()),
     };
     tasks.into_par_iter().for_each(|mut task| {
         SCRATCH.with(|s| run_task::<T>(&layer, &mut task, &mut s.borrow_mut()));
@@ -622,7 +630,12 @@ fn run_task<T: Transform>(layer: &Layer<'_>, task: &mut Task<'_>, s: &mut Scratc
     let npanels = t_pad / nr;
     let v_len = npanels * c * a2 * nr;
     grown(&mut s.v, v_len);
-    input_transform::<T>(layer, task, t_pad, s);
+    let x86 = T::M == 4 && layer.x86_f4;
+    if x86 {
+        input_f4_x86(layer, task, t_pad, s);
+    } else {
+        input_transform::<T>(layer, task, t_pad, s);
+    }
     // V_ξ's panel jr starts at (jr·α² + ξ)·C·NR, its row c at c·NR from there.
     s.panels.clear();
     s.panels.extend((0..a2).flat_map(|xi| (0..npanels).map(move |jr| (jr * a2 + xi) * c * nr)));
@@ -645,7 +658,11 @@ fn run_task<T: Transform>(layer: &Layer<'_>, task: &mut Task<'_>, s: &mut Scratc
             &mut s.partial,
         );
     }
-    output_transform::<T>(layer, task, s);
+    if x86 {
+        output_f4_x86(layer, task, s);
+    } else {
+        output_transform::<T>(layer, task, s);
+    }
 }
 
 /// `V_ξ[c, t] = (Bᵀ d B)[i, j]` for every channel and tile of the task, into
@@ -758,6 +775,110 @@ fn input_transform<T: Transform>(layer: &Layer<'_>, task: &Task<'_>, t_pad: usiz
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Whether F(4×4)'s transforms run the x86 code for filters packed for `kernel`.
+#[cfg(target_arch = "x86_64")]
+fn x86_f4(kernel: Microkernel) -> bool {
+    matches!(kernel, Microkernel::Avx2 | Microkernel::Avx512)
+        && kernel.nr().is_multiple_of(super::winograd_x86::BLOCK)
+        && super::winograd_x86::available()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_f4(_: Microkernel) -> bool {
+    false
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn input_f4_x86(_: &Layer<'_>, _: &Task<'_>, _: usize, _: &mut Scratch) {
+    unreachable!("x86_f4 is false off x86")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn output_f4_x86(_: &Layer<'_>, _: &mut Task<'_>, _: &mut Scratch) {
+    unreachable!("x86_f4 is false off x86")
+}
+
+/// [`input_transform`] of F(4×4, 3×3) by the x86 code (see
+/// [`super::winograd_x86`]): the task's patches located once, then channel by channel.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn input_f4_x86(layer: &Layer<'_>, task: &Task<'_>, t_pad: usize, s: &mut Scratch) {
+    use super::winograd_x86::{input_f4_channel, prefetch, Patch};
+    let m = 4;
+    let lin = &layer.lin;
+    let (hp, wp, plane) = (lin.hp, lin.wp, lin.plane);
+    let c_in = layer.filters.in_channels;
+    let nr = layer.filters.kernel().nr();
+    s.patches.clear();
+    s.patches.resize(t_pad, Patch::default());
+    for piece in &task.pieces {
+        let row = m * piece.ty + layer.off.0;
+        for q in piece.q0..piece.q1 {
+            let col = layer.off.1 + m * q;
+            let at = piece.img * lin.image() + row * wp + col;
+            let (rows, cols) = (6.min(hp.saturating_sub(row)), 6.min(wp.saturating_sub(col)));
+            let whole = rows == 6 && cols == 6 && at + 5 * wp + 8 <= plane;
+            s.patches[piece.t0 + q - piece.q0] = Patch { at, rows, cols, whole };
+        }
+    }
+    for ch in 0..c_in {
+        if ch + 1 < c_in {
+            let next = &layer.input[(ch + 1) * plane..(ch + 2) * plane];
+            for piece in &task.pieces {
+                let row = m * piece.ty + layer.off.0;
+                let col = layer.off.1 + m * piece.q0;
+                let cols = (m * (piece.q1 - piece.q0) + 2).min(wp.saturating_sub(col));
+                for r in row..(row + 6).min(hp) {
+                    let at = piece.img * lin.image() + r * wp + col;
+                    prefetch(&next[at..at + cols]);
+                }
+            }
+        }
+        let plane = &layer.input[ch * plane..(ch + 1) * plane];
+        // SAFETY: `x86_f4` is set only where `winograd_x86::available()` holds.
+        unsafe { input_f4_channel(plane, wp, &s.patches, &mut s.v, (ch, c_in, nr)) };
+    }
+}
+
+/// [`output_transform`] of F(4×4, 3×3) by the x86 code (see
+/// [`super::winograd_x86`]): per output channel, every tile's outputs with
+/// each tile's four columns side by side, so a piece's output row is one copy.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn output_f4_x86(layer: &Layer<'_>, task: &mut Task<'_>, s: &mut Scratch) {
+    use super::winograd_x86::{output_f4_channel, prefetch, BLOCK};
+    let m = 4;
+    let o_ch = layer.filters.out_channels;
+    let tiles = task.tiles;
+    let row = m * tiles.next_multiple_of(BLOCK);
+    let mbuf = &s.m[..36 * o_ch * tiles + L];
+    let y = grown(&mut s.y, m * row);
+    let (left, ow) = (layer.left, layer.ow);
+    for oc in 0..o_ch {
+        // SAFETY: `x86_f4` is set only where `winograd_x86::available()` holds.
+        unsafe { output_f4_channel(&mbuf[oc * 36 * tiles..], tiles, layer.bias[oc], layer.relu, y) };
+        if oc + 1 < o_ch {
+            for piece in &task.pieces {
+                for view in &piece.rows {
+                    prefetch(view.row(oc + 1).as_slice().expect("output rows have unit column stride"));
+                }
+            }
+        }
+        for piece in task.pieces.iter_mut() {
+            let (x0, x1) = (m * piece.q0, (m * piece.q1).min(ow));
+            let (lo, hi) = (left + x0 - piece.col0, left + x1 - piece.col0);
+            for r in 0..m.min(layer.oh - m * piece.ty) {
+                let mut view_row = piece.rows[r].row_mut(oc);
+                let dst = view_row.as_slice_mut().expect("output rows have unit column stride");
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                let from = r * row + m * piece.t0;
+                dst[lo..hi].copy_from_slice(&y[from..from + hi - lo]);
             }
         }
     }
