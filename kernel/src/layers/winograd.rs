@@ -429,6 +429,17 @@ struct Layer<'a> {
     x86_f4: bool,
 }
 
+impl Layer<'_> {
+    /// Where a piece's outputs go, for tiles of `m × m` outputs: columns
+    /// `lo..hi` of its view rows (the rest of each row is frame, zeros) and
+    /// its first `rows` view rows.
+    fn piece_outputs(&self, piece: &Piece<'_>, m: usize) -> (usize, usize, usize) {
+        let (x0, x1) = (m * piece.q0, (m * piece.q1).min(self.ow));
+        let (lo, hi) = (self.left + x0 - piece.col0, self.left + x1 - piece.col0);
+        (lo, hi, m.min(self.oh - m * piece.ty))
+    }
+}
+
 /// Winograd convolution (3×3, stride 1) from one [`PaddedLayout`] to
 /// another, with fused bias and ReLU: `out = relu?(conv(x, W) + b)`.
 ///
@@ -858,7 +869,6 @@ fn output_f4_x86(layer: &Layer<'_>, task: &mut Task<'_>, s: &mut Scratch) {
     let row = m * tiles.next_multiple_of(BLOCK);
     let mbuf = &s.m[..36 * o_ch * tiles + L];
     let y = grown(&mut s.y, m * row);
-    let (left, ow) = (layer.left, layer.ow);
     for oc in 0..o_ch {
         // SAFETY: `x86_f4` is set only where `winograd_x86::available()` holds.
         unsafe { output_f4_channel(&mbuf[oc * 36 * tiles..], tiles, layer.bias[oc], layer.relu, y) };
@@ -870,9 +880,8 @@ fn output_f4_x86(layer: &Layer<'_>, task: &mut Task<'_>, s: &mut Scratch) {
             }
         }
         for piece in task.pieces.iter_mut() {
-            let (x0, x1) = (m * piece.q0, (m * piece.q1).min(ow));
-            let (lo, hi) = (left + x0 - piece.col0, left + x1 - piece.col0);
-            for r in 0..m.min(layer.oh - m * piece.ty) {
+            let (lo, hi, rows) = layer.piece_outputs(piece, m);
+            for r in 0..rows {
                 let mut view_row = piece.rows[r].row_mut(oc);
                 let dst = view_row.as_slice_mut().expect("output rows have unit column stride");
                 dst[..lo].fill(0.0);
@@ -896,7 +905,7 @@ fn output_transform<T: Transform>(layer: &Layer<'_>, task: &mut Task<'_>, s: &mu
     let tiles = task.tiles;
     let lanes = tiles.next_multiple_of(L);
     let mbuf = &s.m[..a * a * o_ch * tiles + L];
-    let (relu, left, ow) = (layer.relu, layer.left, layer.ow);
+    let relu = layer.relu;
     // z: α·m rows over the tiles; y: m·m rows (output row r, column p).
     let z = grown(&mut s.h, a * m * lanes);
     let y = grown(&mut s.y, m * m * lanes + L);
@@ -938,9 +947,7 @@ fn output_transform<T: Transform>(layer: &Layer<'_>, task: &mut Task<'_>, s: &mu
         }
         for piece in task.pieces.iter_mut() {
             // Output columns of the piece: x = m·q0 .. min(m·q1, OW), at view column left + x − col0.
-            let (x0, x1) = (m * piece.q0, (m * piece.q1).min(ow));
-            let (lo, hi) = (left + x0 - piece.col0, left + x1 - piece.col0);
-            let rows = m.min(layer.oh - m * piece.ty);
+            let (lo, hi, rows) = layer.piece_outputs(piece, m);
             for r in 0..rows {
                 let mut view_row = piece.rows[r].row_mut(oc);
                 let dst = view_row.as_slice_mut().expect("output rows have unit column stride");
